@@ -1,0 +1,80 @@
+"""Tasks: a model factory paired with its data.
+
+A task is named by a built-in name (``lenet300-mnist``, ``lenet5-mnist``, ``lenet300-digits``,
+...) or by a ``module:factory`` string whose factory returns a :class:`Task`, so a user's own
+model and data plug in without changing squeezetune::
+
+    # mypkg/tasks.py
+    def my_task() -> Task:
+        return Task(name="mine", model="mynet", build_model=MyNet, load_data=my_loader)
+
+    squeezetune compress --task mypkg.tasks:my_task ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from squeezetune.errors import SqueezeError
+from squeezetune.tasks.data import Split, load_digits, load_mnist
+from squeezetune.tasks.models import LeNet5, LeNet300
+
+__all__ = ["Task", "Split", "get_task", "builtin_task_names"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A model architecture and the data it is trained and evaluated on.
+
+    ``load_data(data_dir)`` returns ``(train, eval)`` splits; ``data_dir`` is ``None`` unless the
+    user passed ``--data-dir``. ``model`` names the architecture; built-in recipes key on it.
+    """
+
+    name: str
+    model: str
+    build_model: Callable[[], nn.Module]
+    load_data: Callable[[Path | None], tuple[Split, Split]]
+    needs_data_dir: bool = False
+    epochs: int = 20
+    lr: float = 0.05
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+
+
+_BUILTIN: dict[str, Task] = {
+    "lenet300-mnist": Task("lenet300-mnist", "lenet300", LeNet300, load_mnist, needs_data_dir=True),
+    "lenet5-mnist": Task("lenet5-mnist", "lenet5", LeNet5, load_mnist, needs_data_dir=True),
+    "lenet300-digits": Task("lenet300-digits", "lenet300", LeNet300, load_digits),
+    "lenet5-digits": Task("lenet5-digits", "lenet5", LeNet5, load_digits),
+}
+
+
+def builtin_task_names() -> list[str]:
+    return sorted(_BUILTIN)
+
+
+def register_task(task: Task) -> None:
+    """Add a task to the built-in table (used by modules that bring more models)."""
+    _BUILTIN[task.name] = task
+
+
+def get_task(name: str) -> Task:
+    """A built-in task by name, or the :class:`Task` returned by a ``module:factory`` string."""
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    if ":" not in name:
+        raise SqueezeError(f"unknown task {name!r}: expected one of {builtin_task_names()} or module:factory")
+    module_name, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SqueezeError(f"cannot load task factory {name!r}: {exc}") from None
+    task = factory()
+    if not isinstance(task, Task):
+        raise SqueezeError(f"task factory {name!r} returned {type(task).__name__}: expected a squeezetune.tasks.Task")
+    return task
