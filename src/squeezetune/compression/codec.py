@@ -1,0 +1,274 @@
+"""Model <-> container sections: the Deep Compression encoding (step 3) and its decoder.
+
+For every pruned or shared layer (``nn.Linear`` / ``nn.Conv2d`` carrying a mask or a shared
+codebook) the encoder writes up to three sections, named by the layer's position ``i``:
+
+``{i}p``  kept positions as relative index diffs with filler zeros (:mod:`.sparse`), entropy coded
+          (absent when nothing is pruned);
+``{i}w``  per entry the cluster index, ``k`` marking a filler zero, entropy coded; or, for a layer
+          that is pruned but not shared, every entry's value as raw float32 (0 for a filler);
+``{i}c``  the codebook: ``k`` float32 centroids.
+
+The weight tensor is flattened in its stored order or with its first two axes swapped (inputs
+first), whichever codes smaller; the choice is recorded. Every other tensor of the state dict
+(biases, batch-norm statistics, layers left dense) goes raw, in its own dtype, into section ``r``.
+Section ``m`` is zlib-compressed JSON naming the task, each layer's shape, order, index bits,
+cluster count, entry count and coders, the raw tensors, and (after structured pruning) the
+shrunk architecture. The decoder rebuilds the model bit-exactly from the file alone, given the
+task's architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from squeezetune.compression.coding import Coder, StreamStats, decode_stream, encode_stream_with_stats
+from squeezetune.compression.container import pack_sections, unpack_sections
+from squeezetune.compression.pruning import mask_of, plain_state_dict, prunable_layers
+from squeezetune.compression.sharing import shared_of
+from squeezetune.compression.sparse import decode_positions, encode_positions
+from squeezetune.errors import SqueezeError
+
+_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64, "i64": torch.int64, "i32": torch.int32, "u8": torch.uint8, "b": torch.bool}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+@dataclass
+class LayerReport:
+    """What one compressed layer costs in the file."""
+
+    name: str
+    shape: list[int]
+    weights: int
+    kept: int
+    clusters: int
+    index_bits: int
+    fillers: int
+    order: str
+    coded_bytes: int
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Encoded:
+    sections: dict[str, bytes]
+    layers: list[LayerReport]
+    raw_bytes: int
+    meta_bytes: int
+
+    @property
+    def file_bytes(self) -> int:
+        return len(pack_sections(self.sections))
+
+
+def _coders(choice: str) -> list[Coder]:
+    return [Coder.HUFFMAN, Coder.ANS] if choice == "auto" else [Coder(choice)]
+
+
+def _code(symbols: np.ndarray, alphabet: int, choice: str) -> tuple[bytes, StreamStats]:
+    best = None
+    for coder in _coders(choice):
+        data, stats = encode_stream_with_stats(symbols, alphabet, coder)
+        if best is None or len(data) < len(best[0]):
+            best = (data, stats)
+    return best
+
+
+def _stats_dict(stats: StreamStats) -> dict[str, Any]:
+    d = asdict(stats)
+    d["coder"] = Coder(stats.coder).value
+    return d
+
+
+def _flat(t: torch.Tensor, order: int) -> torch.Tensor:
+    return (t.transpose(0, 1) if order else t).reshape(-1)
+
+
+def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, coder: str) -> tuple[dict[str, bytes], dict, LayerReport] | None:
+    shared, mask = shared_of(layer), mask_of(layer)
+    if shared is None and mask is None:
+        return None
+    weight = layer.weight.detach().float().cpu()
+    best = None
+    for order in (0, 1):
+        alive = _flat(mask.cpu(), order).bool().numpy() if mask is not None else np.ones(weight.numel(), dtype=bool)
+        sections: dict[str, bytes] = {}
+        streams: dict[str, dict] = {}
+        meta: dict[str, Any] = {"n": name, "s": list(weight.shape), "o": order, "b": index_bits}
+        dense = bool(alive.all())
+        if dense:
+            is_filler = np.zeros(weight.numel(), dtype=bool)
+            meta["e"] = int(weight.numel())
+        else:
+            symbols, is_filler = encode_positions(np.flatnonzero(alive), index_bits)
+            sections[f"{index}p"], stats = _code(symbols, 1 << index_bits, coder)
+            streams["positions"] = _stats_dict(stats)
+            meta["e"], meta["cp"] = int(len(symbols)), streams["positions"]["coder"]
+        kept_slots = ~is_filler
+        if shared is not None:
+            k = int(shared.codebook.numel())
+            labels = np.full(len(is_filler), k, dtype=np.int64)
+            labels[kept_slots] = _flat(shared.labels.cpu(), order).numpy()[alive]
+            alphabet = k + 1 if is_filler.any() else k
+            sections[f"{index}w"], stats = _code(labels, alphabet, coder)
+            streams["weights"] = _stats_dict(stats)
+            sections[f"{index}c"] = shared.codebook.detach().float().cpu().numpy().astype("<f4").tobytes()
+            meta["k"], meta["cw"] = k, streams["weights"]["coder"]
+        else:
+            values = np.zeros(len(is_filler), dtype="<f4")
+            values[kept_slots] = _flat(weight, order).numpy()[alive]
+            sections[f"{index}w"] = values.tobytes()
+            meta["k"] = 0
+        size = sum(len(v) for v in sections.values())
+        report = LayerReport(
+            name=name,
+            shape=list(weight.shape),
+            weights=int(weight.numel()),
+            kept=int(alive.sum()),
+            clusters=meta["k"],
+            index_bits=0 if dense else index_bits,
+            fillers=int(is_filler.sum()),
+            order="inputs-first" if order else "outputs-first",
+            coded_bytes=size,
+            streams=streams,
+        )
+        if best is None or size < best[2].coded_bytes:
+            best = (sections, meta, report)
+        if dense or weight.dim() < 2:
+            break
+    return best
+
+
+def encode_model(
+    model: nn.Module,
+    *,
+    task: str,
+    index_bits: int | dict[str, int] = 5,
+    coder: str = "auto",
+    spec: dict | None = None,
+) -> Encoded:
+    """Encode a (pruned and/or shared) model into container sections.
+
+    ``index_bits`` may be one width for all layers or a per-layer mapping (default 5).
+    ``coder`` is ``huffman``, ``ans``, ``raw`` or ``auto`` (smallest per stream).
+    """
+    coder = getattr(coder, "value", coder)
+    sections: dict[str, bytes] = {}
+    layers_meta, reports, covered = [], [], set()
+    for index, (name, layer) in enumerate(prunable_layers(model).items()):
+        bits = index_bits.get(name, 5) if isinstance(index_bits, dict) else index_bits
+        encoded = _encode_layer(index, name, layer, bits, coder)
+        if encoded is None:
+            continue
+        layer_sections, meta, report = encoded
+        meta["i"] = index
+        sections.update(layer_sections)
+        layers_meta.append(meta)
+        reports.append(report)
+        covered.add(f"{name}.weight")
+    rest, raw_chunks = [], []
+    for key, tensor in plain_state_dict(model).items():
+        if key in covered or key.endswith("num_batches_tracked"):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        if t.dtype not in _DTYPE_NAMES:
+            raise SqueezeError(f"tensor {key!r} has dtype {t.dtype}: expected one of {sorted(map(str, _DTYPE_NAMES))}")
+        rest.append([key, _DTYPE_NAMES[t.dtype], list(t.shape)])
+        raw_chunks.append(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    sections["r"] = b"".join(raw_chunks)
+    meta = {"task": task, "layers": layers_meta, "rest": rest}
+    if spec is not None:
+        meta["spec"] = spec
+    sections = {"m": zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9), **sections}
+    return Encoded(sections=sections, layers=reports, raw_bytes=len(sections["r"]), meta_bytes=len(sections["m"]))
+
+
+def read_meta(sections: dict[str, bytes]) -> dict[str, Any]:
+    """The decoded JSON meta of a container's sections."""
+    if "m" not in sections:
+        raise SqueezeError("container has no meta section 'm': expected a squeezetune model container")
+    try:
+        meta = json.loads(zlib.decompress(sections["m"]))
+    except (zlib.error, ValueError) as exc:
+        raise SqueezeError(f"container meta section is unreadable: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("task"), str) or not isinstance(meta.get("layers"), list):
+        raise SqueezeError("container meta is malformed: expected task and layers entries")
+    return meta
+
+
+def _decode_layer(sections: dict[str, bytes], m: dict) -> torch.Tensor:
+    shape, order, bits, k, entries = m["s"], int(m["o"]), int(m["b"]), int(m["k"]), int(m["e"])
+    n = int(np.prod(shape))
+    i = int(m["i"])
+    if not 1 <= bits <= 16 or entries < 0 or entries > n * 2 + (n >> max(bits - 1, 0)) + 1:
+        raise SqueezeError(f"layer {m['n']!r}: index_bits={bits} or entries={entries} out of range")
+    if "cp" in m:
+        symbols = decode_stream(sections[f"{i}p"], Coder(m["cp"]))
+        if len(symbols) != entries or (len(symbols) and (symbols.min() < 0 or symbols.max() >= 1 << bits)):
+            raise SqueezeError(f"layer {m['n']!r}: position stream holds {len(symbols)} entries, expected {entries}")
+        positions = decode_positions(symbols, bits)
+    else:
+        if entries != n:
+            raise SqueezeError(f"layer {m['n']!r}: dense layer has {entries} entries, expected {n}")
+        positions = np.arange(n, dtype=np.int64)
+    if len(positions) and positions[-1] >= n:
+        raise SqueezeError(f"layer {m['n']!r}: position {int(positions[-1])} is outside its {n} weights")
+    flat = torch.zeros(n, dtype=torch.float32)
+    if k:
+        labels = decode_stream(sections[f"{i}w"], Coder(m["cw"])).astype(np.int64)
+        codebook = np.frombuffer(sections[f"{i}c"], dtype="<f4")
+        if len(labels) != len(positions) or len(codebook) != k or (len(labels) and (labels.min() < 0 or labels.max() > k)):
+            raise SqueezeError(f"layer {m['n']!r}: weight stream or codebook does not match {len(positions)} entries and k={k}")
+        kept = labels < k
+        flat[torch.from_numpy(positions[kept])] = torch.from_numpy(codebook.astype(np.float32)[labels[kept]])
+    else:
+        values = np.frombuffer(sections[f"{i}w"], dtype="<f4")
+        if len(values) != len(positions):
+            raise SqueezeError(f"layer {m['n']!r}: {len(values)} raw values for {len(positions)} entries")
+        flat[torch.from_numpy(positions)] = torch.from_numpy(values.astype(np.float32))
+    t_shape = [shape[1], shape[0], *shape[2:]] if order else shape
+    w = flat.reshape(t_shape)
+    return (w.transpose(0, 1) if order else w).contiguous()
+
+
+def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
+    """Load the weights held in ``sections`` into ``model`` (built for the container's task)."""
+    meta = read_meta(sections)
+    state = {}
+    try:
+        for m in meta["layers"]:
+            state[f"{m['n']}.weight"] = _decode_layer(sections, m)
+        raw = sections["r"]
+        offset = 0
+        for key, dtype_name, shape in meta["rest"]:
+            dtype = _DTYPES[dtype_name]
+            nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+            if offset + nbytes > len(raw):
+                raise SqueezeError(f"raw section is truncated at tensor {key!r}")
+            chunk = bytearray(raw[offset : offset + nbytes])
+            state[key] = torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape).clone() if nbytes else torch.zeros(shape, dtype=dtype)
+            offset += nbytes
+        if offset != len(raw):
+            raise SqueezeError(f"raw section holds {len(raw)} bytes, expected {offset}")
+    except SqueezeError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError, OverflowError, MemoryError) as exc:
+        raise SqueezeError(f"container content is inconsistent: {type(exc).__name__}: {exc}") from None
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    for key, value in state.items():
+        if key not in expected:
+            raise SqueezeError(f"container holds tensor {key!r} that the task's model lacks: expected one of {sorted(expected)[:8]}...")
+        if tuple(expected[key].shape) != tuple(value.shape):
+            raise SqueezeError(f"container tensor {key!r} has shape {tuple(value.shape)}, the task's model expects {tuple(expected[key].shape)}")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise SqueezeError(f"container lacks tensor {missing[0]!r} of the task's model")
+    model.load_state_dict(state, strict=False)
+    return model.eval()

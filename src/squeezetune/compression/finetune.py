@@ -1,0 +1,135 @@
+"""Training and fine-tuning, optionally by distillation from the uncompressed teacher.
+
+Compression state lives in the model itself (pruning masks and shared-weight codebooks are
+``torch.nn.utils.parametrize`` parametrizations, see :mod:`squeezetune.compression.pruning` and
+:mod:`squeezetune.compression.sharing`), so this loop needs no special cases: pruned weights get
+zero gradient and stay exactly zero, and a shared layer's centroids move by the sum of their
+members' gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from squeezetune.errors import SqueezeError
+from squeezetune.tasks.data import Split
+
+Progress = Callable[[str], None]
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the one asked for, else CUDA when present, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """SGD with momentum and a cosine learning-rate decay; ``distill`` adds a teacher's soft targets.
+
+    With distillation the loss is ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE``.
+    """
+
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    distill: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.7
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise SqueezeError(f"epochs={self.epochs!r} must be an integer >= 0")
+        if not self.lr > 0:
+            raise SqueezeError(f"lr={self.lr!r} must be > 0")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise SqueezeError(f"batch_size={self.batch_size!r} must be an integer >= 1")
+        if not self.temperature > 0:
+            raise SqueezeError(f"temperature={self.temperature!r} must be > 0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise SqueezeError(f"alpha={self.alpha!r} must be in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, device: torch.device | None = None, batch_size: int = 1000) -> torch.Tensor:
+    """Logits of ``model`` on ``x``, computed in batches on ``device``; returned on the CPU."""
+    device = pick_device(device)
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def evaluate(model: nn.Module, data: Split, *, device: torch.device | None = None, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on ``data`` as a fraction in [0, 1]."""
+    logits = predict(model, data.x, device=device, batch_size=batch_size)
+    return float((logits.argmax(1) == data.y).float().mean())
+
+
+def train(
+    model: nn.Module,
+    data: Split,
+    config: FinetuneConfig,
+    *,
+    teacher: nn.Module | None = None,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> nn.Module:
+    """Train ``model`` in place on ``data``; returns it.
+
+    ``teacher`` is needed when ``config.distill`` is set; its logits over the training set are
+    computed once. ``after_step`` runs after every optimizer step (structured pruning uses it
+    to hold zeroed channels). Raises :class:`SqueezeError` if the loss becomes NaN or infinite.
+    """
+    if config.epochs == 0 or len(data) == 0:
+        return model
+    device = pick_device(device)
+    model.to(device)
+    soft = None
+    if config.distill:
+        if teacher is None:
+            raise SqueezeError("distill=True needs a teacher model: expected the dense model to be given")
+        soft = predict(teacher.to(device), data.x, device=device).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(config.seed)
+    x_all, y_all = data.x.to(device), data.y.to(device)
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(data), generator=gen).to(device)
+        total = 0.0
+        for i in range(0, len(data), config.batch_size):
+            idx = order[i : i + config.batch_size]
+            logits = model(x_all[idx])
+            loss = F.cross_entropy(logits, y_all[idx])
+            if soft is not None:
+                t = config.temperature
+                kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(soft[idx] / t, 1), reduction="batchmean")
+                loss = config.alpha * t * t * kd + (1.0 - config.alpha) * loss
+            if not torch.isfinite(loss):
+                raise SqueezeError(f"training loss became {loss.item()} in epoch {epoch + 1}: expected a finite loss (lower the lr={config.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            total += loss.item() * len(idx)
+        if progress is not None:
+            progress(f"epoch {epoch + 1}/{config.epochs} loss {total / len(data):.4f}")
+    model.eval()
+    return model

@@ -1,0 +1,284 @@
+"""The compression pipeline: prune -> fine-tune -> share -> fine-tune centroids -> encode.
+
+``compress(task, recipe, out=...)`` runs a :class:`~squeezetune.compression.recipes.Recipe` on a
+task's dense model, writes the container, decodes it back from the file and measures the decoded
+model, so every accuracy and byte count in the report is that of the real file. It returns the
+report (also written beside the container as ``<out stem>.report.json``).
+
+>>> from squeezetune.tasks import get_task                      # doctest: +SKIP
+>>> report = compress(get_task("lenet300-digits"), "deep-compression", out="m.sqz")  # doctest: +SKIP
+>>> report["ratio"] > 20                                         # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from squeezetune.compression import codec
+from squeezetune.compression.container import read_container, write_container
+from squeezetune.compression.finetune import FinetuneConfig, evaluate, pick_device, train
+from squeezetune.compression.pruning import plain_state_dict, prunable_layers, prune_layer
+from squeezetune.compression.recipes import Recipe, load_recipe
+from squeezetune.compression.sharing import share_layer
+from squeezetune.errors import SqueezeError
+from squeezetune.tasks import Split, Task, builtin_task_names, get_task
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """fp32 bytes of every floating-point parameter and buffer that inference needs."""
+    return sum(4 * t.numel() for t in plain_state_dict(model).values() if t.is_floating_point())
+
+
+def _fingerprint(split: Split) -> str:
+    h = hashlib.sha1(split.x.numpy().tobytes())
+    h.update(split.y.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SQUEEZETUNE_CACHE", Path.home() / ".cache" / "squeezetune"))
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``model``'s plain state dict as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in plain_state_dict(model).items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_weights(task: Task, path: str | Path) -> nn.Module:
+    """The task's model with weights from a safetensors file; a mismatch is a one-line error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise SqueezeError(f"weights file {str(path)!r} does not exist: expected a .safetensors file")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SqueezeError(f"{str(path)!r} is not a readable safetensors file: {exc}") from None
+    model = task.build_model()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise SqueezeError(f"weights in {str(path)!r} do not fit task {task.name!r}: {first}") from None
+    return model.eval()
+
+
+def train_dense(task: Task, train_split: Split, *, device: torch.device | None = None, seed: int = 0, progress: Progress = _quiet) -> nn.Module:
+    """Train the task's dense baseline from a fixed seed."""
+    torch.manual_seed(seed)
+    model = task.build_model()
+    config = FinetuneConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size, weight_decay=task.weight_decay, seed=seed)
+    return train(model, train_split, config, device=device, progress=lambda m: progress(f"dense {m}"))
+
+
+def dense_model(
+    task: Task,
+    splits: tuple[Split, Split],
+    *,
+    dense: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: torch.device | None = None,
+    seed: int = 0,
+    progress: Progress = _quiet,
+) -> nn.Module:
+    """The dense baseline: loaded from ``dense``, else from the cache, else trained and cached."""
+    if dense is not None:
+        return load_weights(task, dense)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"{task.name.replace(':', '_').replace('/', '_')}-{_fingerprint(splits[0])}-s{seed}.safetensors"
+    if path.is_file():
+        progress(f"dense baseline from cache {path}")
+        return load_weights(task, path)
+    progress(f"training dense baseline for {task.name} ({task.epochs} epochs)")
+    model = train_dense(task, splits[0], device=device, seed=seed, progress=progress)
+    save_weights(model, path, metadata={"task": task.name})
+    progress(f"dense baseline cached at {path}")
+    return model
+
+
+@dataclass
+class Stage:
+    stage: str
+    accuracy: float
+    bytes: int
+    seconds: float
+
+
+def validate_recipe(recipe: Recipe, model: nn.Module) -> None:
+    """Fail before any work if the recipe names a layer the model does not have."""
+    layers = prunable_layers(model)
+    for name in sorted(recipe.layer_names()):
+        if name not in layers:
+            raise SqueezeError(f"unknown layer {name!r} in recipe {recipe.name!r}: expected one of {list(layers)}")
+
+
+def compress(
+    task: Task | str,
+    recipe: Recipe | str,
+    *,
+    out: str | Path,
+    data_dir: str | Path | None = None,
+    dense: nn.Module | str | Path | None = None,
+    splits: tuple[Split, Split] | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Run ``recipe`` on ``task``'s dense model, write ``out`` (.sqz) and its report; return the report.
+
+    ``dense`` is a model, a safetensors path, or ``None`` (train once and cache). ``splits`` lets
+    a caller that already holds the data (the search) skip loading it again.
+    """
+    started = time.perf_counter()
+    task = get_task(task) if isinstance(task, str) else task
+    device = pick_device(device)
+    out = Path(out)
+    if splits is None:
+        if task.needs_data_dir and data_dir is None:
+            raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
+        splits = task.load_data(Path(data_dir) if data_dir is not None else None)
+    train_split, eval_split = splits
+    if isinstance(recipe, str):
+        recipe = load_recipe(recipe, task.model, prunable_layers(task.build_model()))
+    if isinstance(dense, nn.Module):
+        teacher = dense
+    else:
+        teacher = dense_model(task, splits, dense=dense, device=device, seed=seed, progress=progress)
+    teacher = teacher.to(device).eval()
+    model = task.build_model()
+    model.load_state_dict(teacher.state_dict())
+    model.to(device)
+    validate_recipe(recipe, model)
+    layers = prunable_layers(model)
+    stages: list[Stage] = []
+
+    def record(stage: str, t0: float) -> None:
+        acc = evaluate(model, eval_split, device=device)
+        size = dense_bytes(model) if stage == "dense" else codec.encode_model(model, task=task.name, index_bits=recipe.encode.index_bits, coder=recipe.encode.coder.value).file_bytes
+        stages.append(Stage(stage, acc, size, round(time.perf_counter() - t0, 3)))
+        progress(f"{stage:<20} accuracy {acc:.4f}  bytes {size:,}")
+
+    record("dense", time.perf_counter())
+    d_bytes = stages[0].bytes
+
+    if recipe.prune is not None:
+        t0 = time.perf_counter()
+        for name, layer in layers.items():
+            setting = recipe.prune.for_layer(name)
+            if setting is not None:
+                prune_layer(layer, granularity=recipe.prune.granularity, name=name, **setting.resolve(layer.weight.numel()))
+        record("prune", t0)
+    if recipe.finetune is not None and recipe.finetune.epochs:
+        t0 = time.perf_counter()
+        train(model, train_split, recipe.finetune, teacher=teacher, device=device, progress=lambda m: progress(f"finetune {m}"))
+        record("finetune", t0)
+    if recipe.share is not None:
+        t0 = time.perf_counter()
+        for name, layer in layers.items():
+            setting = recipe.share.for_layer(name)
+            if setting is not None:
+                share_layer(layer, k=setting.k, init=recipe.share.init, max_iter=recipe.share.max_iter, seed=seed, name=name)
+        record("share", t0)
+        if recipe.finetune_centroids is not None and recipe.finetune_centroids.epochs:
+            t0 = time.perf_counter()
+            train(model, train_split, recipe.finetune_centroids, teacher=teacher, device=device, progress=lambda m: progress(f"centroids {m}"))
+            record("finetune_centroids", t0)
+
+    t0 = time.perf_counter()
+    encoded = codec.encode_model(model, task=task.name, index_bits=recipe.encode.index_bits, coder=recipe.encode.coder.value)
+    file_bytes = write_container(out, encoded.sections)
+    decoded = decode_file(out, task=task)
+    accuracy = evaluate(decoded, eval_split, device=device)
+    stages.append(Stage("encode", accuracy, file_bytes, round(time.perf_counter() - t0, 3)))
+    progress(f"{'encode (decoded)':<20} accuracy {accuracy:.4f}  bytes {file_bytes:,}")
+
+    report = {
+        "task": task.name,
+        "recipe": recipe.to_dict(),
+        "dense_accuracy": stages[0].accuracy,
+        "accuracy": accuracy,
+        "dense_bytes": d_bytes,
+        "compressed_bytes": file_bytes,
+        "ratio": d_bytes / file_bytes,
+        "stages": [vars(s) for s in stages],
+        "layers": [vars(r) for r in encoded.layers],
+        "raw_bytes": encoded.raw_bytes,
+        "meta_bytes": encoded.meta_bytes,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - started, 3),
+        "container": str(out),
+    }
+    write_json(report_path(out), report)
+    return report
+
+
+def report_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".report.json")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def decode_bytes(data: bytes, *, task: Task | None = None) -> nn.Module:
+    """Rebuild the model held in container bytes (the task is read from the file unless given)."""
+    from squeezetune.compression.container import unpack_sections
+
+    sections = unpack_sections(data)
+    return _decode(sections, task)
+
+
+def decode_file(path: str | Path, *, task: Task | None = None) -> nn.Module:
+    """Rebuild the model held in a container file."""
+    return _decode(read_container(path), task)
+
+
+def _decode(sections: dict[str, bytes], task: Task | None) -> nn.Module:
+    meta = codec.read_meta(sections)
+    if task is None:
+        if meta["task"] not in builtin_task_names():
+            raise SqueezeError(f"container was made for task {meta['task']!r}, which is not built in: pass its task (--task module:factory)")
+        task = get_task(meta["task"])
+    model = task.build_model()
+    return codec.decode_sections(sections, model)

@@ -1,0 +1,281 @@
+"""Recipes: what the compression pipeline does, as data that round-trips through JSON and YAML.
+
+A recipe is a YAML file or a built-in name. Every stage is optional::
+
+    name: my-recipe
+    prune:                        # magnitude pruning
+      granularity: weight         # weight | vector | kernel | filter
+      default: {keep_fraction: 0.1}
+      layers:
+        fc1: {keep: 18816}        # weights to keep, or keep_fraction, or quality (x std)
+    finetune: {epochs: 10, lr: 0.01, distill: true}
+    share:                        # per-layer k-means weight sharing
+      init: linear                # forgy | density | linear
+      default: {bits: 5}          # 2**bits clusters, or clusters: k
+      layers: {conv1: {bits: 8}}
+    finetune_centroids: {epochs: 4, lr: 0.001}
+    encode: {index_bits: 5, coder: huffman}   # huffman | ans | raw | auto (smallest per stream)
+
+Layers named in neither ``layers`` nor covered by ``default`` are left alone by that stage.
+
+Built-in recipes (``builtin_recipe(name, model)``):
+
+* ``deep-compression``: the paper's per-layer recipe (Han et al. 2016, Table 1/4). LeNet-300-100
+  keeps 8%, 9%, 26% of fc1-fc3 with 6-bit weights; LeNet-5 keeps 66%, 12%, 8%, 19% of conv1,
+  conv2, fc1, fc2 with 8-bit conv and 5-bit fc weights; both with 5-bit index diffs. Any other
+  model gets the generic rule: convolutions keep 50% with 8-bit weights, fully connected layers
+  keep 10% with 5-bit weights, the last layer keeps 25% with 5-bit weights, 5-bit index diffs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+from squeezetune.compression.finetune import FinetuneConfig
+from squeezetune.compression.kmeans import Init
+from squeezetune.compression.pruning import Granularity
+from squeezetune.errors import SqueezeError
+
+
+class CoderChoice(str, Enum):
+    HUFFMAN = "huffman"
+    ANS = "ans"
+    RAW = "raw"
+    AUTO = "auto"
+
+
+def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise SqueezeError(f"{where} is {type(data).__name__}: expected a mapping with keys {[f.name for f in fields(cls)]}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SqueezeError(f"unknown key {unknown[0]!r} in {where}: expected one of {sorted(known)}")
+
+
+@dataclass(frozen=True)
+class LayerPrune:
+    """How much of one layer to keep: exactly one of a weight count, a fraction or a quality."""
+
+    keep: int | None = None
+    keep_fraction: float | None = None
+    quality: float | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("keep", "keep_fraction", "quality") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise SqueezeError(f"a layer's prune setting needs exactly one of keep, keep_fraction, quality; got {given or 'none'}")
+        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
+            raise SqueezeError(f"keep_fraction={self.keep_fraction!r} must be in (0, 1]")
+
+    def resolve(self, n: int) -> dict[str, Any]:
+        """Arguments for :func:`~squeezetune.compression.pruning.prune_layer` on a layer of ``n`` weights."""
+        if self.keep_fraction is not None:
+            return {"keep": max(1, round(self.keep_fraction * n))}
+        return {"keep": self.keep} if self.keep is not None else {"quality": self.quality}
+
+
+@dataclass(frozen=True)
+class LayerShare:
+    """The number of shared values of one layer: ``bits`` (2**bits clusters) or ``clusters``."""
+
+    bits: int | None = None
+    clusters: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.bits is None) == (self.clusters is None):
+            raise SqueezeError(f"a layer's share setting needs exactly one of bits, clusters; got bits={self.bits!r} clusters={self.clusters!r}")
+        if self.bits is not None and (not isinstance(self.bits, int) or not 1 <= self.bits <= 16):
+            raise SqueezeError(f"bits={self.bits!r} must be an integer in [1, 16]")
+
+    @property
+    def k(self) -> int:
+        return 2**self.bits if self.bits is not None else self.clusters
+
+
+def _layer_map(raw: Any, cls: type, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SqueezeError(f"{where} is {type(raw).__name__}: expected a mapping of layer name to settings")
+    out = {}
+    for name, value in raw.items():
+        _check_keys(value, cls, f"{where}.{name}")
+        out[str(name)] = cls(**value)
+    return out
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    granularity: Granularity = Granularity.WEIGHT
+    default: LayerPrune | None = None
+    layers: dict[str, LayerPrune] = field(default_factory=dict)
+
+    def for_layer(self, name: str) -> LayerPrune | None:
+        return self.layers.get(name, self.default)
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    init: Init = Init.LINEAR
+    default: LayerShare | None = None
+    layers: dict[str, LayerShare] = field(default_factory=dict)
+    max_iter: int = 20
+
+    def for_layer(self, name: str) -> LayerShare | None:
+        return self.layers.get(name, self.default)
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    index_bits: int = 5
+    coder: CoderChoice = CoderChoice.AUTO
+
+    def __post_init__(self) -> None:
+        if isinstance(self.index_bits, bool) or not isinstance(self.index_bits, int) or not 1 <= self.index_bits <= 16:
+            raise SqueezeError(f"index_bits={self.index_bits!r} must be an integer in [1, 16]")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "custom"
+    prune: PruneConfig | None = None
+    finetune: FinetuneConfig | None = None
+    share: ShareConfig | None = None
+    finetune_centroids: FinetuneConfig | None = None
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    structured: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
+        """Build and validate a recipe from plain data (parsed YAML or JSON)."""
+        _check_keys(data, cls, "recipe")
+        kw: dict[str, Any] = {"name": str(data.get("name", "custom"))}
+        if data.get("prune") is not None:
+            p = data["prune"]
+            _check_keys(p, PruneConfig, "prune")
+            kw["prune"] = PruneConfig(
+                granularity=_enum(Granularity, p.get("granularity", "weight"), "prune.granularity"),
+                default=_layer_map({"default": p["default"]}, LayerPrune, "prune")["default"] if p.get("default") else None,
+                layers=_layer_map(p.get("layers"), LayerPrune, "prune.layers"),
+            )
+        if data.get("share") is not None:
+            s = data["share"]
+            _check_keys(s, ShareConfig, "share")
+            kw["share"] = ShareConfig(
+                init=_enum(Init, s.get("init", "linear"), "share.init"),
+                default=_layer_map({"default": s["default"]}, LayerShare, "share")["default"] if s.get("default") else None,
+                layers=_layer_map(s.get("layers"), LayerShare, "share.layers"),
+                max_iter=int(s.get("max_iter", 20)),
+            )
+        for key in ("finetune", "finetune_centroids"):
+            if data.get(key) is not None:
+                _check_keys(data[key], FinetuneConfig, key)
+                kw[key] = FinetuneConfig(**data[key])
+        if data.get("encode") is not None:
+            e = data["encode"]
+            _check_keys(e, EncodeConfig, "encode")
+            kw["encode"] = EncodeConfig(
+                index_bits=e.get("index_bits", 5), coder=_enum(CoderChoice, e.get("coder", "auto"), "encode.coder")
+            )
+        if data.get("structured") is not None:
+            kw["structured"] = dict(data["structured"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data; ``Recipe.from_dict(r.to_dict()) == r``."""
+        return json.loads(json.dumps(asdict(self), default=lambda v: v.value if isinstance(v, Enum) else str(v)), object_hook=_drop_none)
+
+    def layer_names(self) -> set[str]:
+        """Every layer the recipe names explicitly."""
+        names: set[str] = set()
+        for stage in (self.prune, self.share):
+            if stage is not None:
+                names |= set(stage.layers)
+        return names
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None and v != {}}
+
+
+def _enum(cls: type[Enum], value: Any, where: str) -> Enum:
+    try:
+        return cls(value)
+    except ValueError:
+        raise SqueezeError(f"{where}={value!r} is not known: expected one of {[m.value for m in cls]}") from None
+
+
+_PAPER = {
+    "lenet300": {
+        "prune": {"layers": {"fc1": {"keep_fraction": 0.08}, "fc2": {"keep_fraction": 0.09}, "fc3": {"keep_fraction": 0.26}}},
+        "share": {"layers": {"fc1": {"bits": 6}, "fc2": {"bits": 6}, "fc3": {"bits": 6}}},
+    },
+    "lenet5": {
+        "prune": {
+            "layers": {
+                "conv1": {"keep_fraction": 0.66},
+                "conv2": {"keep_fraction": 0.12},
+                "fc1": {"keep_fraction": 0.08},
+                "fc2": {"keep_fraction": 0.19},
+            }
+        },
+        "share": {"layers": {"conv1": {"bits": 8}, "conv2": {"bits": 8}, "fc1": {"bits": 5}, "fc2": {"bits": 5}}},
+    },
+}
+
+
+def deep_compression(model_name: str, layers: Mapping[str, Any]) -> Recipe:
+    """The ``deep-compression`` recipe for a model: the paper's table where it has one, else the generic rule.
+
+    ``layers`` maps each prunable layer name to its module (see ``prunable_layers``).
+    """
+    import torch.nn as nn
+
+    if model_name in _PAPER:
+        per_layer = _PAPER[model_name]
+    else:
+        names = list(layers)
+        prune, share = {}, {}
+        for name, module in layers.items():
+            if name == names[-1]:
+                prune[name], share[name] = {"keep_fraction": 0.25}, {"bits": 5}
+            elif isinstance(module, nn.Conv2d):
+                prune[name], share[name] = {"keep_fraction": 0.5}, {"bits": 8}
+            else:
+                prune[name], share[name] = {"keep_fraction": 0.1}, {"bits": 5}
+        per_layer = {"prune": {"layers": prune}, "share": {"layers": share}}
+    return Recipe.from_dict(
+        {
+            "name": "deep-compression",
+            "prune": {"granularity": "weight", **per_layer["prune"]},
+            "finetune": {"epochs": 12, "lr": 0.01, "weight_decay": 1e-5},
+            "share": {"init": "linear", **per_layer["share"]},
+            "finetune_centroids": {"epochs": 4, "lr": 0.002},
+            "encode": {"index_bits": 5, "coder": "huffman"},
+        }
+    )
+
+
+BUILTIN_RECIPES = ("deep-compression",)
+
+
+def load_recipe(spec: str | Path, model_name: str, layers: Mapping[str, Any]) -> Recipe:
+    """A built-in recipe by name, or a YAML/JSON recipe file."""
+    if str(spec) == "deep-compression":
+        return deep_compression(model_name, layers)
+    path = Path(spec)
+    if not path.is_file():
+        raise SqueezeError(f"recipe {str(spec)!r} is neither a built-in ({list(BUILTIN_RECIPES)}) nor an existing YAML file")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SqueezeError(f"recipe file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return Recipe.from_dict(data or {})
