@@ -136,11 +136,25 @@ class Stage:
 
 
 def validate_recipe(recipe: Recipe, model: nn.Module) -> None:
-    """Fail before any work if the recipe names a layer the model does not have."""
+    """Fail before any work if the recipe names a layer the model lacks or asks for impossible amounts."""
     layers = prunable_layers(model)
     for name in sorted(recipe.layer_names()):
         if name not in layers:
             raise SqueezeError(f"unknown layer {name!r} in recipe {recipe.name!r}: expected one of {list(layers)}")
+    for name, layer in layers.items():
+        n = layer.weight.numel()
+        alive = n
+        setting = recipe.prune.for_layer(name) if recipe.prune is not None else None
+        if setting is not None:
+            amount = setting.resolve(n)
+            keep = amount.get("keep")
+            if keep is not None:
+                if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= n:
+                    raise SqueezeError(f"keep={keep!r} for layer {name!r} must be an integer in [1, {n}]")
+                alive = keep
+        share = recipe.share.for_layer(name) if recipe.share is not None else None
+        if share is not None and (not isinstance(share.k, int) or not 2 <= share.k <= alive):
+            raise SqueezeError(f"k={share.k!r} clusters for layer {name!r} must be an integer in [2, {alive}] (its surviving weights)")
 
 
 def compress(
