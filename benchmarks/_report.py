@@ -31,9 +31,14 @@ def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".BENCHMARKS.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
