@@ -42,7 +42,6 @@ def build(width: int, depth: int, density: float, bits: int) -> Stack:
 
 
 def measure(model: Stack, coder: str, repeats: int = 3) -> dict:
-    params = sum(p.numel() for p in model.state_dict().values() if p.is_floating_point() and p.dim() < 3) // 1
     params = sum(layer.weight.numel() + layer.bias.numel() for layer in model.layers)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.sqz"
