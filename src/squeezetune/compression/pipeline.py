@@ -183,17 +183,17 @@ def compress(
             raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
         splits = task.load_data(Path(data_dir) if data_dir is not None else None)
     train_split, eval_split = splits
+    model = task.build_model()
     if isinstance(recipe, str):
-        recipe = load_recipe(recipe, task.model, prunable_layers(task.build_model()))
+        recipe = load_recipe(recipe, task.model, prunable_layers(model))
+    validate_recipe(recipe, model)
     if isinstance(dense, nn.Module):
         teacher = dense
     else:
         teacher = dense_model(task, splits, dense=dense, device=device, seed=seed, progress=progress)
     teacher = teacher.to(device).eval()
-    model = task.build_model()
     model.load_state_dict(teacher.state_dict())
     model.to(device)
-    validate_recipe(recipe, model)
     layers = prunable_layers(model)
     stages: list[Stage] = []
 

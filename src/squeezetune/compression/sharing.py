@@ -68,7 +68,7 @@ def share_layer(
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n_alive:
         raise SqueezeError(f"k={k!r} clusters for layer {name!r} must be an integer in [2, {n_alive}] (its surviving weights)")
     values = weight[alive].float().cpu().numpy()
-    centroids, member = kmeans_1d(values, k, init=Init(init), max_iter=max_iter, seed=seed)
+    centroids, member = kmeans_1d(values, k, init=init, max_iter=max_iter, seed=seed)
     labels = torch.zeros(weight.shape, dtype=torch.int64)
     labels[alive.cpu()] = torch.from_numpy(np.asarray(member, dtype=np.int64))
     shared = SharedWeight(torch.from_numpy(np.asarray(centroids, dtype=np.float32)), labels, mask.cpu()).to(weight.device)
