@@ -1,0 +1,172 @@
+"""What a search does, as data that round-trips through YAML and JSON (and is logged to MLflow).
+
+Every key is optional; ``squeezetune search`` runs on these defaults without a config::
+
+    name: digits-demo              # default: search-<date>-<time>
+    task: lenet300-digits
+    data_dir: null                 # MNIST folder for *-mnist tasks
+    dense: null                    # dense weights (.safetensors); default: trained once and cached
+    trials: 12
+    sampler: nsga2                 # nsga2 | tpe | random
+    population: null               # NSGA-II population / TPE start-up trials (default: trials // 4, 4..50)
+    seed: 0
+    tracking_uri: null             # default: sqlite:///<cwd>/mlflow.db ; or http://host:5000
+    experiment: squeezetune
+    study_storage: null            # Optuna study (drives --resume); default: optuna.db beside mlflow.db
+    ray_address: null              # null: a local Ray instance; "auto" or host:port: a running cluster
+    resources: {cpus: 1, gpus: 0}  # per trial; gpus may be fractional (0.25)
+    max_concurrent: null           # default: as many trials as the local CPUs hold
+    max_failures: 2                # Tune retries of a trial whose worker or node died
+    constraints: {max_bytes: null, max_drop: null, max_macs: null}
+    space: {...}                   # see squeezetune.spaces.space
+
+>>> SearchConfig.from_dict({"trials": 4, "sampler": "tpe"}).population
+4
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+from squeezetune.errors import SqueezeError
+from squeezetune.spaces import Constraints
+
+
+class SamplerChoice(str, Enum):
+    NSGA2 = "nsga2"
+    TPE = "tpe"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("cpus", "gpus"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise SqueezeError(f"resources.{key}={v!r} must be a number >= 0")
+        if self.cpus == 0 and self.gpus == 0:
+            raise SqueezeError("resources: a trial needs some cpus or gpus, got cpus=0 gpus=0")
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise SqueezeError(f"resources.gpus={self.gpus!r}: a fraction must be below 1, above 1 a whole number")
+
+    def to_ray(self) -> dict[str, float]:
+        return {"cpu": self.cpus, "gpu": self.gpus}
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def default_name() -> str:
+    return time.strftime("search-%Y%m%d-%H%M%S")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    name: str = field(default_factory=default_name)
+    task: str = "lenet300-digits"
+    data_dir: str | None = None
+    dense: str | None = None
+    trials: int = 12
+    sampler: SamplerChoice = SamplerChoice.NSGA2
+    population: int | None = None
+    seed: int = 0
+    tracking_uri: str | None = None
+    experiment: str = "squeezetune"
+    study_storage: str | None = None
+    ray_address: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    constraints: Constraints = field(default_factory=Constraints)
+    space: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SqueezeError(f"name={self.name!r}: expected letters, digits, '_', '-', '.' (at most 100, not starting with a symbol)")
+        for key in ("trials", "max_failures", "seed"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "trials" else 0):
+                raise SqueezeError(f"{key}={v!r} must be an integer >= {1 if key == 'trials' else 0}")
+        for key in ("population", "max_concurrent"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (2 if key == "population" else 1)):
+                raise SqueezeError(f"{key}={v!r} must be an integer >= {2 if key == 'population' else 1}")
+        if self.population is None:
+            object.__setattr__(self, "population", min(50, max(4, self.trials // 4)))
+        if not isinstance(self.space, Mapping):
+            raise SqueezeError(f"space is {type(self.space).__name__}: expected a mapping")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "SearchConfig":
+        """Build and validate from plain data; unknown keys are a one-line error."""
+        data = dict(data or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise SqueezeError(f"unknown key {unknown[0]!r} in search config: expected one of {known}")
+        kw = {k: v for k, v in data.items() if v is not None or k in ("data_dir", "dense", "tracking_uri", "study_storage", "ray_address")}
+        if "sampler" in kw:
+            try:
+                kw["sampler"] = SamplerChoice(kw["sampler"])
+            except ValueError:
+                raise SqueezeError(f"sampler={kw['sampler']!r} is not known: expected one of {[s.value for s in SamplerChoice]}") from None
+        if "resources" in kw:
+            r = kw["resources"]
+            if not isinstance(r, Mapping) or set(r) - {"cpus", "gpus"}:
+                bad = sorted(set(r) - {"cpus", "gpus"})[0] if isinstance(r, Mapping) else r
+                raise SqueezeError(f"resources: unknown key {bad!r}: expected cpus, gpus")
+            kw["resources"] = Resources(**r)
+        if "constraints" in kw:
+            if not isinstance(kw["constraints"], Mapping):
+                raise SqueezeError(f"constraints={kw['constraints']!r}: expected a mapping with max_bytes, max_drop, max_macs")
+            kw["constraints"] = Constraints.from_dict(kw["constraints"])
+        for key in ("data_dir", "dense"):
+            if kw.get(key) is not None:
+                kw[key] = str(Path(kw[key]).expanduser().resolve())
+        if "space" in kw and kw["space"] is None:
+            kw["space"] = {}
+        return cls(**kw)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "SearchConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise SqueezeError(f"config {str(path)!r} does not exist: expected a YAML file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise SqueezeError(f"config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if data is not None and not isinstance(data, Mapping):
+            raise SqueezeError(f"config {str(path)!r} holds a {type(data).__name__}: expected a mapping")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sampler"] = self.sampler.value
+        d["constraints"] = self.constraints.to_dict()
+        return d
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        data = self.to_dict()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return SearchConfig.from_dict(data)
+
+
+def default_max_concurrent(resources: Resources) -> int:
+    """Trials that fit the machine's CPUs at once (at least one)."""
+    return max(1, int((os.cpu_count() or 1) // max(resources.cpus, 1e-9))) if resources.cpus else 1

@@ -1,0 +1,116 @@
+"""Presenting a front: text table, CSV/JSON rows, a matplotlib PNG and an interactive plotly HTML.
+
+Everything here takes points already computed by :func:`~squeezetune.search.pareto.pareto_front`;
+nothing recomputes the front.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+from squeezetune.search.pareto import Point
+
+COLUMNS = ["trial", "accuracy", "drop_points", "bytes", "ratio", "feasible", "run_id"]
+
+
+def rows(front: Sequence[Point], *, dense_accuracy: float, dense_bytes: int) -> list[dict]:
+    return [
+        {
+            "trial": p.trial,
+            "accuracy": round(p.accuracy, 6),
+            "drop_points": round(100.0 * (dense_accuracy - p.accuracy), 4),
+            "bytes": int(p.bytes),
+            "ratio": round(dense_bytes / p.bytes, 3),
+            "feasible": p.feasible,
+            "run_id": p.run_id,
+        }
+        for p in front
+    ]
+
+
+def table(front: Sequence[Point], *, dense_accuracy: float, dense_bytes: int) -> str:
+    """The front as aligned text, smallest file first, with the dense model as the last line."""
+    lines = [f"{'trial':>5} {'accuracy':>9} {'drop pt':>8} {'bytes':>10} {'ratio':>7}  run"]
+    for r in rows(front, dense_accuracy=dense_accuracy, dense_bytes=dense_bytes):
+        lines.append(f"{r['trial']:>5} {r['accuracy']:>9.4f} {r['drop_points']:>8.2f} {r['bytes']:>10,} {r['ratio']:>6.1f}x  {r['run_id'] or '-'}")
+    lines.append(f"{'dense':>5} {dense_accuracy:>9.4f} {0.0:>8.2f} {dense_bytes:>10,} {1.0:>6.1f}x")
+    return "\n".join(lines)
+
+
+def to_csv(front: Sequence[Point], *, dense_accuracy: float, dense_bytes: int) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows(front, dense_accuracy=dense_accuracy, dense_bytes=dense_bytes))
+    return buf.getvalue()
+
+
+def to_json(front: Sequence[Point], points: Sequence[Point], *, dense_accuracy: float, dense_bytes: int, **extra) -> str:
+    return json.dumps(
+        {
+            "dense_accuracy": dense_accuracy,
+            "dense_bytes": dense_bytes,
+            **extra,
+            "front": rows(front, dense_accuracy=dense_accuracy, dense_bytes=dense_bytes),
+            "trials": len(points),
+        },
+        indent=2,
+    )
+
+
+def plot_png(front: Sequence[Point], points: Sequence[Point], path: Path, *, dense_accuracy: float, dense_bytes: int, title: str = "") -> None:
+    """Accuracy against bytes (log x): every trial faded, the front drawn as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    on_front = {p.trial for p in front}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    others = [p for p in points if p.trial not in on_front]
+    if others:
+        ax.scatter([p.bytes for p in others], [100 * p.accuracy for p in others], c="tab:gray", alpha=0.35, s=18, label="dominated")
+    if front:
+        xs, ys = [p.bytes for p in front], [100 * p.accuracy for p in front]
+        ax.step(xs, ys, where="post", c="tab:blue", lw=1.2)
+        ax.scatter(xs, ys, c="tab:blue", s=30, label="Pareto front", zorder=3)
+        for p in front:
+            ax.annotate(str(p.trial), (p.bytes, 100 * p.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.axhline(100 * dense_accuracy, c="tab:red", ls="--", lw=0.8, label=f"dense ({dense_bytes:,} B)")
+    ax.set_xscale("log")
+    ax.set_xlabel("container bytes (log)")
+    ax.set_ylabel("accuracy of the decoded model (%)")
+    ax.set_title(title or "Pareto front")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_html(front: Sequence[Point], points: Sequence[Point], path: Path, *, dense_accuracy: float, dense_bytes: int, title: str = "") -> None:
+    """The same plot with plotly, self-contained (works offline): hover shows trial, bytes, ratio, run."""
+    import plotly.graph_objects as go
+
+    on_front = {p.trial for p in front}
+
+    def trace(pts: Sequence[Point], name: str, **kw) -> go.Scatter:
+        return go.Scatter(
+            x=[p.bytes for p in pts],
+            y=[100 * p.accuracy for p in pts],
+            name=name,
+            text=[f"trial {p.trial}<br>{p.bytes:,} B ({dense_bytes / p.bytes:.1f}x)<br>acc {100 * p.accuracy:.2f}%<br>run {p.run_id}" for p in pts],
+            hoverinfo="text",
+            **kw,
+        )
+
+    fig = go.Figure()
+    fig.add_trace(trace([p for p in points if p.trial not in on_front], "dominated", mode="markers", marker={"color": "gray", "opacity": 0.3, "size": 7}))
+    fig.add_trace(trace(list(front), "Pareto front", mode="lines+markers", line={"shape": "hv", "color": "#1f77b4"}, marker={"size": 9}))
+    fig.add_hline(y=100 * dense_accuracy, line_dash="dash", line_color="red", annotation_text=f"dense {dense_bytes:,} B")
+    fig.update_layout(title=title or "Pareto front", xaxis={"type": "log", "title": "container bytes (log)"}, yaxis={"title": "accuracy of the decoded model (%)"}, template="plotly_white")
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)

@@ -1,0 +1,368 @@
+"""Running a search: validate, share the dense baseline, run Ray Tune + Optuna, keep MLflow current.
+
+:func:`run_search` is what ``squeezetune search`` calls. Everything that can be checked is checked
+before the first trial: the space against the model (unknown knobs or layers, empty ranges), the
+constraints against the space (a ``max_bytes`` below the space's most compressed configuration,
+measured), the tracking store (probed with a short timeout).
+
+Resume. The Optuna study, kept in an RDB storage beside ``mlflow.db``, is the record of a search:
+``--resume NAME`` reloads it, settles the trials the dead driver left RUNNING (a trial whose MLflow
+run had finished is told its outcome; any other is marked interrupted and re-queued with the same
+parameters and the same MLflow run), then runs only the trials still missing. Tune's own experiment
+restore is not used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from squeezetune.errors import SqueezeError
+from squeezetune.search import tracking
+from squeezetune.search.config import SearchConfig, default_max_concurrent
+from squeezetune.search.pareto import Point
+from squeezetune.spaces import Constraints, Space, derive_space
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class SearchOutcome:
+    """What a search ended with (also what the CLI prints)."""
+
+    name: str
+    tracking_uri: str
+    parent_run_id: str
+    trials: int
+    counts: dict[str, int]
+    points: list[Point]
+    front: list[Point]
+    dense_accuracy: float
+    dense_bytes: int
+    seconds: float
+    finished: bool
+    study_storage: str
+    nodes: set[str] = field(default_factory=set)
+
+
+def default_study_storage(uri: str) -> str:
+    db = tracking.sqlite_path(uri)
+    folder = db.parent if db is not None else Path.cwd().resolve()
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def _results_dir(uri: str) -> Path:
+    db = tracking.sqlite_path(uri)
+    return (db.parent if db is not None else Path.cwd().resolve()) / "ray_results"
+
+
+def load_saved_config(uri: str, experiment: str, name: str) -> SearchConfig:
+    """The config a search was started with, read back from its parent run."""
+    import json
+
+    c, _, parent = tracking.find_search(uri, experiment, name)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = c.download_artifacts(parent.info.run_id, tracking.CONFIG_ARTIFACT, tmp)
+        except Exception as exc:
+            raise SqueezeError(f"search {name!r} has no {tracking.CONFIG_ARTIFACT} artifact to resume from ({type(exc).__name__})") from None
+        data = json.loads(Path(path).read_text())
+    data["tracking_uri"] = uri
+    return SearchConfig.from_dict(data)
+
+
+def check_constraints(space: Space, constraints: Constraints, *, task, dense, splits, dense_macs: int | None, seed: int, progress: Progress = _quiet) -> int | None:
+    """Fail before any trial if no configuration of ``space`` can meet ``constraints``.
+
+    ``max_bytes`` is compared with the container of the space's most compressed corner (fewest kept
+    weights and clusters, each allowed coder and the ends of the index-bits range, no fine-tuning),
+    measured by running the pipeline on it. ``max_macs`` is compared with the dense model's MACs
+    when the space has no structured (channel) pruning. Returns the smallest bytes measured.
+    """
+    smallest = None
+    if constraints.max_bytes is not None:
+        from squeezetune.compression.pipeline import compress
+
+        overrides: dict[str, Any] = {k.name: 0 for k in space.knobs if k.name.endswith(".epochs")}
+        coder = space.knob("encode.coder")
+        coders = coder.domain.choices if hasattr(coder.domain, "choices") else (coder.corners()[0],)
+        bits = sorted(set(space.knob("encode.index_bits").corners()))
+        with tempfile.TemporaryDirectory(prefix="squeezetune-probe-") as tmp:
+            for cd in coders:
+                for b in bits:
+                    params = space.corner(**overrides, **{"encode.coder": cd, "encode.index_bits": b})
+                    report = compress(task, space.recipe(params, name="probe"), out=Path(tmp) / "probe.sqz", dense=dense, splits=splits, seed=seed)
+                    smallest = report["compressed_bytes"] if smallest is None else min(smallest, report["compressed_bytes"])
+        progress(f"most compressed corner of the space: {smallest:,} bytes")
+        if smallest > constraints.max_bytes:
+            raise SqueezeError(
+                f"constraints.max_bytes={constraints.max_bytes:,} cannot be met: the most compressed configuration of this space takes {smallest:,} bytes"
+            )
+    if constraints.max_macs is not None and "structured" not in space.stages:
+        if dense_macs is not None and dense_macs > constraints.max_macs:
+            raise SqueezeError(
+                f"constraints.max_macs={constraints.max_macs:,} cannot be met: without structured pruning in the space every trial keeps the dense model's {dense_macs:,} MACs"
+            )
+    return smallest
+
+
+def dense_macs_of(model) -> int | None:
+    try:
+        from squeezetune.compression.structured import macs
+    except ImportError:
+        return None
+    try:
+        return int(macs(model))
+    except Exception:
+        return None
+
+
+def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress = _quiet) -> SearchOutcome:
+    """Run (or, with ``resume``, continue) the search ``config.name`` to ``config.trials`` finished trials."""
+    started = time.perf_counter()
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    uri = tracking.resolve_tracking_uri(config.tracking_uri)
+    tracking.probe(uri)
+
+    from squeezetune.compression.finetune import evaluate
+    from squeezetune.compression.pipeline import dense_bytes as count_dense_bytes
+    from squeezetune.compression.pipeline import dense_model
+    from squeezetune.tasks import get_task
+
+    task = get_task(config.task)
+    space = derive_space(task.build_model(), config.space)
+    progress(f"search {config.name!r}: {len(space.searched)} knobs searched, {len(space.knobs) - len(space.searched)} fixed, {config.trials} trials, sampler {config.sampler.value}")
+    if task.needs_data_dir and config.data_dir is None:
+        raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
+
+    c = tracking.client(uri)
+    exp_id = tracking.experiment_id(c, config.experiment, uri)
+    parent = tracking.find_parent(c, exp_id, config.name)
+    if resume and parent is None:
+        raise SqueezeError(f"no search named {config.name!r} to resume in {uri}: expected one of {tracking.list_searches(c, exp_id)}")
+    if not resume and parent is not None:
+        raise SqueezeError(f"a search named {config.name!r} already exists in {uri}: continue it with --resume {config.name} or pick another --name")
+    storage = config.study_storage or default_study_storage(uri)
+    config = config.replace(study_storage=storage, tracking_uri=uri)
+
+    splits = task.load_data(Path(config.data_dir) if config.data_dir else None)
+    dense = dense_model(task, splits, dense=config.dense, seed=config.seed, progress=progress)
+    dense_accuracy = evaluate(dense, splits[1])
+    d_bytes = count_dense_bytes(dense)
+    progress(f"dense baseline: accuracy {dense_accuracy:.4f}, {d_bytes:,} bytes")
+    check_constraints(space, config.constraints, task=task, dense=dense, splits=splits, dense_macs=dense_macs_of(dense), seed=config.seed, progress=progress)
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if parent is None:
+        _refuse_existing_study(storage, config.name)
+        parent = _create_parent(c, exp_id, config, space, dense_accuracy, d_bytes)
+    parent_id = parent.info.run_id
+    tracking.retry(lambda: c.update_run(parent_id, status="RUNNING"))
+
+    from squeezetune.search.front import FrontLogger, counts
+    from squeezetune.search.searcher import ConstraintsFromAttrs, TrackedOptunaSearch, make_sampler
+
+    constraints_func = ConstraintsFromAttrs(config.constraints, dense_accuracy) if config.constraints else None
+    sampler = make_sampler(config.sampler.value, seed=config.seed, population=config.population, constraints_func=constraints_func)
+    front_logger = FrontLogger(uri, parent_id, search=config.name, constraints=config.constraints, dense_accuracy=dense_accuracy, dense_bytes=d_bytes)
+
+    def new_run(number: int) -> str:
+        run = tracking.retry(
+            lambda: c.create_run(
+                exp_id,
+                run_name=f"{config.name}-trial-{number}",
+                tags={tracking.PARENT_TAG: parent_id, tracking.SEARCH_TAG: config.name, tracking.ROLE_TAG: "trial", tracking.TRIAL_TAG: str(number)},
+            )
+        )
+        return run.info.run_id
+
+    def told(frozen) -> None:
+        _, front = front_logger.update(searcher.study)
+        n = counts(searcher.study)
+        a = frozen.user_attrs if frozen is not None else {}
+        if frozen is not None and frozen.state == optuna.trial.TrialState.COMPLETE:
+            what = f"accuracy {a['accuracy']:.4f}, {int(a['bytes']):,} bytes ({d_bytes / a['bytes']:.1f}x)"
+        else:
+            what = f"FAILED: {a.get('error', '?')}"
+        progress(f"trial {frozen.number if frozen else '?'}: {what}  [{n['complete'] + n['failed']}/{config.trials} done, front {len(front)}]")
+
+    searcher = TrackedOptunaSearch(space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, on_told=told)
+    study = searcher.study
+    if resume:
+        _settle_interrupted(study, c, progress)
+    n = counts(study)
+    remaining = config.trials - n["complete"] - n["failed"]
+    if resume:
+        progress(f"resuming: {n['complete'] + n['failed']} of {config.trials} trials done, {remaining} to run")
+
+    nodes: set[str] = set()
+    finished = False
+    try:
+        if remaining > 0:
+            _run_tuner(config, searcher, task, dense, splits, dense_accuracy, remaining, uri, nodes)
+        n = counts(study)
+        finished = n["complete"] + n["failed"] >= config.trials
+    finally:
+        n = counts(study)
+        points, front = front_logger.update(study) if n["complete"] + n["failed"] else ([], [])
+        try:
+            tracking.retry(lambda: c.set_terminated(parent_id, "FINISHED" if finished else "KILLED"))
+        except Exception:
+            pass
+    for t in study.get_trials(deepcopy=False):
+        if "node" in t.user_attrs:
+            nodes.add(t.user_attrs["node"])
+    return SearchOutcome(
+        name=config.name,
+        tracking_uri=uri,
+        parent_run_id=parent_id,
+        trials=config.trials,
+        counts=n,
+        points=points,
+        front=front,
+        dense_accuracy=dense_accuracy,
+        dense_bytes=d_bytes,
+        seconds=time.perf_counter() - started,
+        finished=finished,
+        study_storage=storage,
+        nodes=nodes,
+    )
+
+
+def _refuse_existing_study(storage: str, name: str) -> None:
+    import optuna
+
+    try:
+        names = optuna.study.get_all_study_names(storage)
+    except Exception:
+        return
+    if name in names:
+        raise SqueezeError(f"study {name!r} already exists in {storage} without its MLflow parent run: pick another --name or delete it")
+
+
+def _create_parent(c, exp_id: str, config: SearchConfig, space: Space, dense_accuracy: float, d_bytes: int):
+    parent = tracking.retry(
+        lambda: c.create_run(exp_id, run_name=config.name, tags={tracking.SEARCH_TAG: config.name, tracking.ROLE_TAG: "parent", "squeezetune.task": config.task})
+    )
+    rid = parent.info.run_id
+    params = {
+        "task": config.task,
+        "trials": config.trials,
+        "sampler": config.sampler.value,
+        "population": config.population,
+        "seed": config.seed,
+        "cpus_per_trial": config.resources.cpus,
+        "gpus_per_trial": config.resources.gpus,
+        "study_storage": config.study_storage,
+        **{f"constraint.{k}": v for k, v in config.constraints.to_dict().items()},
+        **{f"space.{k.name}": k.describe() for k in space.knobs},
+    }
+    tracking.retry(lambda: c.log_batch(rid, params=tracking.params_batch(params), metrics=tracking.metrics_batch({"dense_accuracy": dense_accuracy, "dense_bytes": d_bytes})))
+    tracking.log_json(c, rid, config.to_dict(), tracking.CONFIG_ARTIFACT)
+    tracking.retry(lambda: c.log_text(rid, space.table() + "\n", "space.txt"))
+    return parent
+
+
+def _settle_interrupted(study, c, progress: Progress) -> None:
+    """Trials a dead driver left RUNNING: told from their finished MLflow run, else re-queued."""
+    import optuna
+
+    from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, RUN_ATTR
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        rid = t.user_attrs.get(RUN_ATTR)
+        run = None
+        if rid is not None:
+            try:
+                run = c.get_run(rid)
+            except Exception:
+                run = None
+        m = run.data.metrics if run is not None else {}
+        storage = study._storage
+        if run is not None and run.info.status == "FINISHED" and math.isfinite(m.get("accuracy", math.nan)) and "bytes" in m:
+            for key in ("accuracy", "bytes", "ratio", "macs"):
+                if key in m:
+                    storage.set_trial_user_attr(t._trial_id, key, m[key])
+            study.tell(t.number, [m["accuracy"], m["bytes"]])
+            progress(f"trial {t.number}: finished before the interruption, recorded from its MLflow run")
+        elif run is not None and run.info.status == "FAILED" and run.data.tags.get("error"):
+            storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, run.data.tags["error"])
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        else:
+            storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            attrs = {RUN_ATTR: rid, "retry_of": t.number} if rid else {"retry_of": t.number}
+            study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
+            progress(f"trial {t.number}: interrupted, queued again with its MLflow run {rid}")
+
+
+def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accuracy: float, remaining: int, uri: str, nodes: set[str]) -> None:
+    import numpy as np
+    import ray
+    from ray import tune
+
+    from squeezetune.compression.pruning import plain_state_dict
+    from squeezetune.search.trial import TrialSetup, run_trial
+
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        _init_ray(config)
+    try:
+        setup = TrialSetup(
+            search=config.name,
+            task=config.task,
+            tracking_uri=uri,
+            space=dict(config.space),
+            constraints=config.constraints.to_dict(),
+            dense_accuracy=dense_accuracy,
+            seed=config.seed,
+            threads=max(1, int(config.resources.cpus)),
+        )
+        state = {k: v.detach().cpu().numpy() for k, v in plain_state_dict(dense).items()}
+        data = tuple(np.ascontiguousarray(a.numpy()) for a in (splits[0].x, splits[0].y, splits[1].x, splits[1].y))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, dense_state=state, data=data), config.resources.to_ray())
+        max_concurrent = config.max_concurrent or default_max_concurrent(config.resources)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=remaining,
+                max_concurrent_trials=max_concurrent,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(_results_dir(uri)),
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def _init_ray(config: SearchConfig) -> None:
+    import logging
+
+    import ray
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
+    if config.ray_address:
+        ray.init(address=config.ray_address, **kwargs)
+        return
+    need_cpus = max(1, math.ceil(config.resources.cpus))
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need_cpus), **kwargs)

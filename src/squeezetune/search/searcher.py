@@ -1,0 +1,139 @@
+"""Ray Tune's ``OptunaSearch``, tied to a persistent Optuna study and to MLflow child runs.
+
+:class:`TrackedOptunaSearch` adds three things to the stock searcher:
+
+* each new Optuna trial gets its MLflow child run when it is suggested, on the driver, and the run
+  id travels in the trial's config -- so a trial that Tune retries (its node died) or that
+  ``--resume`` re-runs logs into the same run, never a duplicate;
+* a trial that reports an ``error`` or a non-finite accuracy is told to Optuna as FAIL (the stock
+  searcher would try to tell NaN values and leave the trial RUNNING);
+* the outcome is stored as Optuna user attributes before ``tell``, so the sampler's
+  ``constraints_func`` (:class:`ConstraintsFromAttrs`) can see bytes, accuracy and MACs.
+
+The study lives in an RDB storage (sqlite by default), which is what ``--resume`` reads; Tune's own
+searcher checkpoint (a pickle) is not written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from squeezetune.spaces import Constraints
+
+logger = logging.getLogger(__name__)
+
+RUN_ATTR = "mlflow_run_id"
+OUTCOME_ATTRS = ("accuracy", "bytes", "ratio", "macs", "pipeline_seconds", "trial_seconds", "mlflow_seconds")
+INTERRUPTED_ATTR = "interrupted"
+ERROR_ATTR = "error"
+METRICS = ["accuracy", "bytes"]
+MODES = ["max", "min"]
+
+
+@dataclass(frozen=True)
+class ConstraintsFromAttrs:
+    """Optuna ``constraints_func``: the trial's constraint violations from its user attributes."""
+
+    constraints: Constraints
+    dense_accuracy: float
+
+    def __call__(self, trial: optuna.trial.FrozenTrial) -> Sequence[float]:
+        a = trial.user_attrs
+        if "accuracy" not in a or "bytes" not in a:
+            return [1.0] * len(self.constraints.violations(accuracy=0.0, bytes=1, dense_accuracy=self.dense_accuracy))
+        return self.constraints.violations(
+            accuracy=float(a["accuracy"]), bytes=int(a["bytes"]), dense_accuracy=self.dense_accuracy, macs=a.get("macs")
+        )
+
+
+def make_sampler(kind: str, *, seed: int, population: int, constraints_func: Callable | None) -> optuna.samplers.BaseSampler:
+    """NSGA-II, TPE (multi-objective) or random, with the constraints where the sampler takes them."""
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed, constraints_func=constraints_func)
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(n_startup_trials=population, seed=seed, constraints_func=constraints_func, multivariate=True)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise TypeError(f"no sampler for {kind!r}; known: ['nsga2', 'tpe', 'random']")
+
+
+class TrackedOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` over a define-by-run space, two objectives, an RDB study and MLflow child runs.
+
+    ``new_run(trial_number) -> run_id`` creates a child run on the driver.
+    """
+
+    def __init__(
+        self,
+        space: Callable,
+        *,
+        sampler: optuna.samplers.BaseSampler,
+        study_name: str,
+        storage: str,
+        new_run: Callable[[int], str],
+        on_told: Callable[[optuna.trial.FrozenTrial | None], None] | None = None,
+    ) -> None:
+        rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 30}} if storage.startswith("sqlite") else None)
+        super().__init__(space=space, metric=METRICS, mode=MODES, sampler=sampler, study_name=study_name, storage=rdb)
+        self._new_run = new_run
+        self._on_told = on_told
+        self._suggested_at: dict[str, float] = {}
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        run_id = ot_trial.user_attrs.get(RUN_ATTR)
+        if run_id is None:
+            run_id = self._new_run(ot_trial.number)
+            ot_trial.set_user_attr(RUN_ATTR, run_id)
+        self._suggested_at[trial_id] = time.perf_counter()
+        return {**config, "_run_id": run_id, "_trial": ot_trial.number}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        result = result or {}
+        message = result.get("error")
+        acc = result.get("accuracy")
+        if not message and (error or acc is None):
+            message = "the trial's worker failed" if error else "the trial ended without a result"
+        if not message and not (isinstance(acc, (int, float)) and math.isfinite(acc)):
+            message = f"accuracy is {acc}"
+        for key in OUTCOME_ATTRS:
+            v = result.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                ot_trial.set_user_attr(key, v)
+        if trial_id in self._suggested_at:
+            ot_trial.set_user_attr("wall_seconds", time.perf_counter() - self._suggested_at.pop(trial_id))
+        if result.get("node"):
+            ot_trial.set_user_attr("node", str(result["node"]))
+        if message:
+            ot_trial.set_user_attr(ERROR_ATTR, str(message)[:500])
+            try:
+                self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+            except Exception as exc:  # already finished
+                logger.warning("could not record trial %s as failed: %s", ot_trial.number, exc)
+            self._completed_trials.add(trial_id)
+        else:
+            result = {**result, "bytes": float(result["bytes"]), "accuracy": float(acc)}
+            super().on_trial_complete(trial_id, result=result, error=False)
+        if self._on_told is not None:
+            self._on_told(self._ot_study._storage.get_trial(ot_trial._trial_id))
+
+    def save(self, checkpoint_path: str) -> None:
+        """Not written: the study is persisted in its RDB storage, which ``--resume`` reads."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore (see :meth:`save`)."""

@@ -1,0 +1,146 @@
+"""One search trial, as a Ray Tune function trainable: the whole pipeline, logged to its MLflow child run.
+
+The trial receives the dense baseline's weights and the data from the driver (``tune.with_parameters``
+puts them in Ray's object store once), so no node needs the data files or retrains the baseline.
+It runs :func:`~squeezetune.compression.pipeline.compress` -- prune, fine-tune, share, fine-tune
+centroids, encode, decode the file back and measure it -- on the device Ray gave it (a GPU when the
+trial asked for one), then reports the real container bytes and the decoded model's accuracy.
+
+A trial whose pipeline raises or yields a non-finite accuracy does not crash the search: its run is
+marked FAILED with the error as a tag, and it reports ``error`` so the searcher records a failure.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from squeezetune.search import tracking
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """Everything a trial needs besides its sampled knobs (plain data, sent to every trial)."""
+
+    search: str
+    task: str
+    tracking_uri: str
+    space: dict[str, Any]
+    constraints: dict[str, Any] = field(default_factory=dict)
+    dense_accuracy: float = 0.0
+    seed: int = 0
+    threads: int = 1
+
+
+def knob_params(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def metrics_of(report: dict[str, Any], constraints: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of one pipeline report: outcome, per-stage and per-layer figures, MACs."""
+    from squeezetune.spaces import Constraints
+
+    m: dict[str, float] = {
+        "accuracy": report["accuracy"],
+        "dense_accuracy": report["dense_accuracy"],
+        "accuracy_drop_points": 100.0 * (report["dense_accuracy"] - report["accuracy"]),
+        "bytes": report["compressed_bytes"],
+        "dense_bytes": report["dense_bytes"],
+        "ratio": report["ratio"],
+        "pipeline_seconds": report["seconds"],
+    }
+    for key in ("macs", "dense_macs", "latency_ms"):
+        if isinstance(report.get(key), (int, float)):
+            m[key] = report[key]
+    for s in report.get("stages", []):
+        for key in ("accuracy", "bytes", "seconds"):
+            m[f"stage.{s['stage']}.{key}"] = s[key]
+    for layer in report.get("layers", []):
+        m[f"layer.{layer['name']}.kept"] = layer["kept"]
+        m[f"layer.{layer['name']}.coded_bytes"] = layer["coded_bytes"]
+    c = Constraints.from_dict(constraints)
+    if c:
+        m["feasible"] = float(c.feasible(accuracy=report["accuracy"], bytes=report["compressed_bytes"], dense_accuracy=report["dense_accuracy"], macs=report.get("macs")))
+    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, np.ndarray], data: tuple[np.ndarray, ...]) -> None:
+    """Ray Tune trainable: compress with the sampled knobs, log everything, report the outcome once."""
+    import ray
+    import torch
+    from mlflow.entities import RunTag
+    from ray import tune
+
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, setup.threads))
+    run_id, number = config["_run_id"], config["_trial"]
+    params = knob_params(config)
+    node = ray.get_runtime_context().get_node_id()
+    c = tracking.client(setup.tracking_uri)
+    tags = [RunTag(tracking.TRIAL_TAG, str(number)), RunTag("squeezetune.node", node)]
+    tracking.retry(lambda: c.update_run(run_id, status="RUNNING"))
+    tracking.retry(lambda: c.log_batch(run_id, params=tracking.params_batch(params), tags=tags))
+    mlflow_seconds = time.perf_counter() - started
+    out: dict[str, Any] = {"run_id": run_id, "trial": number, "node": node}
+    try:
+        report, device = _compress(config, params, setup, dense_state, data, c, run_id)
+        if not math.isfinite(report["accuracy"]):
+            raise ValueError(f"the decoded model's accuracy is {report['accuracy']}")
+        out.update(
+            accuracy=float(report["accuracy"]),
+            bytes=float(report["compressed_bytes"]),
+            ratio=float(report["ratio"]),
+            pipeline_seconds=float(report["seconds"]),
+            device=device,
+        )
+        if isinstance(report.get("macs"), (int, float)):
+            out["macs"] = float(report["macs"])
+        t0 = time.perf_counter()
+        tracking.retry(lambda: c.log_batch(run_id, metrics=tracking.metrics_batch(metrics_of(report, setup.constraints)), tags=[RunTag("squeezetune.device", device)]))
+        tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
+        mlflow_seconds += time.perf_counter() - t0
+    except Exception as exc:  # recorded as a failed trial; the search goes on
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:480]
+        out.update(accuracy=float("nan"), bytes=float("nan"), error=message)
+        try:
+            tracking.retry(lambda: c.set_tag(run_id, "error", message))
+            tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
+        except Exception:
+            pass
+    out["mlflow_seconds"] = mlflow_seconds
+    out["trial_seconds"] = time.perf_counter() - started
+    tune.report(out)
+
+
+def _compress(config, params, setup: TrialSetup, dense_state, data, c, run_id) -> tuple[dict[str, Any], str]:
+    import torch
+
+    from squeezetune.compression.finetune import pick_device
+    from squeezetune.compression.pipeline import compress, report_path
+    from squeezetune.spaces import derive_space
+    from squeezetune.tasks import Split, get_task
+
+    task = get_task(setup.task)
+    dense = task.build_model()
+    dense.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in dense_state.items()})
+    xt, yt, xe, ye = (torch.from_numpy(np.array(a)) for a in data)
+    splits = (Split(xt, yt), Split(xe, ye))
+    space = derive_space(dense, setup.space)
+    recipe = space.recipe(params, name=f"{setup.search}-trial-{config['_trial']}")
+    device = pick_device(None)
+    with tempfile.TemporaryDirectory(prefix="squeezetune-trial-") as tmp:
+        out = Path(tmp) / "model.sqz"
+        report = compress(task, recipe, out=out, dense=dense, splits=splits, device=device, seed=setup.seed)
+        t0 = time.perf_counter()
+        import yaml
+
+        (Path(tmp) / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        for path in (out, report_path(out), Path(tmp) / "recipe.yaml"):
+            tracking.retry(lambda path=path: c.log_artifact(run_id, str(path)))
+        report["mlflow_artifact_seconds"] = time.perf_counter() - t0
+    return report, str(device)

@@ -1,0 +1,316 @@
+"""The search space of a model: knobs derived from its layers, narrowed by the user's YAML.
+
+Nothing here is written per model. :func:`derive_space` walks the model's prunable layers
+(:func:`~squeezetune.compression.pruning.prunable_layers`) and gives each one a prune count (weights
+to keep) and a k-means cluster count; the recipe-level knobs (k-means init, coder, index bits,
+fine-tune epochs and learning rate, distillation on/off) come once. The user's ``space:`` mapping
+fixes, narrows or excludes any of them::
+
+    space:
+      prune:                          # false: no pruning stage at all
+        granularity: weight
+        default: {keep_fraction: [0.02, 0.6]}   # every layer not named below
+        layers:
+          fc1: {keep: [2000, 40000]}  # weights to keep (or keep_fraction: [a, b])
+          fc3: false                  # left dense
+      finetune: {epochs: [1, 3], distill: [true, false], lr: 0.01}   # false: no fine-tune
+      share:                          # false: no weight sharing
+        init: [forgy, density, linear]
+        default: {bits: [2, 8]}       # 2**bits clusters; or clusters: [4, 200]
+        layers: {fc3: {bits: 6}}
+      finetune_centroids: {epochs: [0, 2], lr: 0.002}
+      encode: {coder: [huffman, ans, auto], index_bits: [3, 8]}
+
+A space is Optuna define-by-run: :meth:`Space.suggest` asks a trial for each searched knob, so the
+number of parameters follows the model. :meth:`Space.recipe` turns the sampled values into a
+:class:`~squeezetune.compression.recipes.Recipe`; a layer's cluster count is capped at its kept
+weights (``bits: 8`` on a layer keeping 100 weights gives 100 clusters).
+
+>>> from squeezetune.tasks.models import LeNet300
+>>> space = derive_space(LeNet300(), {"share": {"default": {"bits": [3, 5]}}})
+>>> [k.name for k in space.knobs if k.name.endswith(".bits")]
+['share.fc1.bits', 'share.fc2.bits', 'share.fc3.bits']
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from torch import nn
+
+from squeezetune.compression.finetune import FinetuneConfig
+from squeezetune.compression.kmeans import Init
+from squeezetune.compression.pruning import Granularity, prunable_layers
+from squeezetune.compression.recipes import CoderChoice, Recipe
+from squeezetune.errors import SqueezeError
+from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, parse_domain
+
+KEEP_FRACTION = (0.02, 0.6)
+"""Default range of the fraction of each layer's weights a trial keeps (log-scaled)."""
+BITS = (2, 8)
+"""Default range of k-means bits per layer (2**bits clusters)."""
+
+_STAGES = ("prune", "finetune", "share", "finetune_centroids", "encode", "structured")
+_FINETUNE_DEFAULTS = {
+    "finetune": {"epochs": IntRange(1, 3), "distill": Choice((True, False)), "lr": FloatRange(0.01, 0.01, log=True)},
+    "finetune_centroids": {"epochs": IntRange(0, 2), "lr": FloatRange(0.002, 0.002, log=True)},
+}
+
+
+def channel_pruning_available() -> bool:
+    """Whether this install has LASSO channel pruning (``squeezetune.compression.channel``)."""
+    return importlib.util.find_spec("squeezetune.compression.channel") is not None
+
+
+@dataclass(frozen=True)
+class Space:
+    """The knobs of one model's search space, in a stable order.
+
+    ``layers`` maps every prunable layer to its weight count; ``stages`` lists the recipe stages
+    the space turns on.
+    """
+
+    knobs: tuple[Knob, ...]
+    layers: dict[str, int]
+    stages: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        names = [k.name for k in self.knobs]
+        if len(set(names)) != len(names):
+            raise SqueezeError(f"knob names repeat in the space: {names}")
+
+    @property
+    def searched(self) -> list[Knob]:
+        return [k for k in self.knobs if k.searched]
+
+    def knob(self, name: str) -> Knob:
+        for k in self.knobs:
+            if k.name == name:
+                return k
+        raise SqueezeError(f"unknown knob {name!r}: expected one of {[k.name for k in self.knobs]}")
+
+    def suggest(self, trial: TrialLike) -> dict[str, Any]:
+        """Every knob's value for one trial (define-by-run; fixed knobs are not sampled)."""
+        return {k.name: k.suggest(trial) for k in self.knobs}
+
+    def __call__(self, trial: TrialLike) -> dict[str, Any]:
+        return self.suggest(trial)
+
+    def corner(self, **overrides: Any) -> dict[str, Any]:
+        """Every knob at its low end (a categorical at its first choice), then ``overrides``.
+
+        With no overrides this is the most compressed configuration per layer: fewest kept
+        weights, fewest clusters.
+        """
+        params = {k.name: k.corners()[0] for k in self.knobs}
+        for name, value in overrides.items():
+            self.knob(name)
+            params[name] = value
+        return params
+
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        return set(params) == {k.name for k in self.knobs} and all(k.domain.contains(params[k.name]) for k in self.knobs)
+
+    def recipe_dict(self, params: Mapping[str, Any], name: str = "search-trial") -> dict[str, Any]:
+        """The recipe (plain data) that ``params`` describe."""
+        missing = [k.name for k in self.knobs if k.name not in params]
+        if missing:
+            raise SqueezeError(f"params lack knob {missing[0]!r}: expected values for {[k.name for k in self.knobs]}")
+        data: dict[str, Any] = {"name": name}
+        for stage in self.stages:
+            data[stage] = {}
+        for k in self.knobs:
+            node = data
+            for part in k.target[:-1]:
+                node = node.setdefault(part, {})
+            node[k.target[-1]] = _plain(params[k.name])
+        _cap_clusters(data)
+        return data
+
+    def recipe(self, params: Mapping[str, Any], name: str = "search-trial") -> Recipe:
+        """The :class:`Recipe` that ``params`` describe."""
+        return Recipe.from_dict(self.recipe_dict(params, name))
+
+    def table(self) -> str:
+        """The knobs as text: name and domain, searched ones first."""
+        rows = sorted(self.knobs, key=lambda k: not k.searched)
+        width = max(len(k.name) for k in rows)
+        return "\n".join(f"{k.name:<{width}}  {'search' if k.searched else 'fixed ':<6}  {k.describe()}" for k in rows)
+
+
+def _cap_clusters(data: dict[str, Any]) -> None:
+    """A layer cannot have more clusters than kept weights: cap ``2**bits`` / ``clusters`` at ``keep``."""
+    kept = {name: v.get("keep") for name, v in data.get("prune", {}).get("layers", {}).items()}
+    layers = data.get("share", {}).get("layers", {})
+    for name, setting in list(layers.items()):
+        keep = kept.get(name)
+        k = 2 ** setting["bits"] if "bits" in setting else setting.get("clusters")
+        if keep is not None and k is not None and k > keep:
+            if keep >= 2:
+                layers[name] = {"clusters": keep}
+            else:  # a single kept weight is its own codebook
+                del layers[name]
+
+
+def _plain(value: Any) -> Any:
+    return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)) else value
+
+
+def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None) -> Space:
+    """The search space of ``model``, with the user's ``space:`` settings applied.
+
+    Raises a one-line :class:`SqueezeError` for an unknown stage, knob or layer, an empty range,
+    or a value outside what the model allows (e.g. ``keep`` above a layer's weight count).
+    """
+    config = dict(config or {})
+    if not isinstance(config, dict):
+        raise SqueezeError(f"space is {type(config).__name__}: expected a mapping with keys {list(_STAGES)}")
+    unknown = sorted(set(config) - set(_STAGES))
+    if unknown:
+        raise SqueezeError(f"unknown key {unknown[0]!r} in space: expected one of {list(_STAGES)}")
+    layers = {name: m.weight.numel() for name, m in prunable_layers(model).items()}
+    knobs: list[Knob] = []
+    stages: list[str] = []
+
+    prune = _stage(config, "prune", ("granularity", "default", "layers"))
+    if prune is not None:
+        stages.append("prune")
+        knobs.append(_recipe_knob("prune.granularity", prune.get("granularity"), Fixed(Granularity.WEIGHT.value), ("prune", "granularity"), tuple(g.value for g in Granularity)))
+        knobs += _layer_knobs("prune", prune, layers, _keep_domain)
+
+    for stage in ("finetune", "finetune_centroids"):
+        ft = _stage(config, stage, tuple(f.name for f in fields(FinetuneConfig)))
+        if ft is None:
+            continue
+        stages.append(stage)
+        defaults = _FINETUNE_DEFAULTS[stage]
+        for f in fields(FinetuneConfig):
+            base = defaults.get(f.name)
+            if base is None:
+                v = f.default
+                base = Choice((v,)) if isinstance(v, bool) else IntRange(v, v) if isinstance(v, int) else FloatRange(v, v, log=v > 0)
+            if f.name not in ft and f.name not in defaults:
+                continue
+            knobs.append(_recipe_knob(f"{stage}.{f.name}", ft.get(f.name), base, (stage, f.name), (True, False) if isinstance(f.default, bool) else ()))
+
+    share = _stage(config, "share", ("init", "default", "layers", "max_iter"))
+    if share is not None:
+        stages.append("share")
+        knobs.append(_recipe_knob("share.init", share.get("init"), Choice(tuple(i.value for i in Init)), ("share", "init"), tuple(i.value for i in Init)))
+        if "max_iter" in share:
+            knobs.append(_recipe_knob("share.max_iter", share["max_iter"], IntRange(20, 20), ("share", "max_iter")))
+        knobs += _layer_knobs("share", share, layers, _share_domain)
+
+    encode = _stage(config, "encode", ("coder", "index_bits"), allow_off=False)
+    stages.append("encode")
+    coders = tuple(c.value for c in CoderChoice)
+    knobs.append(_recipe_knob("encode.coder", encode.get("coder"), Choice(("huffman", "ans", "auto")), ("encode", "coder"), coders))
+    knobs.append(_recipe_knob("encode.index_bits", encode.get("index_bits"), IntRange(3, 8), ("encode", "index_bits")))
+
+    if config.get("structured") not in (None, False):
+        if not channel_pruning_available():
+            raise SqueezeError(
+                "space.structured needs LASSO channel pruning (squeezetune.compression.channel), which this install does not have"
+            )
+        from squeezetune.spaces.structured import structured_knobs
+
+        stages.append("structured")
+        knobs += structured_knobs(model, config["structured"])
+    return Space(tuple(knobs), layers, tuple(stages))
+
+
+def _stage(config: Mapping[str, Any], stage: str, keys: tuple[str, ...], allow_off: bool = True) -> dict[str, Any] | None:
+    raw = config.get(stage, {})
+    if raw is False and allow_off:
+        return None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise SqueezeError(f"space.{stage}={raw!r}: expected a mapping with keys {list(keys)}{' or false' if allow_off else ''}")
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise SqueezeError(f"unknown knob {unknown[0]!r} in space.{stage}: expected one of {list(keys)}")
+    return dict(raw)
+
+
+def _recipe_knob(name: str, raw: Any, default, target: tuple[str, ...], allowed: tuple = ()) -> Knob:
+    domain = default if raw is None else parse_domain(raw, default, f"space.{name}", allowed)
+    return Knob(name, domain, target)
+
+
+def _layer_knobs(stage: str, cfg: Mapping[str, Any], layers: Mapping[str, int], domain_of) -> list[Knob]:
+    named = cfg.get("layers") or {}
+    if not isinstance(named, Mapping):
+        raise SqueezeError(f"space.{stage}.layers is {type(named).__name__}: expected a mapping of layer name to settings")
+    for name in named:
+        if name not in layers:
+            raise SqueezeError(f"unknown layer {name!r} in space.{stage}.layers: expected one of {list(layers)}")
+    default = cfg.get("default")
+    if default is not None and default is not False and not isinstance(default, Mapping):
+        raise SqueezeError(f"space.{stage}.default={default!r}: expected a mapping, or false to leave unnamed layers alone")
+    knobs = []
+    for name, n in layers.items():
+        setting = named.get(name, default if default is not None else {})
+        if setting is False:
+            continue
+        if setting is None:
+            setting = {}
+        if not isinstance(setting, Mapping):
+            raise SqueezeError(f"space.{stage}.layers.{name}={setting!r}: expected a mapping or false")
+        knobs.append(domain_of(name, n, dict(setting), named.get(name) is None))
+    return knobs
+
+
+def _keep_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:
+    where = f"space.prune.{'default' if from_default else 'layers.' + name}"
+    unknown = sorted(set(setting) - {"keep", "keep_fraction"})
+    if unknown:
+        raise SqueezeError(f"unknown knob {unknown[0]!r} in {where}: expected keep or keep_fraction")
+    if len(setting) > 1:
+        raise SqueezeError(f"{where} gives both keep and keep_fraction: expected one")
+    if from_default and "keep" in setting:
+        raise SqueezeError(f"{where}.keep: a default for every layer takes keep_fraction, not a weight count")
+    low, high = (max(1, round(f * n)) for f in KEEP_FRACTION)
+    base = IntRange(low, max(low, high), log=True)
+    target = ("prune", "layers", name, "keep")
+    if "keep_fraction" in setting:
+        frac = parse_domain(setting["keep_fraction"], FloatRange(*KEEP_FRACTION, log=True), f"{where}.keep_fraction")
+        lo, hi = _corners(frac)
+        for f in (lo, hi):
+            if not 0 < f <= 1:
+                raise SqueezeError(f"{where}.keep_fraction={f!r} must be in (0, 1]")
+        if isinstance(frac, Fixed):
+            return Knob(f"prune.{name}.keep", Fixed(max(1, round(lo * n))), target)
+        return Knob(f"prune.{name}.keep", IntRange(max(1, round(lo * n)), max(1, round(hi * n)), log=frac.log), target)
+    domain = parse_domain(setting["keep"], base, f"{where}.keep") if "keep" in setting else base
+    lo, hi = _corners(domain)
+    for v in (lo, hi):
+        if not 1 <= v <= n:
+            raise SqueezeError(f"{where}.keep={v!r} for layer {name!r} must be in [1, {n}]")
+    return Knob(f"prune.{name}.keep", domain, target)
+
+
+def _share_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:
+    where = f"space.share.{'default' if from_default else 'layers.' + name}"
+    unknown = sorted(set(setting) - {"bits", "clusters"})
+    if unknown:
+        raise SqueezeError(f"unknown knob {unknown[0]!r} in {where}: expected bits or clusters")
+    if len(setting) > 1:
+        raise SqueezeError(f"{where} gives both bits and clusters: expected one")
+    if "clusters" in setting:
+        domain = parse_domain(setting["clusters"], IntRange(2 ** BITS[0], 2 ** BITS[1], log=True), f"{where}.clusters")
+        lo, hi = _corners(domain)
+        if lo < 2 or hi > 2**16:
+            raise SqueezeError(f"{where}.clusters=[{lo}, {hi}] must lie in [2, 65536]")
+        return Knob(f"share.{name}.clusters", domain, ("share", "layers", name, "clusters"))
+    domain = parse_domain(setting.get("bits", list(BITS)), IntRange(*BITS), f"{where}.bits")
+    lo, hi = _corners(domain)
+    if lo < 1 or hi > 16:
+        raise SqueezeError(f"{where}.bits=[{lo}, {hi}] must lie in [1, 16]")
+    return Knob(f"share.{name}.bits", domain, ("share", "layers", name, "bits"))
+
+
+def _corners(domain) -> tuple[Any, Any]:
+    return Knob("_", domain).corners()
