@@ -12,17 +12,16 @@ from squeezetune.compression.sparse import decode_positions, encode_positions
 def test_positions_round_trip_with_fillers(n, density, bits, seed):
     rng = np.random.default_rng(seed)
     positions = np.flatnonzero(rng.random(n) < density)
-    symbols, is_filler = encode_positions(positions, bits)
+    symbols, fillers = encode_positions(positions, bits)
     assert symbols.min(initial=0) >= 0 and symbols.max(initial=0) < 2**bits
-    decoded = decode_positions(symbols, bits)
-    assert np.array_equal(decoded[~is_filler], positions)
-    # a filler is inserted only where a gap is longer than the index width can span
+    assert np.array_equal(decode_positions(symbols, bits), positions)
+    # a filler is inserted only where a gap is longer than one symbol can span
     gaps = np.diff(positions, prepend=-1)
-    assert is_filler.sum() == int(((gaps - 1) // 2**bits).sum())
+    assert fillers == int(((gaps - 1) // (2**bits - 1)).sum()) == int((symbols == 2**bits - 1).sum())
+    assert len(symbols) == len(positions) + fillers
 
 
-def test_filler_lands_every_span_positions():
-    symbols, is_filler = encode_positions(np.array([100]), 5)
-    assert symbols.tolist() == [31, 31, 31, 4]
-    assert decode_positions(symbols, 5).tolist() == [31, 63, 95, 100]
-    assert is_filler.tolist() == [True, True, True, False]
+def test_filler_lands_every_span_minus_one_positions():
+    symbols, fillers = encode_positions(np.array([100]), 5)
+    assert symbols.tolist() == [31, 31, 31, 7] and fillers == 3
+    assert decode_positions(symbols, 5).tolist() == [100]

@@ -5,8 +5,8 @@ codebook) the encoder writes up to three sections, named by the layer's position
 
 ``{i}p``  kept positions as relative index diffs with filler zeros (:mod:`.sparse`), entropy coded
           (absent when nothing is pruned);
-``{i}w``  per entry the cluster index, ``k`` marking a filler zero, entropy coded; or, for a layer
-          that is pruned but not shared, every entry's value as raw float32 (0 for a filler);
+``{i}w``  the cluster index of each kept weight, entropy coded; or, for a layer that is pruned but
+          not shared, the kept values as raw float32;
 ``{i}c``  the codebook: ``k`` float32 centroids.
 
 The weight tensor is flattened in its stored order or with its first two axes swapped (inputs
@@ -103,28 +103,23 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, code
         streams: dict[str, dict] = {}
         meta: dict[str, Any] = {"n": name, "s": list(weight.shape), "o": order, "b": index_bits}
         dense = bool(alive.all())
+        fillers = 0
         if dense:
-            is_filler = np.zeros(weight.numel(), dtype=bool)
             meta["e"] = int(weight.numel())
         else:
-            symbols, is_filler = encode_positions(np.flatnonzero(alive), index_bits)
+            symbols, fillers = encode_positions(np.flatnonzero(alive), index_bits)
             sections[f"{index}p"], stats = _code(symbols, 1 << index_bits, coder)
             streams["positions"] = _stats_dict(stats)
             meta["e"], meta["cp"] = int(len(symbols)), streams["positions"]["coder"]
-        kept_slots = ~is_filler
         if shared is not None:
             k = int(shared.codebook.numel())
-            labels = np.full(len(is_filler), k, dtype=np.int64)
-            labels[kept_slots] = _flat(shared.labels.cpu(), order).numpy()[alive]
-            alphabet = k + 1 if is_filler.any() else k
-            sections[f"{index}w"], stats = _code(labels, alphabet, coder)
+            labels = _flat(shared.labels.cpu(), order).numpy()[alive]
+            sections[f"{index}w"], stats = _code(labels, k, coder)
             streams["weights"] = _stats_dict(stats)
             sections[f"{index}c"] = shared.codebook.detach().float().cpu().numpy().astype("<f4").tobytes()
             meta["k"], meta["cw"] = k, streams["weights"]["coder"]
         else:
-            values = np.zeros(len(is_filler), dtype="<f4")
-            values[kept_slots] = _flat(weight, order).numpy()[alive]
-            sections[f"{index}w"] = values.tobytes()
+            sections[f"{index}w"] = _flat(weight, order).numpy()[alive].astype("<f4").tobytes()
             meta["k"] = 0
         size = sum(len(v) for v in sections.values())
         report = LayerReport(
@@ -134,7 +129,7 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, code
             kept=int(alive.sum()),
             clusters=meta["k"],
             index_bits=0 if dense else index_bits,
-            fillers=int(is_filler.sum()),
+            fillers=fillers,
             order="inputs-first" if order else "outputs-first",
             coded_bytes=size,
             streams=streams,
@@ -220,19 +215,18 @@ def _decode_layer(sections: dict[str, bytes], m: dict) -> torch.Tensor:
         positions = np.arange(n, dtype=np.int64)
     if len(positions) and positions[-1] >= n:
         raise SqueezeError(f"layer {m['n']!r}: position {int(positions[-1])} is outside its {n} weights")
-    flat = torch.zeros(n, dtype=torch.float32)
     if k:
-        labels = decode_stream(sections[f"{i}w"], Coder(m["cw"])).astype(np.int64)
+        labels = decode_stream(sections[f"{i}w"], Coder(m["cw"]))
         codebook = np.frombuffer(sections[f"{i}c"], dtype="<f4")
-        if len(labels) != len(positions) or len(codebook) != k or (len(labels) and (labels.min() < 0 or labels.max() > k)):
-            raise SqueezeError(f"layer {m['n']!r}: weight stream or codebook does not match {len(positions)} entries and k={k}")
-        kept = labels < k
-        flat[torch.from_numpy(positions[kept])] = torch.from_numpy(codebook.astype(np.float32)[labels[kept]])
+        if len(labels) != len(positions) or len(codebook) != k or (len(labels) and (labels.min() < 0 or labels.max() >= k)):
+            raise SqueezeError(f"layer {m['n']!r}: weight stream or codebook does not match {len(positions)} kept weights and k={k}")
+        values = codebook[np.asarray(labels, dtype=np.int64)]
     else:
         values = np.frombuffer(sections[f"{i}w"], dtype="<f4")
         if len(values) != len(positions):
-            raise SqueezeError(f"layer {m['n']!r}: {len(values)} raw values for {len(positions)} entries")
-        flat[torch.from_numpy(positions)] = torch.from_numpy(values.astype(np.float32))
+            raise SqueezeError(f"layer {m['n']!r}: {len(values)} raw values for {len(positions)} kept weights")
+    flat = torch.zeros(n, dtype=torch.float32)
+    flat[torch.from_numpy(positions)] = torch.from_numpy(values.astype(np.float32))
     t_shape = [shape[1], shape[0], *shape[2:]] if order else shape
     w = flat.reshape(t_shape)
     return (w.transpose(0, 1) if order else w).contiguous()

@@ -1,16 +1,20 @@
 """Relative-index sparse storage with filler zeros (Deep Compression, Fig. 2).
 
 The kept positions of a flattened weight tensor are stored as differences from the previous
-kept position, each in ``index_bits`` bits. A difference ``d`` is stored as the symbol ``d - 1``,
-so a symbol covers ``d`` in ``[1, 2**index_bits]``. When a gap is longer than ``2**index_bits``,
-a *filler zero* is inserted ``2**index_bits`` positions on: an entry that holds no weight. The
-weight stream marks fillers with a reserved symbol (see :mod:`squeezetune.compression.codec`).
+entry, one ``index_bits``-wide symbol each (position -1 precedes the first entry). With
+``span = 2**index_bits``:
 
->>> symbols, is_filler = encode_positions(np.array([0, 3, 40]), index_bits=3)
->>> symbols.tolist(), is_filler.tolist()
-([0, 2, 7, 7, 7, 7, 4], [False, False, True, True, True, True, False])
+* a symbol ``s < span - 1`` is a kept weight ``s + 1`` positions after the previous entry;
+* the symbol ``span - 1`` is a *filler zero*: an entry ``span - 1`` positions on that holds no
+  weight, inserted wherever a gap is longer than a symbol can span.
+
+Because a filler is told apart by its symbol, the weight stream holds kept weights only.
+
+>>> symbols, kept = encode_positions(np.array([0, 3, 40]), index_bits=3)
+>>> symbols.tolist()
+[0, 2, 7, 7, 7, 7, 7, 1]
 >>> decode_positions(symbols, index_bits=3).tolist()
-[0, 3, 11, 19, 27, 35, 40]
+[0, 3, 40]
 """
 
 from __future__ import annotations
@@ -18,23 +22,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def encode_positions(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Difference symbols for sorted ``positions`` and a flag for each entry that is a filler."""
-    span = 1 << index_bits
+def encode_positions(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray, int]:
+    """Difference symbols for strictly increasing ``positions``; and the number of fillers."""
+    step = (1 << index_bits) - 1
     positions = np.asarray(positions, dtype=np.int64)
     gaps = np.diff(positions, prepend=-1)
-    fillers = (gaps - 1) // span
+    if step == 0:
+        raise ValueError("index_bits must be >= 1")
+    fillers = (gaps - 1) // step
     entries = fillers + 1
-    total = int(entries.sum())
-    symbols = np.full(total, span - 1, dtype=np.int64)
-    last = np.cumsum(entries) - 1
-    symbols[last] = gaps - fillers * span - 1
-    is_filler = np.ones(total, dtype=bool)
-    is_filler[last] = False
-    return symbols, is_filler
+    symbols = np.full(int(entries.sum()), step, dtype=np.int64)
+    symbols[np.cumsum(entries) - 1] = gaps - fillers * step - 1
+    return symbols, int(fillers.sum())
 
 
 def decode_positions(symbols: np.ndarray, index_bits: int) -> np.ndarray:
-    """Positions of every entry (fillers included) from difference symbols."""
-    del index_bits  # a symbol s always means a step of s + 1; the width only bounds s
-    return np.cumsum(np.asarray(symbols, dtype=np.int64) + 1) - 1
+    """The kept positions (fillers dropped) from difference symbols."""
+    step = (1 << index_bits) - 1
+    symbols = np.asarray(symbols, dtype=np.int64)
+    ends = np.cumsum(np.where(symbols >= step, step, symbols + 1)) - 1
+    return ends[symbols < step]
