@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,11 +59,6 @@ def default_study_storage(uri: str) -> str:
     db = tracking.sqlite_path(uri)
     folder = db.parent if db is not None else Path.cwd().resolve()
     return f"sqlite:///{folder / 'optuna.db'}"
-
-
-def _results_dir(uri: str) -> Path:
-    db = tracking.sqlite_path(uri)
-    return (db.parent if db is not None else Path.cwd().resolve()) / "ray_results"
 
 
 def load_saved_config(uri: str, experiment: str, name: str) -> SearchConfig:
@@ -319,6 +315,9 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
     owns_ray = not ray.is_initialized()
     if owns_ray:
         _init_ray(config)
+    # Tune's own experiment folder (its tuner.pkl, trial dirs) is scratch: outcomes live in the Optuna
+    # study and MLflow, and resume never reads it, so it is removed when the search ends.
+    scratch = Path(tempfile.mkdtemp(prefix=f"squeezetune-tune-{config.name}-"))
     try:
         setup = TrialSetup(
             search=config.name,
@@ -340,11 +339,12 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
                 search_alg=searcher,
                 num_samples=remaining,
                 max_concurrent_trials=max_concurrent,
+                reuse_actors=True,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(_results_dir(uri)),
+                storage_path=str(scratch),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
                 verbose=0,
             ),
@@ -353,12 +353,16 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
     finally:
         if owns_ray:
             ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _init_ray(config: SearchConfig) -> None:
     import logging
 
     import ray
+
+    # result.json loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): outcomes live in Optuna + MLflow
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if config.ray_address:

@@ -1,0 +1,144 @@
+"""The ``search``, ``pareto`` and ``export`` commands, added to the CLI by :func:`register`.
+
+Heavy modules (Ray, Optuna, MLflow) are imported inside the commands, so ``squeezetune --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from squeezetune.errors import SqueezeError
+
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store: sqlite:///path/mlflow.db or http://host:5000 (default: sqlite:///<cwd>/mlflow.db).")
+ExperimentOpt = typer.Option("squeezetune", "--experiment", help="MLflow experiment holding the search.")
+NameOpt = typer.Option(..., "--name", "-n", help="The search's name.")
+
+
+def _progress(message: str, _start: list[float] = [time.perf_counter()]) -> None:
+    typer.echo(f"[{time.perf_counter() - _start[0]:7.1f}s] {message}", err=True)
+
+
+def search_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Search config (YAML); defaults apply without one."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Built-in task name or module:factory (default lenet300-digits)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="MNIST raw folder for *-mnist tasks."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trials to finish (default 12)."),
+    tracking_uri: Optional[str] = TrackingOpt,
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="The search's name (default: search-<date>-<time>)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2, tpe or random."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted search NAME to its requested trials."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to run on ('auto' or host:port); default a local Ray."),
+    cpus: Optional[float] = typer.Option(None, "--cpus-per-trial", help="CPUs per trial."),
+    gpus: Optional[float] = typer.Option(None, "--gpus-per-trial", help="GPUs per trial (fractions allowed, e.g. 0.25)."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Trials running at once."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default squeezetune)."),
+) -> None:
+    """Search compression recipes: maximise accuracy, minimise container bytes (Ray Tune + Optuna + MLflow)."""
+    from squeezetune.search.config import SearchConfig
+    from squeezetune.search.present import table
+    from squeezetune.search.runner import load_saved_config, run_search
+    from squeezetune.search.tracking import probe, resolve_tracking_uri, ui_command
+
+    if resume is not None:
+        clashing = [flag for flag, v in (("--config", config), ("--task", task), ("--name", name), ("--data-dir", data_dir), ("--sampler", sampler)) if v is not None]
+        if clashing:
+            raise SqueezeError(f"--resume continues the saved config: {clashing[0]} cannot be changed (only --trials, --tracking-uri, --ray-address, resources)")
+        uri = resolve_tracking_uri(tracking_uri)
+        probe(uri)
+        cfg = load_saved_config(uri, experiment or "squeezetune", resume)
+    else:
+        cfg = SearchConfig.from_yaml(config) if config is not None else SearchConfig()
+    resources = None
+    if cpus is not None or gpus is not None:
+        resources = {"cpus": cpus if cpus is not None else cfg.resources.cpus, "gpus": gpus if gpus is not None else cfg.resources.gpus}
+    cfg = cfg.replace(
+        task=task,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        trials=trials,
+        tracking_uri=tracking_uri,
+        name=name,
+        sampler=sampler,
+        ray_address=ray_address,
+        resources=resources,
+        max_concurrent=max_concurrent,
+        experiment=experiment,
+    )
+    outcome = None
+    try:
+        outcome = run_search(cfg, resume=resume is not None, progress=_progress)
+    finally:
+        if outcome is None:
+            typer.echo(f"search {cfg.name!r} stopped early; continue it with: squeezetune search --resume {cfg.name}" + (f" --tracking-uri {cfg.tracking_uri}" if cfg.tracking_uri else ""), err=True)
+    n = outcome.counts
+    typer.echo(f"\nsearch {outcome.name!r}: {n['complete']} trials complete, {n['failed']} failed, of {outcome.trials}; {outcome.seconds:.0f} s")
+    typer.echo(f"Pareto front ({len(outcome.front)} points; accuracy of the decoded model, real container bytes):")
+    typer.echo(table(outcome.front, dense_accuracy=outcome.dense_accuracy, dense_bytes=outcome.dense_bytes))
+    if not outcome.finished:
+        typer.echo(f"\nthe search stopped before all trials finished; continue it with: squeezetune search --resume {outcome.name}")
+    typer.echo(f"\nMLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
+    typer.echo(ui_command(outcome.tracking_uri))
+
+
+def pareto_cmd(
+    name: str = NameOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    experiment: str = ExperimentOpt,
+    all_points: bool = typer.Option(False, "--all", help="Also list dominated trials."),
+) -> None:
+    """Print a search's Pareto front (read from MLflow)."""
+    from squeezetune.search.export import search_front
+    from squeezetune.search.present import table
+    from squeezetune.search.tracking import probe, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    probe(uri)
+    points, front, dense = search_front(uri, experiment, name)
+    dense_acc = dense.get("dense_accuracy", float("nan"))
+    dense_bytes = int(dense.get("dense_bytes", 0)) or 1
+    typer.echo(f"search {name!r}: {len(points)} finished trials, {len(front)} on the front")
+    typer.echo(table(front, dense_accuracy=dense_acc, dense_bytes=dense_bytes))
+    if all_points:
+        rest = sorted((p for p in points if p not in front), key=lambda p: p.bytes)
+        typer.echo("\ndominated:")
+        typer.echo(table(rest, dense_accuracy=dense_acc, dense_bytes=dense_bytes))
+
+
+def export_cmd(
+    name: str = NameOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the exported model to."),
+    max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="Most accurate front point within this many bytes."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Smallest front point losing at most this many accuracy points."),
+    trial: Optional[int] = typer.Option(None, "--trial", help="This trial number."),
+    tracking_uri: Optional[str] = TrackingOpt,
+    experiment: str = ExperimentOpt,
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="Data for re-measuring (default: the search's)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name (default squeezetune-<search>)."),
+    alias: str = typer.Option("exported", "--alias", help="Alias given to the registered model version."),
+) -> None:
+    """Export one trial: container, safetensors, torch.export program, ONNX, MLflow registered model."""
+    from squeezetune.search.export import export_trial
+    from squeezetune.search.tracking import probe, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    probe(uri)
+    result = export_trial(
+        uri, experiment, name, out, trial=trial, max_bytes=max_bytes, max_drop=max_drop, data_dir=data_dir, model_name=model_name, alias=alias, progress=_progress
+    )
+    p = result.point
+    typer.echo(f"trial {p.trial} of {name!r}: {p.bytes:,} bytes, accuracy in the search {p.accuracy:.4f}")
+    for kind, path in result.files.items():
+        extra = f"  accuracy {result.accuracy[kind]:.4f} (re-measured)" if kind in result.accuracy else ""
+        typer.echo(f"  {kind:<13} {path}{extra}")
+    typer.echo(f"  mlflow model  {result.model_uri}  registered as {result.registered}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``search``, ``pareto`` and ``export`` to the ``squeezetune`` app."""
+    app.command("search")(search_cmd)
+    app.command("pareto")(pareto_cmd)
+    app.command("export")(export_cmd)

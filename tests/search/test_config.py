@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from squeezetune.errors import SqueezeError
+from squeezetune.search.config import SearchConfig
+
+
+def test_defaults_need_no_config():
+    c = SearchConfig()
+    assert c.task == "lenet300-digits" and c.sampler.value == "nsga2" and c.trials >= 1 and c.population >= 2
+
+
+def test_round_trip_through_dict(tmp_path):
+    import yaml
+
+    data = {
+        "name": "x1",
+        "trials": 5,
+        "sampler": "tpe",
+        "resources": {"cpus": 1, "gpus": 0.25},
+        "constraints": {"max_bytes": 20000, "max_drop": 0.5},
+        "space": {"finetune": {"epochs": 1}},
+        "max_concurrent": 3,
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    c = SearchConfig.from_yaml(path)
+    assert SearchConfig.from_dict(c.to_dict()) == c
+    assert c.resources.gpus == 0.25 and c.constraints.max_bytes == 20000
+    assert c.replace(trials=9).trials == 9 and c.replace(trials=None).trials == 5
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"trails": 3}, "unknown key 'trails'"),
+        ({"sampler": "cmaes"}, "sampler='cmaes'"),
+        ({"trials": 0}, "trials=0"),
+        ({"resources": {"cpu": 1}}, "unknown key 'cpu'"),
+        ({"resources": {"gpus": 1.5}}, "fraction"),
+        ({"constraints": {"max_bytes": -3}}, "max_bytes"),
+        ({"name": "a b"}, "name="),
+    ],
+)
+def test_bad_config(data, message):
+    with pytest.raises(SqueezeError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        SearchConfig.from_dict(data)
+
+
+def test_missing_and_broken_yaml(tmp_path):
+    with pytest.raises(SqueezeError, match="does not exist"):
+        SearchConfig.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(SqueezeError, match="not valid YAML"):
+        SearchConfig.from_yaml(bad)

@@ -1,0 +1,61 @@
+"""pareto_front and hypervolume are pure and agree with brute force."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from squeezetune.search.pareto import Point, best_ratio, dominates, hypervolume, pareto_front
+
+points_st = st.lists(
+    st.tuples(st.floats(0.0, 1.0, allow_nan=False), st.integers(1, 10_000)), min_size=0, max_size=40
+).map(lambda xs: [Point(i, a, b) for i, (a, b) in enumerate(xs)])
+
+
+@given(points_st)
+def test_front_is_exactly_the_non_dominated_points(points):
+    front = pareto_front(points)
+    for p in front:
+        assert not any(dominates(q, p) for q in points)
+    on_front = {(p.accuracy, p.bytes) for p in front}
+    for p in points:
+        if (p.accuracy, p.bytes) not in on_front:
+            assert any(dominates(q, p) for q in front)
+    assert [p.bytes for p in front] == sorted(p.bytes for p in front)
+    assert all(a.accuracy < b.accuracy for a, b in zip(front, front[1:]))
+
+
+@given(points_st, st.floats(0.0, 0.5), st.integers(5_000, 20_000))
+def test_hypervolume_matches_grid_count(points, ref_acc, ref_bytes):
+    front = pareto_front(points)
+    hv = hypervolume(front, (ref_acc, ref_bytes))
+    # brute force on the grid of the points' own coordinates
+    xs = sorted({p.bytes for p in front if p.bytes < ref_bytes} | {ref_bytes})
+    ys = sorted({p.accuracy for p in front if p.accuracy > ref_acc} | {ref_acc})
+    area = 0.0
+    for x0, x1 in zip(xs, xs[1:]):
+        for y0, y1 in zip(ys, ys[1:]):
+            if any(p.bytes <= x0 and p.accuracy >= y1 for p in front):
+                area += (x1 - x0) * (y1 - y0)
+    assert math.isclose(hv, area, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_dominated_and_infeasible_and_nan_points_leave_the_front():
+    pts = [Point(0, 0.9, 100), Point(1, 0.8, 200), Point(2, 0.95, 50, feasible=False), Point(3, float("nan"), 10)]
+    assert [p.trial for p in pareto_front(pts)] == [0]
+    assert [p.trial for p in pareto_front(pts, feasible_only=False)] == [2]
+
+
+def test_hypervolume_grows_with_a_better_point():
+    front = [Point(0, 0.9, 100)]
+    assert hypervolume(front, (0.5, 1000)) < hypervolume(pareto_front(front + [Point(1, 0.95, 90)]), (0.5, 1000))
+    assert hypervolume([], (0.5, 1000)) == 0.0
+
+
+def test_best_ratio_respects_the_drop():
+    pts = [Point(0, 0.98, 100), Point(1, 0.985, 300), Point(2, 0.99, 1000)]
+    assert best_ratio(pts, dense_bytes=10_000, dense_accuracy=0.99, max_drop=0.5).trial == 1
+    assert best_ratio(pts, dense_bytes=10_000, dense_accuracy=0.99, max_drop=1.0).trial == 0
+    assert best_ratio(pts, dense_bytes=10_000, dense_accuracy=0.999, max_drop=0.1) is None

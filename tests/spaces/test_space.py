@@ -1,0 +1,119 @@
+"""The space is derived from the model; the YAML fixes, narrows or excludes knobs; bad input is one line."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from torch import nn
+
+from squeezetune.compression.recipes import Recipe
+from squeezetune.errors import SqueezeError
+from squeezetune.spaces import Choice, Fixed, IntRange, derive_space
+from squeezetune.tasks.models import LeNet5, LeNet300
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 6)
+        self.block = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("model", [LeNet300(), LeNet5(), Tiny()], ids=["lenet300", "lenet5", "tiny"])
+def test_every_prunable_layer_gets_keep_and_cluster_knobs(model):
+    from squeezetune.compression.pruning import prunable_layers
+
+    space = derive_space(model)
+    layers = prunable_layers(model)
+    for name, layer in layers.items():
+        keep = space.knob(f"prune.{name}.keep")
+        assert isinstance(keep.domain, IntRange) and 1 <= keep.domain.low <= keep.domain.high <= layer.weight.numel()
+        assert isinstance(space.knob(f"share.{name}.bits").domain, IntRange)
+    for name in ("share.init", "encode.coder", "finetune.epochs", "finetune.distill", "encode.index_bits"):
+        assert space.knob(name).searched
+    assert space.layers == {n: m.weight.numel() for n, m in layers.items()}
+
+
+@pytest.mark.parametrize("model", [LeNet300(), LeNet5(), Tiny()], ids=["lenet300", "lenet5", "tiny"])
+def test_define_by_run_suggestions_stay_in_domain_and_make_valid_recipes(model):
+    space = derive_space(model)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        params = space.suggest(trial)
+        assert space.contains(params)
+        assert set(trial.params) == {k.name for k in space.searched}
+        recipe = space.recipe(params)
+        assert Recipe.from_dict(recipe.to_dict()) == recipe
+        for name, setting in recipe.share.layers.items():
+            assert setting.k <= recipe.prune.layers[name].keep  # clusters capped at kept weights
+        study.tell(trial, [0.5, 1000.0])
+
+
+def test_fix_narrow_exclude():
+    space = derive_space(
+        LeNet300(),
+        {
+            "prune": {"layers": {"fc1": {"keep": [1000, 2000]}, "fc2": {"keep_fraction": 0.1}, "fc3": False}},
+            "share": {"init": "density", "default": {"bits": [3, 5]}, "layers": {"fc2": {"clusters": [4, 40]}}},
+            "finetune": {"epochs": 1, "distill": [True]},
+            "finetune_centroids": False,
+            "encode": {"coder": ["huffman", "ans"], "index_bits": 5},
+        },
+    )
+    assert space.knob("prune.fc1.keep").domain == IntRange(1000, 2000, log=True)
+    assert space.knob("prune.fc2.keep").domain == Fixed(3000)
+    assert "prune.fc3.keep" not in {k.name for k in space.knobs}
+    assert space.knob("share.init").domain == Fixed("density")
+    assert space.knob("share.fc1.bits").domain == IntRange(3, 5)
+    assert space.knob("share.fc2.clusters").domain == IntRange(4, 40, log=True)
+    assert space.knob("finetune.epochs").domain == Fixed(1)
+    assert space.knob("finetune.distill").domain == Fixed(True)
+    assert space.knob("encode.coder").domain == Choice(("huffman", "ans"))
+    assert "finetune_centroids" not in space.stages
+    recipe = space.recipe(space.corner())
+    assert recipe.finetune_centroids is None and "fc3" not in recipe.prune.layers
+    assert recipe.share.layers["fc2"].clusters == 4
+
+
+def test_share_and_prune_off():
+    space = derive_space(LeNet300(), {"share": False, "prune": False, "finetune": False, "finetune_centroids": False})
+    assert {k.name for k in space.knobs} == {"encode.coder", "encode.index_bits"}
+    recipe = space.recipe(space.corner())
+    assert recipe.prune is None and recipe.share is None
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"prune": {"layers": {"fc9": {"keep": 10}}}}, "unknown layer 'fc9'"),
+        ({"share": {"layers": {"conv1": {"bits": 3}}}}, "unknown layer 'conv1'"),
+        ({"prune": {"kep": 1}}, "unknown knob 'kep'"),
+        ({"prune": {"layers": {"fc1": {"keep_frac": 0.1}}}}, "unknown knob 'keep_frac'"),
+        ({"finetune": {"epoch": 2}}, "unknown knob 'epoch'"),
+        ({"pruning": {}}, "unknown key 'pruning'"),
+        ({"prune": {"layers": {"fc1": {"keep": [500, 100]}}}}, "empty range"),
+        ({"share": {"default": {"bits": {"low": 6, "high": 3}}}}, "empty range"),
+        ({"encode": {"coder": []}}, "empty choice list"),
+        ({"encode": {"coder": "zip"}}, "'zip' is not known"),
+        ({"prune": {"layers": {"fc3": {"keep": [1, 5000]}}}}, "must be in [1, 1000]"),
+        ({"prune": {"default": {"keep": [1, 5]}}}, "takes keep_fraction"),
+        ({"share": {"default": {"bits": [0, 20]}}}, "must lie in [1, 16]"),
+        ({"finetune": {"epochs": [1.5, 3]}}, "expected an integer"),
+        ({"prune": {"layers": {"fc1": {"keep": 10, "keep_fraction": 0.1}}}}, "both keep and keep_fraction"),
+    ],
+)
+def test_bad_space_is_one_line_error(config, message):
+    with pytest.raises(SqueezeError) as err:
+        derive_space(LeNet300(), config)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_structured_needs_channel_pruning_or_is_accepted():
+    from squeezetune.spaces import channel_pruning_available
+
+    if channel_pruning_available():
+        pytest.skip("channel pruning present: covered by test_structured_knobs")
+    with pytest.raises(SqueezeError, match="channel"):
+        derive_space(LeNet5(), {"structured": {"lambda": [0.1, 1.0]}})
