@@ -40,8 +40,9 @@ def _roundtrip(model: nn.Module, **kw) -> nn.Module:
     bits=st.integers(1, 8),
     granularity=st.sampled_from(["weight", "vector", "kernel", "filter"]),
     seed=st.integers(0, 1000),
+    float_bits=st.sampled_from([16, 32]),
 )
-def test_encode_decode_is_bit_exact(c_out, k_size, hidden, density, k, share, coder, bits, granularity, seed):
+def test_encode_decode_is_bit_exact(c_out, k_size, hidden, density, k, share, coder, bits, granularity, seed, float_bits):
     torch.manual_seed(seed)
     model = Net(c_out, k_size, hidden)
     model.args = (c_out, k_size, hidden)
@@ -51,7 +52,8 @@ def test_encode_decode_is_bit_exact(c_out, k_size, hidden, density, k, share, co
         alive = int((layer.weight != 0).sum())
         if share and alive >= 2:
             share_layer(layer, k=min(k, alive))
-    decoded = _roundtrip(model, index_bits=bits, coder=coder)
+    codec.round_floats(model, float_bits)
+    decoded = _roundtrip(model, index_bits=bits, coder=coder, float_bits=float_bits)
     expected = plain_state_dict(model)
     got = decoded.state_dict()
     assert set(got) == set(expected)

@@ -91,7 +91,7 @@ def _flat(t: torch.Tensor, order: int) -> torch.Tensor:
     return (t.transpose(0, 1) if order else t).reshape(-1)
 
 
-def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, coder: str) -> tuple[dict[str, bytes], dict, LayerReport] | None:
+def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, coder: str, fdt: str) -> tuple[dict[str, bytes], dict, LayerReport] | None:
     shared, mask = shared_of(layer), mask_of(layer)
     if shared is None and mask is None:
         return None
@@ -116,10 +116,10 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, code
             labels = _flat(shared.labels.cpu(), order).numpy()[alive]
             sections[f"{index}w"], stats = _code(labels, k, coder)
             streams["weights"] = _stats_dict(stats)
-            sections[f"{index}c"] = shared.codebook.detach().float().cpu().numpy().astype("<f4").tobytes()
+            sections[f"{index}c"] = shared.codebook.detach().float().cpu().numpy().astype(fdt).tobytes()
             meta["k"], meta["cw"] = k, streams["weights"]["coder"]
         else:
-            sections[f"{index}w"] = _flat(weight, order).numpy()[alive].astype("<f4").tobytes()
+            sections[f"{index}w"] = _flat(weight, order).numpy()[alive].astype(fdt).tobytes()
             meta["k"] = 0
         size = sum(len(v) for v in sections.values())
         report = LayerReport(
@@ -147,19 +147,23 @@ def encode_model(
     task: str,
     index_bits: int | dict[str, int] = 5,
     coder: str = "auto",
+    float_bits: int = 32,
     spec: dict | None = None,
 ) -> Encoded:
     """Encode a (pruned and/or shared) model into container sections.
 
     ``index_bits`` may be one width for all layers or a per-layer mapping (default 5).
     ``coder`` is ``huffman``, ``ans``, ``raw`` or ``auto`` (smallest per stream).
+    ``float_bits=16`` stores codebooks, unshared kept values and raw floating-point tensors as
+    float16; call :func:`round_floats` on the model first so that decoding stays bit-exact.
     """
     coder = getattr(coder, "value", coder)
+    fdt = {32: "<f4", 16: "<f2"}[float_bits]
     sections: dict[str, bytes] = {}
     layers_meta, reports, covered = [], [], set()
     for index, (name, layer) in enumerate(prunable_layers(model).items()):
         bits = index_bits.get(name, 5) if isinstance(index_bits, dict) else index_bits
-        encoded = _encode_layer(index, name, layer, bits, coder)
+        encoded = _encode_layer(index, name, layer, bits, coder, fdt)
         if encoded is None:
             continue
         layer_sections, meta, report = encoded
@@ -173,16 +177,40 @@ def encode_model(
         if key in covered or key.endswith("num_batches_tracked"):
             continue
         t = tensor.detach().cpu().contiguous()
+        if float_bits == 16 and t.dtype == torch.float32:
+            t = t.half()
         if t.dtype not in _DTYPE_NAMES:
             raise SqueezeError(f"tensor {key!r} has dtype {t.dtype}: expected one of {sorted(map(str, _DTYPE_NAMES))}")
         rest.append([key, _DTYPE_NAMES[t.dtype], list(t.shape)])
         raw_chunks.append(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     sections["r"] = b"".join(raw_chunks)
-    meta = {"task": task, "layers": layers_meta, "rest": rest}
+    meta = {"task": task, "layers": layers_meta, "rest": rest, "fb": float_bits}
     if spec is not None:
         meta["spec"] = spec
     sections = {"m": zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9), **sections}
     return Encoded(sections=sections, layers=reports, raw_bytes=len(sections["r"]), meta_bytes=len(sections["m"]))
+
+
+@torch.no_grad()
+def round_floats(model: nn.Module, float_bits: int = 16) -> nn.Module:
+    """Round what ``encode_model(float_bits=16)`` stores as float16 to float16 precision, in place.
+
+    That is every shared codebook, every plain (unparametrized) floating-point parameter and
+    buffer, and the weights of layers that are pruned but not shared.
+    """
+    if float_bits == 32:
+        return model
+    for layer in prunable_layers(model).values():
+        shared = shared_of(layer)
+        if shared is not None:
+            shared.codebook.copy_(shared.codebook.half().float())
+        elif mask_of(layer) is not None:
+            original = layer.parametrizations.weight.original
+            original.copy_(original.half().float())
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if ".parametrizations." not in name and tensor.dtype == torch.float32:
+            tensor.copy_(tensor.half().float())
+    return model
 
 
 def read_meta(sections: dict[str, bytes]) -> dict[str, Any]:
@@ -198,8 +226,9 @@ def read_meta(sections: dict[str, bytes]) -> dict[str, Any]:
     return meta
 
 
-def _decode_layer(sections: dict[str, bytes], m: dict) -> torch.Tensor:
+def _decode_layer(sections: dict[str, bytes], m: dict, fb: int) -> torch.Tensor:
     shape, order, bits, k, entries = m["s"], int(m["o"]), int(m["b"]), int(m["k"]), int(m["e"])
+    fdt = {32: "<f4", 16: "<f2"}[fb]
     n = int(np.prod(shape))
     i = int(m["i"])
     if not 1 <= bits <= 16 or entries < 0 or entries > n * 2 + (n >> max(bits - 1, 0)) + 1:
@@ -217,12 +246,12 @@ def _decode_layer(sections: dict[str, bytes], m: dict) -> torch.Tensor:
         raise SqueezeError(f"layer {m['n']!r}: position {int(positions[-1])} is outside its {n} weights")
     if k:
         labels = decode_stream(sections[f"{i}w"], Coder(m["cw"]))
-        codebook = np.frombuffer(sections[f"{i}c"], dtype="<f4")
+        codebook = np.frombuffer(sections[f"{i}c"], dtype=fdt)
         if len(labels) != len(positions) or len(codebook) != k or (len(labels) and (labels.min() < 0 or labels.max() >= k)):
             raise SqueezeError(f"layer {m['n']!r}: weight stream or codebook does not match {len(positions)} kept weights and k={k}")
         values = codebook[np.asarray(labels, dtype=np.int64)]
     else:
-        values = np.frombuffer(sections[f"{i}w"], dtype="<f4")
+        values = np.frombuffer(sections[f"{i}w"], dtype=fdt)
         if len(values) != len(positions):
             raise SqueezeError(f"layer {m['n']!r}: {len(values)} raw values for {len(positions)} kept weights")
     flat = torch.zeros(n, dtype=torch.float32)
@@ -238,7 +267,7 @@ def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
     state = {}
     try:
         for m in meta["layers"]:
-            state[f"{m['n']}.weight"] = _decode_layer(sections, m)
+            state[f"{m['n']}.weight"] = _decode_layer(sections, m, meta.get("fb", 32))
         raw = sections["r"]
         offset = 0
         for key, dtype_name, shape in meta["rest"]:

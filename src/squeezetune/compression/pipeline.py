@@ -197,9 +197,13 @@ def compress(
     layers = prunable_layers(model)
     stages: list[Stage] = []
 
+    def _encode(m: nn.Module) -> codec.Encoded:
+        e = recipe.encode
+        return codec.encode_model(m, task=task.name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits)
+
     def record(stage: str, t0: float) -> None:
         acc = evaluate(model, eval_split, device=device)
-        size = dense_bytes(model) if stage == "dense" else codec.encode_model(model, task=task.name, index_bits=recipe.encode.index_bits, coder=recipe.encode.coder.value).file_bytes
+        size = dense_bytes(model) if stage == "dense" else _encode(model).file_bytes
         stages.append(Stage(stage, acc, size, round(time.perf_counter() - t0, 3)))
         progress(f"{stage:<20} accuracy {acc:.4f}  bytes {size:,}")
 
@@ -230,7 +234,8 @@ def compress(
             record("finetune_centroids", t0)
 
     t0 = time.perf_counter()
-    encoded = codec.encode_model(model, task=task.name, index_bits=recipe.encode.index_bits, coder=recipe.encode.coder.value)
+    codec.round_floats(model, recipe.encode.float_bits)
+    encoded = _encode(model)
     file_bytes = write_container(out, encoded.sections)
     decoded = decode_file(out, task=task)
     accuracy = evaluate(decoded, eval_split, device=device)

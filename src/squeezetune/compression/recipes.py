@@ -14,7 +14,9 @@ A recipe is a YAML file or a built-in name. Every stage is optional::
       default: {bits: 5}          # 2**bits clusters, or clusters: k
       layers: {conv1: {bits: 8}}
     finetune_centroids: {epochs: 4, lr: 0.001}
-    encode: {index_bits: 5, coder: huffman}   # huffman | ans | raw | auto (smallest per stream)
+    encode: {index_bits: 5, coder: huffman, float_bits: 16}
+    # coder: huffman | ans | raw | auto (smallest per stream); float_bits: 32 | 16 for codebooks,
+    # kept values of unshared layers, biases and other raw tensors
 
 Layers named in neither ``layers`` nor covered by ``default`` are left alone by that stage.
 
@@ -25,6 +27,7 @@ Built-in recipes (``builtin_recipe(name, model)``):
   conv2, fc1, fc2 with 8-bit conv and 5-bit fc weights; both with 5-bit index diffs. Any other
   model gets the generic rule: convolutions keep 50% with 8-bit weights, fully connected layers
   keep 10% with 5-bit weights, the last layer keeps 25% with 5-bit weights, 5-bit index diffs.
+  Codebooks and biases are stored as float16 (the decoded model is what gets measured).
 """
 
 from __future__ import annotations
@@ -135,10 +138,13 @@ class ShareConfig:
 class EncodeConfig:
     index_bits: int = 5
     coder: CoderChoice = CoderChoice.AUTO
+    float_bits: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.index_bits, bool) or not isinstance(self.index_bits, int) or not 1 <= self.index_bits <= 16:
             raise SqueezeError(f"index_bits={self.index_bits!r} must be an integer in [1, 16]")
+        if self.float_bits not in (16, 32):
+            raise SqueezeError(f"float_bits={self.float_bits!r} must be 16 or 32")
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,9 @@ class Recipe:
             e = data["encode"]
             _check_keys(e, EncodeConfig, "encode")
             kw["encode"] = EncodeConfig(
-                index_bits=e.get("index_bits", 5), coder=_enum(CoderChoice, e.get("coder", "auto"), "encode.coder")
+                index_bits=e.get("index_bits", 5),
+                coder=_enum(CoderChoice, e.get("coder", "auto"), "encode.coder"),
+                float_bits=e.get("float_bits", 32),
             )
         if data.get("structured") is not None:
             kw["structured"] = dict(data["structured"])
@@ -257,7 +265,7 @@ def deep_compression(model_name: str, layers: Mapping[str, Any]) -> Recipe:
             "finetune": {"epochs": 12, "lr": 0.01, "weight_decay": 1e-5},
             "share": {"init": "linear", **per_layer["share"]},
             "finetune_centroids": {"epochs": 4, "lr": 0.002},
-            "encode": {"index_bits": 5, "coder": "huffman"},
+            "encode": {"index_bits": 5, "coder": "huffman", "float_bits": 16},
         }
     )
 
