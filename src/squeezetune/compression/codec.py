@@ -7,7 +7,7 @@ codebook) the encoder writes up to three sections, named by the layer's position
           (absent when nothing is pruned);
 ``{i}w``  the cluster index of each kept weight, entropy coded; or, for a layer that is pruned but
           not shared, the kept values as raw float32;
-``{i}c``  the codebook: ``k`` float32 centroids.
+``{i}c``  the codebook: the centroids that kept weights use (float32, or float16), in order.
 
 The weight tensor is flattened in its stored order or with its first two axes swapped (inputs
 first), whichever codes smaller; the choice is recorded. Every other tensor of the state dict
@@ -112,11 +112,12 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, code
             streams["positions"] = _stats_dict(stats)
             meta["e"], meta["cp"] = int(len(symbols)), streams["positions"]["coder"]
         if shared is not None:
-            k = int(shared.codebook.numel())
-            labels = _flat(shared.labels.cpu(), order).numpy()[alive]
+            # Only the centroids some kept weight uses are stored; labels are renumbered to match.
+            used, labels = np.unique(_flat(shared.labels.cpu(), order).numpy()[alive], return_inverse=True)
+            k = max(len(used), 1)
             sections[f"{index}w"], stats = _code(labels, k, coder)
             streams["weights"] = _stats_dict(stats)
-            sections[f"{index}c"] = shared.codebook.detach().float().cpu().numpy().astype(fdt).tobytes()
+            sections[f"{index}c"] = shared.codebook.detach().float().cpu().numpy()[used].astype(fdt).tobytes()
             meta["k"], meta["cw"] = k, streams["weights"]["coder"]
         else:
             sections[f"{index}w"] = _flat(weight, order).numpy()[alive].astype(fdt).tobytes()

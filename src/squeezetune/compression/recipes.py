@@ -27,7 +27,8 @@ Built-in recipes (``builtin_recipe(name, model)``):
   conv2, fc1, fc2 with 8-bit conv and 5-bit fc weights; both with 5-bit index diffs. Any other
   model gets the generic rule: convolutions keep 50% with 8-bit weights, fully connected layers
   keep 10% with 5-bit weights, the last layer keeps 25% with 5-bit weights, 5-bit index diffs.
-  Codebooks and biases are stored as float16 (the decoded model is what gets measured).
+  Fine-tuning distils from the dense teacher; each stream takes the smaller of its Huffman and
+  ANS codes; codebooks and biases are stored as float16 (the decoded model is what is measured).
 """
 
 from __future__ import annotations
@@ -262,10 +263,10 @@ def deep_compression(model_name: str, layers: Mapping[str, Any]) -> Recipe:
         {
             "name": "deep-compression",
             "prune": {"granularity": "weight", **per_layer["prune"]},
-            "finetune": {"epochs": 12, "lr": 0.01, "weight_decay": 1e-5},
+            "finetune": {"epochs": 20, "lr": 0.01, "weight_decay": 1e-5, "distill": True},
             "share": {"init": "linear", **per_layer["share"]},
-            "finetune_centroids": {"epochs": 4, "lr": 0.002},
-            "encode": {"index_bits": 5, "coder": "huffman", "float_bits": 16},
+            "finetune_centroids": {"epochs": 4, "lr": 0.001, "distill": True},
+            "encode": {"index_bits": 5, "coder": "auto", "float_bits": 16},
         }
     )
 
