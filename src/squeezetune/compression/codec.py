@@ -296,3 +296,22 @@ def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
         raise SqueezeError(f"container lacks tensor {missing[0]!r} of the task's model")
     model.load_state_dict(state, strict=False)
     return model.eval()
+
+
+def transcode(sections: dict[str, bytes], coder: str) -> dict[str, bytes]:
+    """Re-code every entropy-coded stream of a container's sections with ``coder``; lossless.
+
+    The symbols are unchanged, so the decoded model is identical; only the coded sizes differ.
+    """
+    meta = read_meta(sections)
+    out = dict(sections)
+    for m in meta["layers"]:
+        for key, section in (("cp", "p"), ("cw", "w")):
+            if key in m:
+                name = f"{m['i']}{section}"
+                symbols = decode_stream(sections[name], Coder(m[key]))
+                alphabet = 1 << int(m["b"]) if section == "p" else int(m["k"])
+                out[name], stats = _code(symbols, alphabet, coder)
+                m[key] = Coder(stats.coder).value
+    out["m"] = zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9)
+    return out
