@@ -7,7 +7,8 @@ codebook) the encoder writes up to three sections, named by the layer's position
           (absent when nothing is pruned);
 ``{i}w``  the cluster index of each kept weight, entropy coded; or, for a layer that is pruned but
           not shared, the kept values as raw float32;
-``{i}c``  the codebook: the centroids that kept weights use (float32, or float16), in order.
+``{i}c``  the codebook: the centroids that kept weights use, ascending, float32 or float16,
+          Rice-coded (:mod:`.codebook`).
 
 The weight tensor is flattened in its stored order or with its first two axes swapped (inputs
 first), whichever codes smaller; the choice is recorded. Every other tensor of the state dict
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from squeezetune.compression.codebook import pack_codebook, sort_codebook, unpack_codebook
 from squeezetune.compression.coding import Coder, StreamStats, decode_stream, encode_stream_with_stats
 from squeezetune.compression.container import pack_sections, unpack_sections
 from squeezetune.compression.pruning import mask_of, plain_state_dict, prunable_layers
@@ -113,11 +115,16 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, code
             meta["e"], meta["cp"] = int(len(symbols)), streams["positions"]["coder"]
         if shared is not None:
             # Only the centroids some kept weight uses are stored; labels are renumbered to match.
+            # The codebook is sorted (for its compact coding) and the labels renumbered to match.
             used, labels = np.unique(_flat(shared.labels.cpu(), order).numpy()[alive], return_inverse=True)
-            k = max(len(used), 1)
-            sections[f"{index}w"], stats = _code(labels, k, coder)
+            centroids = shared.codebook.detach().float().cpu().numpy()[used].astype(fdt)
+            by_value = sort_codebook(centroids)
+            rank = np.empty_like(by_value)
+            rank[by_value] = np.arange(len(by_value))
+            k = len(used)
+            sections[f"{index}w"], stats = _code(rank[labels], k, coder)
             streams["weights"] = _stats_dict(stats)
-            sections[f"{index}c"] = shared.codebook.detach().float().cpu().numpy()[used].astype(fdt).tobytes()
+            sections[f"{index}c"] = pack_codebook(centroids[by_value], 16 if fdt == "<f2" else 32)
             meta["k"], meta["cw"] = k, streams["weights"]["coder"]
         else:
             sections[f"{index}w"] = _flat(weight, order).numpy()[alive].astype(fdt).tobytes()
@@ -247,8 +254,10 @@ def _decode_layer(sections: dict[str, bytes], m: dict, fb: int) -> torch.Tensor:
         raise SqueezeError(f"layer {m['n']!r}: position {int(positions[-1])} is outside its {n} weights")
     if k:
         labels = decode_stream(sections[f"{i}w"], Coder(m["cw"]))
-        codebook = np.frombuffer(sections[f"{i}c"], dtype=fdt)
-        if len(labels) != len(positions) or len(codebook) != k or (len(labels) and (labels.min() < 0 or labels.max() >= k)):
+        if not 1 <= k <= 1 << 16:
+            raise SqueezeError(f"layer {m['n']!r}: k={k} clusters, expected 1..65536")
+        codebook = unpack_codebook(sections[f"{i}c"], k, fb)
+        if len(labels) != len(positions) or (len(labels) and (labels.min() < 0 or labels.max() >= k)):
             raise SqueezeError(f"layer {m['n']!r}: weight stream or codebook does not match {len(positions)} kept weights and k={k}")
         values = codebook[np.asarray(labels, dtype=np.int64)]
     else:
