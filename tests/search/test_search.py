@@ -1,0 +1,175 @@
+"""A real search: local Ray, real sqlite MLflow store, lenet300-digits, 1-epoch fine-tunes.
+
+One search (module fixture) is checked from every side: MLflow parent and children, the Pareto
+tags and artifacts, failed trials, the Optuna study, then ``pareto`` and ``export`` on it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 6
+CONFIG = {
+    "name": "e2e",
+    "trials": TRIALS,
+    "sampler": "random",
+    "seed": 5,
+    "max_concurrent": 2,
+    "space": {
+        # lr up to 1e4 makes some fine-tunes diverge: those trials must fail cleanly, the rest go on
+        "finetune": {"epochs": 1, "distill": [True, False], "lr": [0.01, 10000.0]},
+        "finetune_centroids": {"epochs": [0, 1]},
+        "share": {"default": {"bits": [2, 6]}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def search(workdir, cli):
+    path = workdir / "search.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    code, out, err = cli(["search", "--config", str(path)])
+    assert code == 0, err
+    return out, err
+
+
+@pytest.fixture(scope="module")
+def store(search, workdir):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("squeezetune")
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    parent = [r for r in runs if r.data.tags.get("squeezetune.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return uri, c, parent, children
+
+
+def test_prints_front_and_the_mlflow_ui_line(search, workdir):
+    out, _ = search
+    assert "Pareto front" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}" in out
+
+
+def test_one_parent_one_child_per_trial(store):
+    _, _, parent, children = store
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert len(children) == TRIALS
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
+    assert len({r.data.tags["squeezetune.trial"] for r in children}) == TRIALS
+
+
+def test_children_carry_params_metrics_and_artifacts(store):
+    _, c, _, children = store
+    done = [r for r in children if r.info.status == "FINISHED"]
+    assert done, "no trial finished"
+    for r in done:
+        assert {"prune.fc1.keep", "share.fc2.bits", "encode.coder", "finetune.distill"} <= set(r.data.params)
+        m = r.data.metrics
+        assert 0 <= m["accuracy"] <= 1 and m["bytes"] > 0
+        assert math.isclose(m["ratio"], m["dense_bytes"] / m["bytes"])
+        assert "stage.prune.accuracy" in m and "layer.fc1.kept" in m
+        assert int(m["layer.fc1.kept"]) == int(r.data.params["prune.fc1.keep"])
+        names = {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert {"model.sqz", "model.report.json", "recipe.yaml"} <= names
+
+
+def test_container_artifact_is_the_measured_file(store, tmp_path):
+    from squeezetune.compression.finetune import evaluate
+    from squeezetune.compression.pipeline import decode_file
+    from squeezetune.tasks import get_task
+
+    _, c, _, children = store
+    r = next(r for r in children if r.info.status == "FINISHED")
+    path = Path(c.download_artifacts(r.info.run_id, "model.sqz", str(tmp_path)))
+    assert path.stat().st_size == int(r.data.metrics["bytes"])
+    task = get_task("lenet300-digits")
+    acc = evaluate(decode_file(path, task=task), task.load_data(None)[1])
+    assert acc == pytest.approx(r.data.metrics["accuracy"], abs=1e-6)
+
+
+def test_diverging_trials_are_recorded_failed_and_the_search_goes_on(store):
+    _, _, _, children = store
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert failed, "expected some lr values to diverge"
+    for r in failed:
+        assert "loss became" in r.data.tags["error"] or "nan" in r.data.tags["error"].lower()
+        assert float(r.data.params["finetune.lr"]) > 1.0
+    assert len(failed) < TRIALS
+
+
+def test_pareto_tags_and_front_artifacts_match_the_front(store, tmp_path):
+    from squeezetune.search.pareto import Point, pareto_front
+
+    _, c, parent, children = store
+    done = [r for r in children if r.info.status == "FINISHED"]
+    front = pareto_front([Point(int(r.data.tags["squeezetune.trial"]), r.data.metrics["accuracy"], int(r.data.metrics["bytes"]), r.info.run_id) for r in done])
+    tagged = {r.info.run_id for r in children if r.data.tags.get("pareto") == "true"}
+    assert tagged == {p.run_id for p in front}
+    pid = parent[0].info.run_id
+    names = {a.path for a in c.list_artifacts(pid, "front")}
+    assert names == {"front/front.csv", "front/front.json", "front/front.png", "front/front.html"}
+    data = json.loads(Path(c.download_artifacts(pid, "front/front.json", str(tmp_path))).read_text())
+    assert [row["run_id"] for row in data["front"]] == [p.run_id for p in front]
+    html = Path(c.download_artifacts(pid, "front/front.html", str(tmp_path))).read_text()
+    assert "plotly" in html.lower() and "Pareto front" in html
+    assert Path(c.download_artifacts(pid, "front/front.png", str(tmp_path))).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_optuna_study_agrees_with_mlflow(store, workdir):
+    import optuna
+
+    _, _, _, children = store
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == TRIALS
+    assert states.count(optuna.trial.TrialState.COMPLETE) == sum(r.info.status == "FINISHED" for r in children)
+    assert states.count(optuna.trial.TrialState.FAIL) == sum(r.info.status == "FAILED" for r in children)
+
+
+def test_pareto_command_prints_the_front(store, workdir, cli):
+    uri, *_ = store
+    code, out, err = cli(["pareto", "--name", "e2e", "--tracking-uri", uri])
+    assert code == 0, err
+    assert "on the front" in out and "dense" in out
+
+
+def test_export_writes_every_format_and_remeasures(store, tmp_path, cli):
+    uri, c, _, children = store
+    out_dir = tmp_path / "exported"
+    code, out, err = cli(["export", "--name", "e2e", "--max-drop", "100", "--out", str(out_dir), "--tracking-uri", uri])
+    assert code == 0, err
+    summary = json.loads((out_dir / "export.json").read_text())
+    for name in ("model.sqz", "model.safetensors", "model.pt2", "model.onnx"):
+        assert (out_dir / name).stat().st_size > 0
+    acc = summary["accuracy"]
+    assert acc["container"] == pytest.approx(summary["accuracy_in_search"], abs=1e-6)
+    assert acc["torch_export"] == pytest.approx(acc["container"], abs=1e-6)
+    assert acc["onnx"] == pytest.approx(acc["container"], abs=0.003)
+    assert "re-measured" in out
+    version = c.get_model_version_by_alias("squeezetune-e2e", "exported")
+    assert version.run_id == summary["run_id"]
+
+
+def test_export_selectors_are_checked(store, tmp_path, cli):
+    uri, *_ = store
+    code, _, err = cli(["export", "--name", "e2e", "--out", str(tmp_path), "--tracking-uri", uri])
+    assert code == 2 and "exactly one of" in err
+    code, _, err = cli(["export", "--name", "e2e", "--max-bytes", "10", "--out", str(tmp_path), "--tracking-uri", uri])
+    assert code == 2 and "no front point is that small" in err
+    code, _, err = cli(["pareto", "--name", "nope", "--tracking-uri", uri])
+    assert code == 2 and "no search named 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_same_name_again_is_refused_before_any_trial(store, cli):
+    uri, *_ = store
+    code, _, err = cli(["search", "--name", "e2e", "--tracking-uri", uri, "--trials", "1"])
+    assert code == 2 and "already exists" in err
