@@ -12,7 +12,8 @@ codebook) the encoder writes up to three sections, named by the layer's position
 
 The weight tensor is flattened in its stored order or with its first two axes swapped (inputs
 first), whichever codes smaller; the choice is recorded. Every other tensor of the state dict
-(biases, batch-norm statistics, layers left dense) goes raw, in its own dtype, into section ``r``.
+(biases, batch-norm statistics, layers left dense) goes into section ``r`` in its own dtype (float16
+with ``float_bits=16``), split into byte planes that are entropy coded apart.
 Section ``m`` is zlib-compressed JSON naming the task, each layer's shape, order, index bits,
 cluster count, entry count and coders, the raw tensors, and (after structured pruning) the
 shrunk architecture. The decoder rebuilds the model bit-exactly from the file alone, given the
@@ -32,7 +33,7 @@ from torch import nn
 
 from squeezetune.compression.codebook import pack_codebook, sort_codebook, unpack_codebook
 from squeezetune.compression.coding import Coder, StreamStats, decode_stream, encode_stream_with_stats
-from squeezetune.compression.container import pack_sections, unpack_sections
+from squeezetune.compression.container import _varint, pack_sections, unpack_sections
 from squeezetune.compression.pruning import mask_of, plain_state_dict, prunable_layers
 from squeezetune.compression.sharing import shared_of
 from squeezetune.compression.sparse import decode_positions, encode_positions
@@ -71,7 +72,7 @@ class Encoded:
 
 
 def _coders(choice: str) -> list[Coder]:
-    return [Coder.HUFFMAN, Coder.ANS] if choice == "auto" else [Coder(choice)]
+    return [Coder.HUFFMAN, Coder.ANS, Coder.RAW] if choice == "auto" else [Coder(choice)]
 
 
 def _code(symbols: np.ndarray, alphabet: int, choice: str) -> tuple[bytes, StreamStats]:
@@ -149,6 +150,62 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, code
     return best
 
 
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _pack_planes(tensors: list[torch.Tensor], coder: str) -> tuple[bytes, list[str]]:
+    """Raw tensors, grouped by element size, each group split into byte planes and each plane coded.
+
+    The high byte of a float (sign and exponent) has far lower entropy than its mantissa bytes,
+    so coding the planes apart shrinks biases and batch-norm statistics without changing a bit.
+    """
+    out, coders = bytearray(), []
+    for width in dict.fromkeys(t.element_size() for t in tensors):
+        group = [t.reshape(-1).view(torch.uint8).numpy() for t in tensors if t.element_size() == width]
+        planes = np.concatenate(group).reshape(-1, width)
+        for j in range(width):
+            data, stats = _code(planes[:, j], 256, coder)
+            out += _varint(len(data)) + data
+            coders.append(Coder(stats.coder).value)
+    return bytes(out), coders
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = 0
+    for shift, i in enumerate(range(at, min(at + 9, len(data)))):
+        value |= (data[i] & 0x7F) << (7 * shift)
+        if data[i] < 0x80:
+            return value, i + 1
+    raise SqueezeError(f"raw section has a bad length at byte {at}")
+
+
+def _unpack_planes(data: bytes, rest: list, coders: list[str]) -> dict[str, torch.Tensor]:
+    entries = [(key, _DTYPES[dtype_name], [int(d) for d in shape]) for key, dtype_name, shape in rest]
+    blobs, at, c = {}, 0, 0
+    for width in dict.fromkeys(_itemsize(dtype) for _, dtype, _ in entries):
+        count = sum(int(np.prod(shape)) for _, dtype, shape in entries if _itemsize(dtype) == width)
+        planes = np.empty((count, width), dtype=np.uint8)
+        for j in range(width):
+            length, at = _read_varint(data, at)
+            plane = decode_stream(data[at : at + length], Coder(coders[c]))
+            if len(plane) != count or at + length > len(data):
+                raise SqueezeError(f"raw section plane {c} holds {len(plane)} bytes, expected {count}")
+            planes[:, j] = plane
+            at, c = at + length, c + 1
+        blobs[width] = [planes.reshape(-1).tobytes(), 0]
+    if at != len(data) or c != len(coders):
+        raise SqueezeError(f"raw section holds {len(data)} bytes, expected {at}")
+    state = {}
+    for key, dtype, shape in entries:
+        blob = blobs[_itemsize(dtype)]
+        nbytes = int(np.prod(shape)) * _itemsize(dtype)
+        chunk = bytearray(blob[0][blob[1] : blob[1] + nbytes])
+        state[key] = torch.frombuffer(chunk, dtype=dtype).reshape(shape).clone() if nbytes else torch.zeros(shape, dtype=dtype)
+        blob[1] += nbytes
+    return state
+
+
 def encode_model(
     model: nn.Module,
     *,
@@ -161,7 +218,7 @@ def encode_model(
     """Encode a (pruned and/or shared) model into container sections.
 
     ``index_bits`` may be one width for all layers or a per-layer mapping (default 5).
-    ``coder`` is ``huffman``, ``ans``, ``raw`` or ``auto`` (smallest per stream).
+    ``coder`` is ``huffman``, ``ans``, ``raw`` or ``auto`` (the smallest of the three per stream).
     ``float_bits=16`` stores codebooks, unshared kept values and raw floating-point tensors as
     float16; call :func:`round_floats` on the model first so that decoding stays bit-exact.
     """
@@ -180,7 +237,7 @@ def encode_model(
         layers_meta.append(meta)
         reports.append(report)
         covered.add(f"{name}.weight")
-    rest, raw_chunks = [], []
+    rest, tensors = [], []
     for key, tensor in plain_state_dict(model).items():
         if key in covered or key.endswith("num_batches_tracked"):
             continue
@@ -190,9 +247,9 @@ def encode_model(
         if t.dtype not in _DTYPE_NAMES:
             raise SqueezeError(f"tensor {key!r} has dtype {t.dtype}: expected one of {sorted(map(str, _DTYPE_NAMES))}")
         rest.append([key, _DTYPE_NAMES[t.dtype], list(t.shape)])
-        raw_chunks.append(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    sections["r"] = b"".join(raw_chunks)
-    meta = {"task": task, "layers": layers_meta, "rest": rest, "fb": float_bits}
+        tensors.append(t)
+    sections["r"], raw_coders = _pack_planes(tensors, coder)
+    meta = {"task": task, "layers": layers_meta, "rest": rest, "rc": raw_coders, "fb": float_bits}
     if spec is not None:
         meta["spec"] = spec
     sections = {"m": zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9), **sections}
@@ -278,18 +335,7 @@ def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
     try:
         for m in meta["layers"]:
             state[f"{m['n']}.weight"] = _decode_layer(sections, m, meta.get("fb", 32))
-        raw = sections["r"]
-        offset = 0
-        for key, dtype_name, shape in meta["rest"]:
-            dtype = _DTYPES[dtype_name]
-            nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
-            if offset + nbytes > len(raw):
-                raise SqueezeError(f"raw section is truncated at tensor {key!r}")
-            chunk = bytearray(raw[offset : offset + nbytes])
-            state[key] = torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape).clone() if nbytes else torch.zeros(shape, dtype=dtype)
-            offset += nbytes
-        if offset != len(raw):
-            raise SqueezeError(f"raw section holds {len(raw)} bytes, expected {offset}")
+        state.update(_unpack_planes(sections["r"], meta["rest"], meta["rc"]))
     except SqueezeError:
         raise
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, OverflowError, MemoryError) as exc:

@@ -15,7 +15,7 @@ A recipe is a YAML file or a built-in name. Every stage is optional::
       layers: {conv1: {bits: 8}}
     finetune_centroids: {epochs: 4, lr: 0.001}
     encode: {index_bits: 5, coder: huffman, float_bits: 16}
-    # coder: huffman | ans | raw | auto (smallest per stream); float_bits: 32 | 16 for codebooks,
+    # coder: huffman | ans | raw | auto (smallest of the three per stream); float_bits: 32 | 16 for codebooks,
     # kept values of unshared layers, biases and other raw tensors
 
 Layers named in neither ``layers`` nor covered by ``default`` are left alone by that stage.
@@ -27,8 +27,8 @@ Built-in recipes (``builtin_recipe(name, model)``):
   conv2, fc1, fc2 with 8-bit conv and 5-bit fc weights; both with 5-bit index diffs. Any other
   model gets the generic rule: convolutions keep 50% with 8-bit weights, fully connected layers
   keep 10% with 5-bit weights, the last layer keeps 25% with 5-bit weights, 5-bit index diffs.
-  Fine-tuning distils from the dense teacher; each stream takes the smaller of its Huffman and
-  ANS codes; codebooks and biases are stored as float16 (the decoded model is what is measured).
+  Fine-tuning distils from the dense teacher; each stream takes the smallest of its Huffman, ANS
+  and fixed-width codes; codebooks and biases are stored as float16 (the decoded model is what is measured).
 """
 
 from __future__ import annotations
