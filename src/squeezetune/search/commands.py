@@ -68,12 +68,14 @@ def search_cmd(
         max_concurrent=max_concurrent,
         experiment=experiment,
     )
-    outcome = None
     try:
         outcome = run_search(cfg, resume=resume is not None, progress=_progress)
-    finally:
-        if outcome is None:
-            typer.echo(f"search {cfg.name!r} stopped early; continue it with: squeezetune search --resume {cfg.name}" + (f" --tracking-uri {cfg.tracking_uri}" if cfg.tracking_uri else ""), err=True)
+    except SqueezeError:
+        raise
+    except BaseException:  # interrupted (Ctrl-C) or crashed mid-search: say how to continue
+        where = f" --tracking-uri {cfg.tracking_uri}" if cfg.tracking_uri else ""
+        typer.echo(f"search {cfg.name!r} stopped early; continue it with: squeezetune search --resume {cfg.name}{where}", err=True)
+        raise
     n = outcome.counts
     typer.echo(f"\nsearch {outcome.name!r}: {n['complete']} trials complete, {n['failed']} failed, of {outcome.trials}; {outcome.seconds:.0f} s")
     typer.echo(f"Pareto front ({len(outcome.front)} points; accuracy of the decoded model, real container bytes):")

@@ -315,6 +315,7 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
     owns_ray = not ray.is_initialized()
     if owns_ray:
         _init_ray(config)
+    trial_uri = _uri_for_trials(uri, local=owns_ray and not _cluster_address(config))
     # Tune's own experiment folder (its tuner.pkl, trial dirs) is scratch: outcomes live in the Optuna
     # study and MLflow, and resume never reads it, so it is removed when the search ends.
     scratch = Path(tempfile.mkdtemp(prefix=f"squeezetune-tune-{config.name}-"))
@@ -322,7 +323,7 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
         setup = TrialSetup(
             search=config.name,
             task=config.task,
-            tracking_uri=uri,
+            tracking_uri=trial_uri,
             space=dict(config.space),
             constraints=config.constraints.to_dict(),
             dense_accuracy=dense_accuracy,
@@ -356,6 +357,24 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _cluster_address(config: SearchConfig) -> str | None:
+    """The cluster to join: the config's ``ray_address``, else ``RAY_ADDRESS`` (set by ``ray job submit``)."""
+    return config.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _uri_for_trials(uri: str, *, local: bool) -> str:
+    """The tracking URI as trials on other machines must see it (``localhost`` means the driver's host)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if local or parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
+        return uri
+    import ray.util
+
+    host = ray.util.get_node_ip_address()
+    return uri.replace(parsed.netloc, f"{host}:{parsed.port}" if parsed.port else host, 1)
+
+
 def _init_ray(config: SearchConfig) -> None:
     import logging
 
@@ -365,8 +384,9 @@ def _init_ray(config: SearchConfig) -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
-    if config.ray_address:
-        ray.init(address=config.ray_address, **kwargs)
+    address = _cluster_address(config)
+    if address:
+        ray.init(address=address, **kwargs)
         return
     need_cpus = max(1, math.ceil(config.resources.cpus))
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need_cpus), **kwargs)

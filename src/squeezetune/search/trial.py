@@ -23,6 +23,10 @@ import numpy as np
 
 from squeezetune.search import tracking
 
+ATTEMPTS_TAG = "squeezetune.attempts"
+"""How many times a run's trial started: above 1 after Tune retried it (lost node) or --resume re-ran it."""
+
+
 @dataclass(frozen=True)
 class TrialSetup:
     """Everything a trial needs besides its sampled knobs (plain data, sent to every trial)."""
@@ -82,7 +86,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, 
     params = knob_params(config)
     node = ray.get_runtime_context().get_node_id()
     c = tracking.client(setup.tracking_uri)
-    tags = [RunTag(tracking.TRIAL_TAG, str(number)), RunTag("squeezetune.node", node)]
+    previous = tracking.retry(lambda: c.get_run(run_id)).data.tags.get(ATTEMPTS_TAG, "0")
+    attempts = int(previous) + 1 if previous.isdigit() else 1
+    tags = [RunTag(tracking.TRIAL_TAG, str(number)), RunTag("squeezetune.node", node), RunTag(ATTEMPTS_TAG, str(attempts))]
     tracking.retry(lambda: c.update_run(run_id, status="RUNNING"))
     tracking.retry(lambda: c.log_batch(run_id, params=tracking.params_batch(params), tags=tags))
     mlflow_seconds = time.perf_counter() - started
