@@ -114,6 +114,26 @@ def test_structured_needs_channel_pruning_or_is_accepted():
     from squeezetune.spaces import channel_pruning_available
 
     if channel_pruning_available():
-        pytest.skip("channel pruning present: covered by test_structured_knobs")
+        pytest.skip("channel pruning present: covered by test_structured_knobs_follow_the_channel_groups")
     with pytest.raises(SqueezeError, match="channel"):
         derive_space(LeNet5(), {"structured": {"lambda": [0.1, 1.0]}})
+
+
+def test_structured_knobs_follow_the_channel_groups():
+    from squeezetune.spaces import channel_pruning_available
+
+    if not channel_pruning_available():
+        pytest.skip("no squeezetune.compression.channel in this install")
+    space = derive_space(LeNet5(), {"structured": {"method": ["lasso", "l1"], "layers": {"conv2": {"keep_channels": [10, 40]}, "fc1": {"lambda": [0.05, 0.5]}, "conv1": False}}})
+    assert space.knob("structured.method").domain == Choice(("lasso", "l1"))
+    assert space.knob("structured.conv2.keep_channels").domain == IntRange(10, 40)
+    assert space.knob("structured.fc1.lambda").domain.low == 0.05
+    assert "structured.conv1.keep_channels" not in {k.name for k in space.knobs}
+    recipe = space.recipe(space.corner())
+    assert recipe.structured == {"method": "lasso", "layers": {"conv2": {"keep_channels": 10}, "fc1": {"lambda": 0.05}}}
+    default = derive_space(LeNet300(), {"structured": {}})
+    assert {k.name for k in default.knobs if k.name.startswith("structured.")} == {"structured.method", "structured.fc1.keep_channels", "structured.fc2.keep_channels"}
+    with pytest.raises(SqueezeError, match="unknown layer 'conv9'"):
+        derive_space(LeNet5(), {"structured": {"layers": {"conv9": {"keep_channels": 3}}}})
+    with pytest.raises(SqueezeError, match=r"must lie in \[1, 20\]"):
+        derive_space(LeNet5(), {"structured": {"layers": {"conv1": {"keep_channels": [1, 30]}}}})

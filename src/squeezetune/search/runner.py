@@ -111,6 +111,23 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
     return smallest
 
 
+def check_structured_applied(space: Space, *, task, dense, splits, seed: int) -> None:
+    """Fail before any trial if the pipeline does not act on the recipe's ``structured`` entry.
+
+    Runs the space's corner (no fine-tuning) and looks for what channel pruning reports (MACs).
+    Without this, structured knobs would be searched with no effect on the outcome.
+    """
+    from squeezetune.compression.pipeline import compress
+
+    params = space.corner(**{k.name: 0 for k in space.knobs if k.name.endswith(".epochs")})
+    with tempfile.TemporaryDirectory(prefix="squeezetune-probe-") as tmp:
+        report = compress(task, space.recipe(params, name="probe"), out=Path(tmp) / "probe.sqz", dense=dense, splits=splits, seed=seed)
+    if "macs" not in report and "structured" not in report:
+        raise SqueezeError(
+            "space.structured: this version of the compression pipeline does not apply the recipe's structured entry yet (no MACs in its report); remove structured from the space"
+        )
+
+
 def dense_macs_of(model) -> int | None:
     try:
         from squeezetune.compression.structured import macs
@@ -157,6 +174,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     d_bytes = count_dense_bytes(dense)
     progress(f"dense baseline: accuracy {dense_accuracy:.4f}, {d_bytes:,} bytes")
     check_constraints(space, config.constraints, task=task, dense=dense, splits=splits, dense_macs=dense_macs_of(dense), seed=config.seed, progress=progress)
+    if "structured" in space.stages:
+        check_structured_applied(space, task=task, dense=dense, splits=splits, seed=config.seed)
 
     import optuna
 
