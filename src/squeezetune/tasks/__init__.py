@@ -21,6 +21,7 @@ from typing import Callable
 from torch import nn
 
 from squeezetune.errors import SqueezeError
+from squeezetune.tasks.cnn import MobileNetV2, ResNet20, VGGNet
 from squeezetune.tasks.data import Split, load_digits, load_mnist
 from squeezetune.tasks.models import LeNet5, LeNet300
 
@@ -48,9 +49,16 @@ class Task:
 
 _BUILTIN: dict[str, Task] = {
     "lenet300-mnist": Task("lenet300-mnist", "lenet300", LeNet300, load_mnist, needs_data_dir=True),
-    "lenet5-mnist": Task("lenet5-mnist", "lenet5", LeNet5, load_mnist, needs_data_dir=True),
+    "lenet5-mnist": Task("lenet5-mnist", "lenet5", LeNet5, load_mnist, needs_data_dir=True, lr=0.01),
     "lenet300-digits": Task("lenet300-digits", "lenet300", LeNet300, load_digits),
-    "lenet5-digits": Task("lenet5-digits", "lenet5", LeNet5, load_digits),
+    "lenet5-digits": Task("lenet5-digits", "lenet5", LeNet5, load_digits, lr=0.01),
+    # Convolutional networks for structured (channel) pruning, see squeezetune.tasks.cnn.
+    "resnet20-mnist": Task("resnet20-mnist", "resnet20", ResNet20, load_mnist, needs_data_dir=True, epochs=8, lr=0.1, weight_decay=5e-4),
+    "vgg-mnist": Task("vgg-mnist", "vgg", VGGNet, load_mnist, needs_data_dir=True, epochs=8, lr=0.05, weight_decay=5e-4),
+    "mobilenetv2-mnist": Task("mobilenetv2-mnist", "mobilenetv2", MobileNetV2, load_mnist, needs_data_dir=True, epochs=10, lr=0.1, weight_decay=4e-5),
+    "resnet20-digits": Task("resnet20-digits", "resnet20", ResNet20, load_digits, epochs=20, lr=0.1, weight_decay=5e-4),
+    "vgg-digits": Task("vgg-digits", "vgg", VGGNet, load_digits, epochs=20, lr=0.05, weight_decay=5e-4),
+    "mobilenetv2-digits": Task("mobilenetv2-digits", "mobilenetv2", MobileNetV2, load_digits, epochs=25, lr=0.1, weight_decay=4e-5),
 }
 
 

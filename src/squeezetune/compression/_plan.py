@@ -1,0 +1,183 @@
+"""How many channels each layer keeps to reach a fraction of the dense MACs.
+
+MACs of a candidate plan are computed analytically from the channel groups (each conv's MACs
+scale with its kept input and output channels), so a search over plans never builds a model.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from squeezetune.compression._depgraph import DEFAULT_INPUT_SHAPE, StructureGraph
+from squeezetune.errors import SqueezeError
+
+METHODS = ("uniform", "sensitivity")
+
+
+def layer_macs(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> dict[str, int]:
+    """Multiply-accumulates of each conv and linear layer for one forward pass of ``input_shape``."""
+    counts: dict[str, int] = {}
+
+    def hook(name: str):
+        def fn(m: nn.Module, inputs, output: torch.Tensor) -> None:
+            if isinstance(m, _ConvNd):
+                per_out = (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
+            else:
+                per_out = m.in_features
+            counts[name] = counts.get(name, 0) + output.numel() * per_out
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (_ConvNd, nn.Linear))]
+    p = next(model.parameters(), None)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_shape), device=p.device if p is not None else None))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return counts
+
+
+class MacModel:
+    """MACs of ``model`` as a function of channels kept per group."""
+
+    def __init__(self, graph: StructureGraph) -> None:
+        self.groups = graph.groups
+        counts = layer_macs(graph.model, graph.input_shape)
+        self.layers: dict[str, dict] = {}
+        for name, total in counts.items():
+            m = graph.get(name)
+            conv = isinstance(m, _ConvNd)
+            n_out, n_in = (m.out_channels, m.in_channels) if conv else (m.out_features, m.in_features)
+            self.layers[name] = {
+                "per": total / (n_out * (n_in // m.groups if conv else n_in)),  # MACs per (out, in-per-group) pair
+                "out": n_out, "in": n_in, "groups": m.groups if conv else 1,
+                "depthwise": conv and m.groups == n_out and n_out > 1,
+                "cuts": [],  # (group name, role, fraction of the group's channels this layer follows)
+            }
+        for g in self.groups.values():
+            for c in g.couplings:
+                if c.module in self.layers and c.role in ("out", "in", "depthwise"):
+                    self.layers[c.module]["cuts"].append((g.name, c.role, len(c.idxs) / g.channels))
+
+    def macs(self, keep: dict[str, int]) -> float:
+        total = 0.0
+        for layer in self.layers.values():
+            out, inp = float(layer["out"]), float(layer["in"])
+            for group, role, frac in layer["cuts"]:
+                gone = (self.groups[group].channels - keep.get(group, self.groups[group].channels)) * frac
+                if role in ("out", "depthwise"):
+                    out -= gone
+                if role in ("in", "depthwise"):
+                    inp -= gone
+            if layer["depthwise"]:
+                total += layer["per"] * out
+            else:
+                total += layer["per"] * out * inp / layer["groups"]
+        return total
+
+
+def _round(x: float, n: int, round_to: int) -> int:
+    return int(min(n, max(round_to, round(x / round_to) * round_to, 1)))
+
+
+def _uniform(model: MacModel, names: list[str], budget: float, round_to: int) -> dict[str, int]:
+    def plan(f: float) -> dict[str, int]:
+        return {g: _round(f * model.groups[g].channels, model.groups[g].channels, round_to) for g in names}
+
+    if model.macs(plan(0.0)) > budget:
+        return {}
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if model.macs(plan(mid)) <= budget else (lo, mid)
+    return plan(lo)
+
+
+def _allowed_fraction(fractions: Sequence[float], accuracy: Sequence[float], base: float, tolerance: float) -> float:
+    """Largest fraction pruned before the (piecewise-linear) accuracy curve drops below tolerance."""
+    floor = base - tolerance
+    f0, a0 = 0.0, base
+    for f1, a1 in zip(fractions, accuracy):
+        if a1 < floor:
+            return f0 if a0 == a1 else f0 + (f1 - f0) * max(0.0, (a0 - floor) / (a0 - a1))
+        f0, a0 = f1, a1
+    return f0
+
+
+def _by_sensitivity(model: MacModel, names: list[str], budget: float, sensitivity, curves: dict, round_to: int) -> dict[str, int]:
+    fractions = [float(f) for f in sensitivity.fractions]
+    def plan(t: float) -> dict[str, int]:
+        out = {}
+        for g in names:
+            n = model.groups[g].channels
+            f = _allowed_fraction(fractions, curves[g], sensitivity.base, t) if g in curves else 0.0
+            out[g] = _round(n * (1.0 - f), n, round_to) if f > 0 else n
+        return out
+
+    if model.macs(plan(float("inf"))) > budget:
+        return {}
+    lo, hi = 0.0, 1.0
+    while model.macs(plan(hi)) > budget:
+        hi *= 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if model.macs(plan(mid)) <= budget else (mid, hi)
+    return plan(hi)
+
+
+def plan_counts(
+    model: nn.Module,
+    macs_target: float,
+    method: str = "uniform",
+    sensitivity=None,
+    *,
+    layers: Iterable[str] | None = None,
+    round_to: int = 1,
+    input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+) -> dict[str, int]:
+    """Channels to keep per layer so that MACs are at most ``macs_target`` x the model's MACs.
+
+    ``method="uniform"`` keeps the same fraction of every layer (the largest that fits);
+    ``method="sensitivity"`` takes a :class:`~squeezetune.compression.filters.Sensitivity` and
+    prunes each layer as far as its accuracy curve allows within one common accuracy tolerance,
+    the smallest tolerance that meets the target (Li et al., 2017). ``layers`` restricts the plan
+    to some groups (default: all prunable ones); ``round_to`` makes counts multiples of it.
+
+    >>> from squeezetune.tasks.cnn import ResNet20
+    >>> keep = plan_counts(ResNet20(), 0.5)
+    >>> keep["layer3.0.conv1"]
+    45
+    """
+    if not isinstance(macs_target, (int, float)) or not 0.0 < macs_target <= 1.0:
+        raise SqueezeError(f"macs_target={macs_target!r} must be a fraction of the dense MACs in (0, 1]")
+    if method not in METHODS:
+        raise SqueezeError(f"method={method!r} is unknown: expected one of {list(METHODS)}")
+    if method == "sensitivity" and sensitivity is None:
+        raise SqueezeError("method='sensitivity' needs the result of sensitivity_analysis: expected sensitivity=...")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise SqueezeError(f"round_to={round_to!r} must be an integer >= 1")
+    graph = StructureGraph(copy.deepcopy(model), input_shape)
+    names = list(graph.groups) if layers is None else list(dict.fromkeys(graph.resolve(layer) for layer in layers))
+    mac_model = MacModel(graph)
+    dense = mac_model.macs({})
+    budget = macs_target * dense * (1 + 1e-9)
+    if method == "uniform":
+        keep = _uniform(mac_model, names, budget, round_to)
+    else:
+        curves = {graph.resolve(layer): list(acc) for layer, acc in sensitivity.accuracy.items()}
+        keep = _by_sensitivity(mac_model, names, budget, sensitivity, curves, round_to)
+    if not keep:
+        floor = mac_model.macs({g: 1 for g in names}) if method == "uniform" else None
+        reach = f"{floor / dense:.4f}" if floor is not None else "what the measured fractions allow"
+        raise SqueezeError(f"macs_target={macs_target} is unreachable by pruning {len(names)} layers with method {method!r}: the floor is {reach}")
+    return keep

@@ -1,0 +1,434 @@
+"""Channel pruning by LASSO selection and least-squares reconstruction (He et al., ICCV 2017).
+
+For each pruned layer (a channel group, see :mod:`squeezetune.compression.structured`) and each
+*consumer* of its channels (the dense convs/linears that read them):
+
+1. sample ``points`` output positions from each of ``images`` inputs; take the consumer's input
+   patches from the **already-pruned** network and its target outputs from the **original**
+   one, so that errors of earlier layers are corrected rather than accumulated;
+2. split the consumer's output into per-channel contributions ``Z_c`` and solve a LASSO over
+   channel coefficients ``beta`` (stacked over all consumers of the group); ``lam`` is given, or
+   searched -- doubled, then bisected -- until exactly ``keep`` channels remain
+   (:mod:`squeezetune.compression._lasso`);
+3. physically remove the other channels (DepGraph keeps BatchNorms, residual partners and
+   depthwise convs consistent) and refit each consumer's remaining weights by least squares.
+
+Residual blocks: when a consumer's output (through its BatchNorm) feeds an add, its target is
+``Y2 + (Y1 - Y1')`` -- its own original output plus what the other operand (the shortcut) lost
+by pruning -- so the add's output is what it was. Targets are expressed before the BatchNorm by
+dividing by its scale ``gamma / sqrt(var + eps)`` (that is the BatchNorm folding); a fitted
+intercept goes into the conv's bias, or into the BatchNorm's running mean when there is none.
+
+``select="l1"`` ranks channels by filter L1 norm instead (as :func:`.filters.filter_prune`), so
+both methods can be compared at equal counts with the same error measurement.
+
+>>> import torch
+>>> from squeezetune.tasks.cnn import VGGNet
+>>> small, report = channel_prune(VGGNet().eval(), torch.randn(16, 1, 28, 28), ChannelPruneConfig(keep={"features.3": 16}, images=16))
+>>> small.features[3].out_channels, report[0].kept, report[0].error_after <= report[0].error_before
+(16, 16, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from squeezetune.compression import _lasso
+from squeezetune.compression._depgraph import DEFAULT_INPUT_SHAPE, StructureGraph
+from squeezetune.compression.filters import _scores
+from squeezetune.compression.finetune import pick_device
+from squeezetune.compression.structured import check_keep
+from squeezetune.errors import SqueezeError
+
+__all__ = ["Selection", "ChannelPruneConfig", "LayerReport", "channel_prune"]
+
+
+class Selection(str, Enum):
+    LASSO = "lasso"
+    L1 = "l1"
+
+
+@dataclass(frozen=True)
+class ChannelPruneConfig:
+    """What to prune and how.
+
+    ``keep`` maps layers to channel counts (lambda is searched per layer to hit them); ``lam``
+    maps layers to a fixed lambda (dimensionless, see :mod:`._lasso`). ``images`` inputs are used,
+    ``points`` output positions sampled per image and consumer.
+    """
+
+    keep: Mapping[str, int] = field(default_factory=dict)
+    lam: Mapping[str, float] = field(default_factory=dict)
+    select: Selection = Selection.LASSO
+    reconstruct: bool = True
+    images: int = 256
+    points: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "select", Selection(self.select))
+        except ValueError:
+            raise SqueezeError(f"select={self.select!r} is unknown: expected one of {[s.value for s in Selection]}") from None
+        for layer, lam in self.lam.items():
+            if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+                raise SqueezeError(f"lam={lam!r} for layer {layer!r} must be a finite number >= 0")
+        both = sorted(set(self.keep) & set(self.lam))
+        if both:
+            raise SqueezeError(f"layer {both[0]!r} has both a keep count and a lam: expected one of the two")
+        if self.lam and self.select is not Selection.LASSO:
+            raise SqueezeError(f"lam is given for select={self.select.value!r}: expected select='lasso'")
+        for name in ("images", "points"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SqueezeError(f"{name}={value!r} must be an integer >= 1")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "keep": dict(self.keep), "lam": dict(self.lam), "select": self.select.value}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ChannelPruneConfig":
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What pruning one layer did. Errors are relative: squared error of the consumers' outputs
+    (before their BatchNorm) over those outputs' variance, on the sampled points."""
+
+    layer: str
+    channels: int
+    kept: int
+    lam: float | None
+    consumers: tuple[str, ...]
+    error_before: float  # channels dropped, remaining weights as they were
+    error_after: float  # after least-squares reconstruction (== error_before without it)
+    residual: tuple[str, ...]  # consumers reconstructed towards Y2 + (Y1 - Y1')
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Stop(Exception):
+    """Raised once everything a forward pass was run for has been captured."""
+
+
+class _Capture(torch.fx.Interpreter):
+    """Runs a traced model, keeping the values of the ``wanted`` nodes."""
+
+    def __init__(self, gm: torch.fx.GraphModule, wanted: set[str], pending: set[str]) -> None:
+        super().__init__(gm)
+        self.wanted, self.pending, self.values = wanted, pending, {}
+
+    def run_node(self, n: torch.fx.Node):
+        out = super().run_node(n)
+        if n.name in self.wanted:
+            self.values["fx:" + n.name] = out.detach()
+            self.pending.discard(n.name)
+            if not self.pending:
+                raise _Stop
+        return out
+
+
+def _trace(model: nn.Module) -> torch.fx.GraphModule | None:
+    try:
+        return torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - untraceable models just get no residual correction
+        return None
+
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def _add_partner(gm: torch.fx.GraphModule | None, consumer: str, norm: str | None) -> str | None:
+    """Name of the FX node added to ``consumer``'s (BatchNorm'd) output, if exactly one add."""
+    if gm is None:
+        return None
+    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == consumer]
+    if len(calls) != 1:
+        return None
+    node = calls[0]
+    if norm is not None:
+        users = [u for u in node.users if u.op == "call_module" and u.target == norm]
+        if len(users) != 1:
+            return None
+        node = users[0]
+    adds = [u for u in node.users if (u.op == "call_function" and u.target in _ADDS) or (u.op == "call_method" and u.target in ("add", "add_"))]
+    if len(adds) != 1 or len(node.users) != 1:
+        return None
+    a, b = adds[0].args[:2]
+    other = b if a is node else a
+    return other.name if isinstance(other, torch.fx.Node) else None
+
+
+def _sample(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows ``(image, position)`` of a ``[B, C, L]`` tensor at ``pos`` ``[B, P]`` -> ``[B*P, C]``."""
+    return t.gather(2, pos[:, None, :].expand(t.shape[0], t.shape[1], pos.shape[1])).permute(0, 2, 1).reshape(-1, t.shape[1])
+
+
+def _patches(inp: torch.Tensor, m: nn.Conv2d, out_hw: tuple[int, int], pos: torch.Tensor) -> torch.Tensor:
+    """The input patches of conv ``m`` at output positions ``pos`` ``[B, P]``: ``[B*P, C*kh*kw]``.
+
+    Same column order as ``F.unfold`` (channel, then kernel row, then column), but only the
+    sampled patches are gathered, never the whole unfolded input.
+    """
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = m.padding, m.stride, m.dilation, m.kernel_size
+    B, C, H, W = inp.shape
+    flat = F.pad(inp, (pw, pw, ph, ph)).flatten(2)
+    oh, ow = pos // out_hw[1], pos % out_hw[1]
+    cols = []
+    for i in range(kh):
+        for j in range(kw):
+            idx = (oh * sh + i * dh) * (W + 2 * pw) + ow * sw + j * dw
+            cols.append(flat.gather(2, idx[:, None, :].expand(B, C, idx.shape[1])))
+    return torch.stack(cols, 2).permute(0, 3, 1, 2).reshape(B * pos.shape[1], C * kh * kw)
+
+
+class _Pruner:
+    def __init__(self, model: nn.Module, x: torch.Tensor, config: ChannelPruneConfig, device: torch.device, input_shape: Sequence[int]) -> None:
+        self.config, self.device = config, device
+        self.orig = copy.deepcopy(model).to(device).eval()
+        self.work = copy.deepcopy(model).to(device).eval()
+        self.graph = StructureGraph(self.work, input_shape)
+        self.orig_graph = StructureGraph(self.orig, input_shape) if config.select is Selection.L1 else None
+        self.gm_orig, self.gm_work = _trace(self.orig), _trace(self.work)
+        gen = torch.Generator().manual_seed(config.seed)
+        self.x = x[torch.randperm(len(x), generator=gen)[: config.images]].to(device)
+        self.gen = gen
+        self.kept_out: dict[str, list[int]] = {}
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def remember(self, consumers: list[str], partners: dict[str, str]) -> None:
+        """Run the original network once, keeping every consumer output and add partner needed."""
+        self._run(self.gm_orig, self.orig, set(partners.values()), self.cache, 1, consumers)
+
+    def _kept(self, name: str) -> list[int]:
+        m = self.orig.get_submodule(name)
+        n = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        return self.kept_out.setdefault(name, list(range(n)))
+
+    def _run(self, gm, model: nn.Module, wanted: set[str], store: dict, which: int, consumers: list[str]) -> None:
+        """One forward pass, stopped as soon as the consumers' tensors and ``wanted`` values are in.
+
+        ``store`` receives each consumer's input (``which == 0``) or output by layer name, and the
+        values of the ``wanted`` FX nodes as ``"fx:" + node name``."""
+        pending = {*consumers, *wanted}
+
+        def hook(c: str):
+            def fn(m, inputs, output):
+                store[c] = (inputs[0] if which == 0 else output).detach()
+                pending.discard(c)
+                if not pending:
+                    raise _Stop
+
+            return fn
+
+        handles = [model.get_submodule(c).register_forward_hook(hook(c)) for c in consumers]
+        cap = _Capture(gm, wanted, pending) if wanted and gm is not None else None
+        try:
+            cap.run(self.x) if cap is not None else model(self.x)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        if cap is not None:
+            store.update(cap.values)
+
+    @torch.no_grad()
+    def _collect(self, consumers: list[str], partners: dict[str, str]) -> dict[str, dict]:
+        ins: dict[str, torch.Tensor] = {}
+        self._run(self.gm_work, self.work, set(partners.values()), ins, 0, consumers)
+        data = {}
+        for c in consumers:
+            m = self.work.get_submodule(c)
+            inp, out = ins[c], self.cache[c]
+            extra = {}
+            if isinstance(m, nn.Conv2d):
+                if not all(isinstance(p, int) for p in (m.padding if isinstance(m.padding, tuple) else (m.padding,))) or m.padding_mode != "zeros":
+                    raise SqueezeError(f"layer {c!r} uses padding={m.padding!r} mode {m.padding_mode!r}: channel pruning expects integer zero padding")
+                B, L = out.shape[0], out.shape[2] * out.shape[3]
+                pos = torch.randint(L, (B, self.config.points), generator=self.gen).to(self.device)
+                X = _patches(inp, m, (out.shape[2], out.shape[3]), pos)
+                Y = _sample(out.flatten(2), pos)
+                if c in partners:
+                    extra = {k: _sample(v["fx:" + partners[c]].flatten(2), pos) for k, v in (("orig", self.cache), ("work", ins))}
+            elif isinstance(m, nn.Linear):
+                X, Y = inp.reshape(-1, inp.shape[-1]), out.reshape(-1, out.shape[-1])
+                if c in partners:
+                    extra = {k: v["fx:" + partners[c]].reshape(-1, out.shape[-1]) for k, v in (("orig", self.cache), ("work", ins))}
+            else:
+                raise SqueezeError(f"layer {c!r} is a {type(m).__name__}: channel pruning supports Conv2d and Linear consumers")
+            data[c] = {"X": X.double(), "Y": Y.double(), **{k: v.double() for k, v in extra.items()}}
+        return data
+
+    def _target(self, c: str, d: dict, norm: str | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Target ``T`` (pre-BatchNorm, mean-free), current offset ``c0`` and whether to fit an intercept."""
+        m = self.work.get_submodule(c)
+        S = torch.tensor(self._kept(c), device=self.device)
+        T = d["Y"][:, S]
+        bias = m.bias.detach().double() if m.bias is not None else torch.zeros(T.shape[1], dtype=torch.float64, device=self.device)
+        corr = (d["orig"][:, S] - d["work"]) if "orig" in d else None
+        if norm is None:
+            return (T + corr if corr is not None else T), bias, m.bias is not None
+        bn_w, bn_o = self.work.get_submodule(norm), self.orig.get_submodule(norm)
+        T = T - bn_o.running_mean.double()[S]
+        if corr is not None:
+            scale = (bn_w.weight.detach().double() if bn_w.affine else torch.ones_like(bias)) / torch.sqrt(bn_w.running_var.double() + bn_w.eps)
+            safe = scale.abs() > 1e-8
+            T = T + torch.where(safe, corr / torch.where(safe, scale, torch.ones_like(scale)), torch.zeros_like(corr))
+        return T, bias - bn_w.running_mean.double(), True
+
+    def consumers(self, name: str) -> tuple[list[str], dict[str, str | None], dict[str, str]]:
+        """A group's consumers, the BatchNorm after each, and the add partner of each that has one."""
+        consumers = list(self.graph.groups[name].consumers)
+        for c in consumers:
+            if not isinstance(self.work.get_submodule(c), (nn.Conv2d, nn.Linear)):
+                raise SqueezeError(f"layer {c!r} is a {type(self.work.get_submodule(c)).__name__}: channel pruning supports Conv2d and Linear consumers")
+        norms = {c: self.graph.norm_after(c) for c in consumers}
+        partners = {c: p for c in consumers if (p := _add_partner(self.gm_work, c, norms[c])) is not None}
+        return consumers, norms, partners
+
+    def prune_layer(self, name: str, keep: int | None, lam: float | None) -> "LayerReport":
+        group = self.graph.groups[name]
+        couplings = {c.module: c for c in group.couplings if c.role == "in"}
+        consumers, norms, partners = self.consumers(name)
+        data = self._collect(consumers, partners)
+        G = group.channels
+        gram = torch.zeros(G, G, dtype=torch.float64, device=self.device)
+        xty = torch.zeros(G, dtype=torch.float64, device=self.device)
+        yy = 0.0
+        prepared = {}
+        for c in consumers:
+            m, d = self.work.get_submodule(c), data[c]
+            T, c0, intercept = self._target(c, d, norms[c])
+            n_out, c_in = m.weight.shape[0], m.weight.shape[1]
+            X, Wf = d["X"], m.weight.detach().double().reshape(n_out, -1)
+            kk = Wf.shape[1] // c_in
+            cp = couplings[c]
+            # P maps the consumer's input channels onto the group's root channels
+            P = torch.zeros(G, c_in, dtype=torch.float64, device=self.device)
+            P[torch.tensor(cp.root, device=self.device), torch.tensor(cp.idxs, device=self.device)] = 1.0
+            outside = (P.sum(0) == 0).repeat_interleave(kk)
+            rest = T - c0 - X[:, outside] @ Wf[:, outside].T
+            # Z_c = X_c W_c^T; Gram and Z^T rest without forming Z (N x out x channels):
+            # (Z^T Z)_gh = sum_kk' (X^T X)_{gk,hk'} (W^T W)_{gk,hk'}
+            XX = X.T @ X
+            gram_in = (XX * (Wf.T @ Wf)).reshape(c_in, kk, c_in, kk).sum((1, 3))
+            xty_in = (X * (rest @ Wf)).reshape(len(X), c_in, kk).sum((0, 2))
+            gram += P @ gram_in @ P.T
+            xty += P @ xty_in
+            yy += float((rest**2).sum())
+            prepared[c] = (T, c0, intercept, X, XX, Wf, kk)
+        if self.config.select is Selection.L1:
+            assert self.orig_graph is not None
+            scores = _scores(self.orig_graph, name).numpy()
+            mask = np.zeros(G, dtype=bool)
+            mask[np.argsort(-scores, kind="stable")[:keep]] = True
+            used = None
+        else:
+            g, b = (gram / max(yy, 1e-30)).cpu().numpy(), (xty / max(yy, 1e-30)).cpu().numpy()
+            if lam is None:
+                assert keep is not None
+                mask, used = _lasso.search(g, b, keep)
+            else:
+                mask, used = _lasso.lasso(g, b, lam) != 0, lam
+                if not mask.any():
+                    raise SqueezeError(f"lam={lam} for layer {name!r} keeps no channel: expected lam < {float(np.max(np.abs(b))):.4g}, where every channel goes")
+        removed = self.graph.prune(name, np.flatnonzero(~mask).tolist())
+        gone = {(r.module, r.role): set(r.idxs) for r in removed}
+        for r in removed:
+            if r.role in ("out", "depthwise"):
+                kept = self._kept(r.module)
+                self.kept_out[r.module] = [k for i, k in enumerate(kept) if i not in set(r.idxs)]
+        sse_before = sse_after = denom = 0.0
+        for c, (T, c0, intercept, X, XX, Wf, kk) in prepared.items():
+            n_out, c_in = Wf.shape[0], Wf.shape[1] // kk
+            keep_in = [i for i in range(c_in) if i not in gone.get((c, "in"), set())]
+            keep_out = [i for i in range(n_out) if i not in gone.get((c, "out"), set())]
+            cols = (torch.tensor(keep_in, device=self.device)[:, None] * kk + torch.arange(kk, device=self.device)).reshape(-1)
+            T, c0 = T[:, keep_out], c0[keep_out]
+            Xk = X[:, cols]
+            before = ((T - Xk @ Wf[keep_out][:, cols].T - c0) ** 2).sum()
+            denom += float(((T - T.mean(0)) ** 2).sum())
+            sse_before += float(before)
+            if not self.config.reconstruct:
+                sse_after += float(before)
+                continue
+            AtA, AtT = XX[cols][:, cols], Xk.T @ T
+            if intercept:
+                col_sum = Xk.sum(0, keepdim=True)
+                AtA = torch.cat([torch.cat([AtA, col_sum.T], 1), torch.cat([col_sum, torch.full((1, 1), float(len(Xk)), dtype=AtA.dtype, device=AtA.device)], 1)], 0)
+                AtT = torch.cat([AtT, T.sum(0, keepdim=True)], 0)
+            # ridge on column-normalised normal equations: scale-free and well-posed
+            norm = AtA.diagonal().clamp_min(1e-30).sqrt()
+            scaled = AtA / norm[:, None] / norm[None, :] + 1e-8 * torch.eye(len(AtA), dtype=AtA.dtype, device=AtA.device)
+            sol = torch.linalg.solve(scaled, AtT / norm[:, None]) / norm[:, None]
+            pred = Xk @ sol[: len(cols)] + (sol[len(cols)] if intercept else 0.0)
+            sse_after += float(((T - pred) ** 2).sum())
+            self._write(c, sol, len(cols), intercept, norms[c])
+        return LayerReport(
+            layer=name, channels=G, kept=int(mask.sum()), lam=used, consumers=tuple(consumers),
+            error_before=sse_before / max(denom, 1e-30), error_after=sse_after / max(denom, 1e-30), residual=tuple(sorted(partners)),
+        )
+
+    @torch.no_grad()
+    def _write(self, c: str, sol: torch.Tensor, d_in: int, intercept: bool, norm: str | None) -> None:
+        m = self.work.get_submodule(c)
+        m.weight.copy_(sol[:d_in].T.reshape(m.weight.shape).to(m.weight.dtype))
+        if not intercept:
+            return
+        offset = sol[d_in]
+        if m.bias is not None:
+            mean = self.work.get_submodule(norm).running_mean.double() if norm is not None else 0.0
+            m.bias.copy_((offset + mean).to(m.bias.dtype))
+        else:
+            assert norm is not None
+            self.work.get_submodule(norm).running_mean.copy_((-offset).to(m.weight.dtype))
+
+
+def channel_prune(
+    model: nn.Module,
+    x: torch.Tensor,
+    config: ChannelPruneConfig,
+    *,
+    device: str | torch.device | None = None,
+    input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, list[LayerReport]]:
+    """A channel-pruned copy of ``model`` and one :class:`LayerReport` per pruned layer.
+
+    ``x`` holds input images (e.g. the training split's); ``config.images`` of them are drawn
+    with ``config.seed``. Layers are pruned one after another in module order. The input model
+    is left as it was; the returned one is on the same device as the input model.
+    """
+    p = next(model.parameters(), None)
+    home = p.device if p is not None else torch.device("cpu")
+    device = pick_device(device)
+    pruner = _Pruner(model, x, config, device, input_shape)
+    keep = check_keep(pruner.graph.groups, config.keep, pruner.graph)
+    lams = {pruner.graph.resolve(layer): float(v) for layer, v in config.lam.items()}
+    overlap = sorted(set(keep) & set(lams))
+    if overlap:
+        raise SqueezeError(f"layer {overlap[0]!r} has both a keep count and a lam (through an alias): expected one of the two")
+    names = sorted({**keep, **lams}, key=pruner.graph.order.__getitem__)
+    needed = [pruner.consumers(name) for name in names]
+    pruner.remember(list(dict.fromkeys(c for cons, _, _ in needed for c in cons)), {k: v for _, _, p in needed for k, v in p.items()})
+    reports = []
+    for name in names:
+        report = pruner.prune_layer(name, keep.get(name), lams.get(name))
+        reports.append(report)
+        if progress is not None:
+            progress(f"{name}: kept {report.kept}/{report.channels}, error {report.error_before:.4f} -> {report.error_after:.4f}")
+    return pruner.work.to(home), reports
