@@ -205,11 +205,12 @@ class StructureGraph:
 
     # -- pruning ------------------------------------------------------------------------------
 
-    def prune(self, layer: str, remove: Sequence[int]) -> tuple[Coupling, ...]:
+    def prune(self, layer: str, remove: Sequence[int], *, check: bool = True) -> tuple[Coupling, ...]:
         """Physically remove root channels ``remove`` of ``layer``'s group; returns what went.
 
         Each returned :class:`Coupling` lists the removed indices of one module in that module's
-        coordinates before the removal.
+        coordinates before the removal. ``check`` runs the model once afterwards so that a
+        dependency DepGraph missed is reported naming this layer (see :meth:`runs`).
         """
         group = self.group(layer)
         remove = sorted({int(i) for i in remove})
@@ -224,15 +225,21 @@ class StructureGraph:
         removed, _ = self._couplings(tp_group)
         tp_group.prune()
         self._groups = None
-        try:
-            with torch.no_grad():
-                was_training = self.model.training
-                self.model.eval()
-                self.model(self.example())
-                self.model.train(was_training)
-        except Exception as exc:  # noqa: BLE001
-            raise SqueezeError(
-                f"removing channels of layer {group.name!r} broke the model's forward pass ({type(exc).__name__}: {exc}): "
-                "DepGraph could not follow a dependency of this layer"
-            ) from None
+        if check:
+            failure = self.runs()
+            if failure is not None:
+                raise SqueezeError(f"removing channels of layer {group.name!r} broke the model's forward pass ({failure}): DepGraph could not follow a dependency of this layer")
         return removed
+
+    def runs(self) -> str | None:
+        """None if the model still runs on the example input, else the error as one line."""
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.model(self.example())
+        except Exception as exc:  # noqa: BLE001
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            self.model.train(was_training)
+        return None

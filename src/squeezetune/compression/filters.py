@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from squeezetune.compression._depgraph import DEFAULT_INPUT_SHAPE, StructureGraph
-from squeezetune.compression.structured import check_keep
+from squeezetune.compression.structured import check_keep, shrink
 from squeezetune.errors import SqueezeError
 
-__all__ = ["filter_scores", "filter_prune", "Sensitivity", "sensitivity_analysis", "sensitivity_table", "plot_sensitivity"]
+__all__ = ["filter_scores", "filter_prune", "l1_removals", "Sensitivity", "sensitivity_analysis", "sensitivity_table", "plot_sensitivity"]
 
 
 def _scores(graph: StructureGraph, name: str) -> torch.Tensor:
@@ -50,13 +50,18 @@ def filter_scores(model: nn.Module, layer: str, *, input_shape: Sequence[int] = 
     return _scores(graph, graph.resolve(layer))
 
 
-def _prune_in_place(graph: StructureGraph, keep: Mapping[str, int]) -> None:
+def l1_removals(model: nn.Module, keep: Mapping[str, int], *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> dict[str, list[int]]:
+    """Per layer, the channels L1 filter pruning removes to keep ``keep[layer]``.
+
+    Li et al.'s "independent" strategy: every score is taken from the unpruned model.
+    """
+    graph = StructureGraph(copy.deepcopy(model), input_shape)
     keep = check_keep(graph.groups, keep, graph)
-    # Li et al.'s "independent" strategy: every score is taken from the unpruned model.
-    scores = {name: _scores(graph, name) for name in keep}
+    removals = {}
     for name, k in keep.items():
-        order = torch.argsort(-scores[name], stable=True)  # strongest first
-        graph.prune(name, order[k:].tolist())
+        order = torch.argsort(-_scores(graph, name), stable=True)  # strongest first
+        removals[name] = sorted(order[k:].tolist())
+    return removals
 
 
 def filter_prune(model: nn.Module, keep: Mapping[str, int], *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> nn.Module:
@@ -66,9 +71,7 @@ def filter_prune(model: nn.Module, keep: Mapping[str, int], *, input_shape: Sequ
     to keep, in ``[1, channels]``; :func:`~squeezetune.compression.structured.plan_counts`
     produces such a mapping. Layers not listed are untouched.
     """
-    model = copy.deepcopy(model)
-    _prune_in_place(StructureGraph(model, input_shape), keep)
-    return model
+    return shrink(model, l1_removals(model, keep, input_shape=input_shape), input_shape=input_shape)
 
 
 # -- sensitivity ---------------------------------------------------------------------------------

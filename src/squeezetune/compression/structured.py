@@ -185,10 +185,11 @@ def shrink(model: nn.Module, remove: Mapping[str, Iterable[int]], *, input_shape
 
     ``remove`` maps a layer (any member of a group) to channel indices in that group's first
     member's coordinates. Raises :class:`SqueezeError` for unknown or unprunable layers,
-    out-of-range indices, or removing every channel of a layer.
+    out-of-range indices, removing every channel of a layer, or a layer whose removal breaks
+    the forward pass (a dependency DepGraph cannot follow).
     """
-    model = copy.deepcopy(model)
-    graph = StructureGraph(model, input_shape)
+    work = copy.deepcopy(model)
+    graph = StructureGraph(work, input_shape)
     plan: dict[str, list[int]] = {}
     for layer, idxs in remove.items():
         name = graph.resolve(layer)
@@ -196,8 +197,12 @@ def shrink(model: nn.Module, remove: Mapping[str, Iterable[int]], *, input_shape
             raise SqueezeError(f"layer {layer!r} is in the same channel group as another listed layer ({name!r}): expected one entry per group")
         plan[name] = sorted({int(i) for i in idxs})
     for name, idxs in plan.items():
-        graph.prune(name, idxs)
-    return model
+        graph.prune(name, idxs, check=False)
+    if graph.runs() is not None:  # find which layer broke it, checking after each one
+        graph = StructureGraph(copy.deepcopy(model), input_shape)
+        for name, idxs in plan.items():
+            graph.prune(name, idxs, check=True)
+    return work
 
 
 # -- spec: the shrunk architecture as plain data -----------------------------------------------------
