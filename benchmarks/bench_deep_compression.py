@@ -82,8 +82,8 @@ def main() -> None:
             report = compress(task, recipe, out=out, data_dir=args.data_dir, progress=lambda m: print(f"  {m}", flush=True))
             seconds = time.perf_counter() - t0
             change_pt = 100 * (report["accuracy"] - report["dense_accuracy"])
-            sections = read_container(out)
-            per_coder = {c: len(pack_sections(codec.transcode(sections, c))) for c in ("huffman", "ans", "raw")}
+            stored = read_container(out)
+            per_coder = {c: len(pack_sections(codec.transcode(stored, c))) for c in ("huffman", "ans", "raw")}
             paper_ratio, paper_dense_err, paper_err = PAPER.get(name, ("-", "-", "-"))
             summary.append(
                 [
@@ -108,8 +108,8 @@ def main() -> None:
     text = (
         "### Deep Compression on the MNIST protocol\n\n"
         "Recipe `deep-compression`: the paper's per-layer keep rates and weight bits, 5-bit index diffs, fine-tuning "
-        "by distillation from the dense model, float16 codebooks and biases, each stream coded with the smaller of "
-        "Huffman and ANS. Train: first 8,000 images of MNIST's test split; evaluate: last 2,000; seed 0. Accuracy is "
+        "by distillation from the dense model, float16 codebooks and biases, each stream coded with the smallest of "
+        "Huffman, ANS and fixed-width codes. Train: first 8,000 images of MNIST's test split; evaluate: last 2,000; seed 0. Accuracy is "
         "that of the model decoded from the written file; ratio = dense fp32 bytes / file bytes. The "
         "all-Huffman / all-ANS / raw column re-codes the same file's streams with one coder (lossless, same model). "
         "Bits columns are per kept weight; coded bits include each stream's code table.\n\n"
