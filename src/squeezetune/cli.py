@@ -88,6 +88,9 @@ def compress_cmd(
     typer.echo(
         f"\n{report['task']}: accuracy {report['dense_accuracy']:.4f} -> {report['accuracy']:.4f}, "
         f"{report['dense_bytes']:,} -> {report['compressed_bytes']:,} bytes ({report['ratio']:.1f}x)\n"
+        f"params {report['dense_params']:,} -> {report['params']:,}, MACs {report['dense_macs']:,} -> {report['macs']:,}, "
+        f"CPU latency b1 {report['dense_latency_ms_b1']:.2f} -> {report['latency_ms_b1']:.2f} ms, "
+        f"b64 {report['dense_latency_ms_b64']:.2f} -> {report['latency_ms_b64']:.2f} ms\n"
         f"wrote {out} and {report_path(out)}"
     )
 

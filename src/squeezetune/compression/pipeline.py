@@ -29,7 +29,7 @@ from squeezetune.compression import codec
 from squeezetune.compression.container import read_container, write_container
 from squeezetune.compression.finetune import FinetuneConfig, evaluate, pick_device, train
 from squeezetune.compression.pruning import plain_state_dict, prunable_layers, prune_layer
-from squeezetune.compression.recipes import Recipe, load_recipe
+from squeezetune.compression.recipes import Allocation, Recipe, StructuredConfig, StructuredMethod, load_recipe
 from squeezetune.compression.sharing import share_layer
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import Split, Task, builtin_task_names, get_task
@@ -157,6 +157,38 @@ def validate_recipe(recipe: Recipe, model: nn.Module) -> None:
             raise SqueezeError(f"k={share.k!r} clusters for layer {name!r} must be an integer in [2, {alive}] (its surviving weights)")
 
 
+def structured_prune(
+    model: nn.Module,
+    config: StructuredConfig,
+    train_split: Split,
+    eval_split: Split,
+    *,
+    device: torch.device,
+    progress: Progress = _quiet,
+) -> nn.Module:
+    """Physically shrink ``model`` by channel pruning as ``config`` says; returns the smaller model."""
+    from squeezetune.compression.channel import ChannelPruneConfig, channel_prune
+    from squeezetune.compression.filters import filter_prune, sensitivity_analysis
+    from squeezetune.compression.structured import plan_counts
+
+    shape = (1, *train_split.x.shape[1:])
+    keep = {n: c.keep for n, c in config.layers.items() if c.keep is not None}
+    lam = {n: c.lam for n, c in config.layers.items() if c.lam is not None}
+    if config.macs_target is not None:
+        sensitivity = None
+        if config.allocation is Allocation.SENSITIVITY:
+            progress("sensitivity analysis (L1 filter pruning of each layer alone)")
+            sensitivity = sensitivity_analysis(model, lambda m: evaluate(m, eval_split, device=device), input_shape=shape, progress=progress)
+        planned = plan_counts(model, config.macs_target, config.allocation.value, sensitivity, input_shape=shape)
+        keep = {**{n: k for n, k in planned.items() if n not in lam}, **keep}
+    progress(f"{config.method.value} channel pruning of {len(keep) + len(lam)} layer groups")
+    if config.method is StructuredMethod.L1:
+        return filter_prune(model, keep, input_shape=shape).to(device)
+    cfg = ChannelPruneConfig(keep=keep, lam=lam, reconstruct=config.reconstruct, images=config.images, points=config.points)
+    pruned, reports = channel_prune(model, train_split.x, cfg, device=device, input_shape=shape, progress=progress)
+    return pruned.to(device)
+
+
 def compress(
     task: Task | str,
     recipe: Recipe | str,
@@ -197,9 +229,12 @@ def compress(
     layers = prunable_layers(model)
     stages: list[Stage] = []
 
+    from squeezetune.compression.structured import shrunk_spec
+
     def _encode(m: nn.Module) -> codec.Encoded:
         e = recipe.encode
-        return codec.encode_model(m, task=task.name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits)
+        spec = shrunk_spec(m) if recipe.structured is not None else None
+        return codec.encode_model(m, task=task.name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, spec=spec)
 
     def record(stage: str, t0: float) -> None:
         acc = evaluate(model, eval_split, device=device)
@@ -209,6 +244,18 @@ def compress(
 
     record("dense", time.perf_counter())
     d_bytes = stages[0].bytes
+    dense_arch = _architecture(model, train_split)
+
+    if recipe.structured is not None:
+        t0 = time.perf_counter()
+        model = structured_prune(model, recipe.structured, train_split, eval_split, device=device, progress=progress)
+        layers = prunable_layers(model)
+        validate_recipe(recipe, model)
+        record("structured", t0)
+        if recipe.structured.finetune is not None and recipe.structured.finetune.epochs:
+            t0 = time.perf_counter()
+            train(model, train_split, recipe.structured.finetune, teacher=teacher, device=device, progress=lambda m: progress(f"structured finetune {m}"))
+            record("structured_finetune", t0)
 
     if recipe.prune is not None:
         t0 = time.perf_counter()
@@ -242,6 +289,8 @@ def compress(
     stages.append(Stage("encode", accuracy, file_bytes, round(time.perf_counter() - t0, 3)))
     progress(f"{'encode (decoded)':<20} accuracy {accuracy:.4f}  bytes {file_bytes:,}")
 
+    arch = _architecture(decoded, train_split)
+    latency = compare_latency_report(teacher, decoded, train_split, device=device)
     report = {
         "task": task.name,
         "recipe": recipe.to_dict(),
@@ -252,6 +301,11 @@ def compress(
         "ratio": d_bytes / file_bytes,
         "stages": [vars(s) for s in stages],
         "layers": [vars(r) for r in encoded.layers],
+        "dense_macs": dense_arch["macs"],
+        "macs": arch["macs"],
+        "dense_params": dense_arch["params"],
+        "params": arch["params"],
+        **latency,
         "raw_bytes": encoded.raw_bytes,
         "meta_bytes": encoded.meta_bytes,
         "device": str(device),
@@ -300,4 +354,50 @@ def _decode(sections: dict[str, bytes], task: Task | None) -> nn.Module:
             raise SqueezeError(f"container was made for task {meta['task']!r}, which is not built in: pass its task (--task module:factory)")
         task = get_task(meta["task"])
     model = task.build_model()
+    if "spec" in meta:
+        model = _apply_checked_spec(model, meta["spec"])
     return codec.decode_sections(sections, model)
+
+
+def _apply_checked_spec(model: nn.Module, spec: Any) -> nn.Module:
+    """Shrink ``model`` to a container's spec, refusing any size above the task's dense model."""
+    from squeezetune.compression.structured import apply_spec, shrunk_spec
+
+    current = shrunk_spec(model)["modules"]
+    if not isinstance(spec, dict) or not isinstance(spec.get("modules"), dict):
+        raise SqueezeError("container spec is malformed: expected a shrunk-model spec with a 'modules' table")
+    for name, entry in spec["modules"].items():
+        dense = current.get(name)
+        if dense is None or not isinstance(entry, dict):
+            raise SqueezeError(f"container spec names layer {name!r}, which the task's model does not have")
+        for key, value in entry.items():
+            if key != "type" and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= dense.get(key, 0)):
+                raise SqueezeError(f"container spec gives layer {name!r} {key}={value!r}: expected an integer in [1, {dense.get(key)}]")
+    return apply_spec(model, spec)
+
+
+def _architecture(model: nn.Module, split: Split) -> dict[str, int]:
+    from squeezetune.compression.structured import macs, params
+
+    return {"macs": macs(model, (1, *split.x.shape[1:])), "params": params(model)}
+
+
+def compare_latency_report(dense: nn.Module, compressed: nn.Module, split: Split, *, device: torch.device, repeats: int = 20) -> dict[str, float]:
+    """Median forward-pass latency of the dense and the decoded model, timed in turns in this process.
+
+    CPU figures always; the same figures on the GPU as ``*_gpu`` keys when ``device`` is CUDA.
+    """
+    from squeezetune.compression.structured import compare_latency
+
+    shape = tuple(split.x.shape[1:])
+    out: dict[str, float] = {}
+    devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
+    for dev in devices:
+        suffix = "" if dev.type == "cpu" else "_gpu"
+        for batch in (1, 64):
+            times = compare_latency({"dense": dense, "compressed": compressed}, batch=batch, device=dev, repeats=repeats, input_shape=shape)
+            out[f"dense_latency_ms_b{batch}{suffix}"] = round(times["dense"], 4)
+            out[f"latency_ms_b{batch}{suffix}"] = round(times["compressed"], 4)
+    dense.to(device)
+    compressed.to(device)
+    return out

@@ -15,6 +15,12 @@ A recipe is a YAML file or a built-in name. Every stage is optional::
       layers: {conv1: {bits: 8}}
     finetune_centroids: {epochs: 4, lr: 0.001}
     encode: {index_bits: 5, coder: huffman, float_bits: 16}
+    structured:                   # channel pruning first; the model really shrinks
+      method: lasso               # lasso (He et al. 2017) | l1 (filter norms, Li et al. 2017)
+      macs_target: 0.5            # keep this fraction of dense MACs ...
+      allocation: uniform         # ... spread uniform-ly or by per-layer sensitivity
+      layers: {layer1.0.conv1: {keep: 8}, layer2.0.conv1: {lambda: 0.3}}   # or by hand
+      finetune: {epochs: 5, lr: 0.01}
     # coder: huffman | ans | raw | auto (smallest of the three per stream); float_bits: 32 | 16 for codebooks,
     # kept values of unshared layers, biases and other raw tensors
 
@@ -148,6 +154,98 @@ class EncodeConfig:
             raise SqueezeError(f"float_bits={self.float_bits!r} must be 16 or 32")
 
 
+class StructuredMethod(str, Enum):
+    L1 = "l1"
+    LASSO = "lasso"
+
+
+class Allocation(str, Enum):
+    UNIFORM = "uniform"
+    SENSITIVITY = "sensitivity"
+
+
+@dataclass(frozen=True)
+class LayerChannels:
+    """One layer's channel pruning: channels to ``keep``, or a fixed LASSO ``lam`` (``lambda`` in YAML)."""
+
+    keep: int | None = None
+    lam: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.keep is None) == (self.lam is None):
+            raise SqueezeError(f"a layer's structured setting needs exactly one of keep, lambda; got keep={self.keep!r} lambda={self.lam!r}")
+        if self.keep is not None and (isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1):
+            raise SqueezeError(f"keep={self.keep!r} channels must be an integer >= 1")
+        if self.lam is not None and (isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not math.isfinite(self.lam) or self.lam < 0):
+            raise SqueezeError(f"lambda={self.lam!r} must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class StructuredConfig:
+    """Channel pruning that physically shrinks the model, before the Deep Compression stages.
+
+    ``method`` is ``l1`` (filter pruning by L1 norm, Li et al. 2017) or ``lasso`` (LASSO channel
+    selection and least-squares reconstruction, He et al. 2017). Per-layer channel counts come
+    from ``layers`` where given, else from ``macs_target`` (the fraction of dense MACs to keep)
+    spread ``uniform``-ly or by per-layer ``sensitivity``.
+    """
+
+    method: StructuredMethod = StructuredMethod.LASSO
+    macs_target: float | None = None
+    allocation: Allocation = Allocation.UNIFORM
+    layers: dict[str, LayerChannels] = field(default_factory=dict)
+    reconstruct: bool = True
+    images: int = 256
+    points: int = 10
+    finetune: FinetuneConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.macs_target is not None and not (isinstance(self.macs_target, (int, float)) and 0 < self.macs_target <= 1):
+            raise SqueezeError(f"macs_target={self.macs_target!r} must be in (0, 1]: the fraction of dense MACs to keep")
+        if self.macs_target is None and not self.layers:
+            raise SqueezeError("structured needs macs_target or per-layer settings in layers: got neither")
+        if self.method is StructuredMethod.L1 and any(c.lam is not None for c in self.layers.values()):
+            raise SqueezeError("lambda is given for method='l1': expected method='lasso'")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StructuredConfig":
+        _check_keys(data, cls, "structured")
+        layers = {}
+        for name, value in (data.get("layers") or {}).items():
+            if not isinstance(value, Mapping):
+                raise SqueezeError(f"structured.layers.{name} is {type(value).__name__}: expected a mapping with keep or lambda")
+            unknown = sorted(set(value) - {"keep", "keep_channels", "lambda"})
+            if unknown:
+                raise SqueezeError(f"unknown key {unknown[0]!r} in structured.layers.{name}: expected keep (or keep_channels) or lambda")
+            layers[str(name)] = LayerChannels(keep=value.get("keep", value.get("keep_channels")), lam=value.get("lambda"))
+        finetune = data.get("finetune")
+        if finetune is not None:
+            _check_keys(finetune, FinetuneConfig, "structured.finetune")
+        return cls(
+            method=_enum(StructuredMethod, data.get("method", "lasso"), "structured.method"),
+            macs_target=data.get("macs_target"),
+            allocation=_enum(Allocation, data.get("allocation", "uniform"), "structured.allocation"),
+            layers=layers,
+            reconstruct=bool(data.get("reconstruct", True)),
+            images=data.get("images", 256),
+            points=data.get("points", 10),
+            finetune=FinetuneConfig(**finetune) if finetune is not None else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "method": self.method.value,
+            "macs_target": self.macs_target,
+            "allocation": self.allocation.value,
+            "layers": {n: ({"keep": c.keep} if c.keep is not None else {"lambda": c.lam}) for n, c in self.layers.items()},
+            "reconstruct": self.reconstruct,
+            "images": self.images,
+            "points": self.points,
+            "finetune": self.finetune.to_dict() if self.finetune is not None else None,
+        }
+        return _drop_none(out)
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str = "custom"
@@ -156,7 +254,7 @@ class Recipe:
     share: ShareConfig | None = None
     finetune_centroids: FinetuneConfig | None = None
     encode: EncodeConfig = field(default_factory=EncodeConfig)
-    structured: dict[str, Any] | None = None
+    structured: StructuredConfig | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
@@ -193,17 +291,21 @@ class Recipe:
                 float_bits=e.get("float_bits", 32),
             )
         if data.get("structured") is not None:
-            kw["structured"] = dict(data["structured"])
+            kw["structured"] = StructuredConfig.from_dict(data["structured"])
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data; ``Recipe.from_dict(r.to_dict()) == r``."""
-        return json.loads(json.dumps(asdict(self), default=lambda v: v.value if isinstance(v, Enum) else str(v)), object_hook=_drop_none)
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "structured"}
+        out = json.loads(json.dumps({k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in plain.items()}, default=lambda v: v.value if isinstance(v, Enum) else str(v)), object_hook=_drop_none)
+        if self.structured is not None:
+            out["structured"] = self.structured.to_dict()
+        return out
 
     def layer_names(self) -> set[str]:
         """Every layer the recipe names explicitly."""
         names: set[str] = set()
-        for stage in (self.prune, self.share):
+        for stage in (self.prune, self.share, self.structured):
             if stage is not None:
                 names |= set(stage.layers)
         return names
