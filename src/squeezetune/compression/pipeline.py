@@ -229,11 +229,10 @@ def compress(
     layers = prunable_layers(model)
     stages: list[Stage] = []
 
-    from squeezetune.compression.structured import shrunk_spec
+    spec: dict | None = None  # the shrunk architecture, once structured pruning has run
 
     def _encode(m: nn.Module) -> codec.Encoded:
         e = recipe.encode
-        spec = shrunk_spec(m) if recipe.structured is not None else None
         return codec.encode_model(m, task=task.name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, spec=spec)
 
     def record(stage: str, t0: float) -> None:
@@ -248,7 +247,10 @@ def compress(
 
     if recipe.structured is not None:
         t0 = time.perf_counter()
+        from squeezetune.compression.structured import shrunk_spec
+
         model = structured_prune(model, recipe.structured, train_split, eval_split, device=device, progress=progress)
+        spec = shrunk_spec(model)
         layers = prunable_layers(model)
         validate_recipe(recipe, model)
         record("structured", t0)
