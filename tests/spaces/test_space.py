@@ -120,6 +120,7 @@ def test_structured_needs_channel_pruning_or_is_accepted():
 
 
 def test_structured_knobs_follow_the_channel_groups():
+    from squeezetune.compression.recipes import LayerChannels
     from squeezetune.spaces import channel_pruning_available
 
     if not channel_pruning_available():
@@ -130,10 +131,29 @@ def test_structured_knobs_follow_the_channel_groups():
     assert space.knob("structured.fc1.lambda").domain.low == 0.05
     assert "structured.conv1.keep_channels" not in {k.name for k in space.knobs}
     recipe = space.recipe(space.corner())
-    assert recipe.structured == {"method": "lasso", "layers": {"conv2": {"keep_channels": 10}, "fc1": {"lambda": 0.05}}}
+    assert recipe.structured.method.value == "lasso"
+    assert recipe.structured.layers == {"conv2": LayerChannels(keep=10), "fc1": LayerChannels(lam=0.05)}
     default = derive_space(LeNet300(), {"structured": {}})
     assert {k.name for k in default.knobs if k.name.startswith("structured.")} == {"structured.method", "structured.fc1.keep_channels", "structured.fc2.keep_channels"}
     with pytest.raises(SqueezeError, match="unknown layer 'conv9'"):
         derive_space(LeNet5(), {"structured": {"layers": {"conv9": {"keep_channels": 3}}}})
     with pytest.raises(SqueezeError, match=r"must lie in \[1, 20\]"):
         derive_space(LeNet5(), {"structured": {"layers": {"conv1": {"keep_channels": [1, 30]}}}})
+
+
+@pytest.mark.parametrize("model, name", [(LeNet300(), "lenet300"), (LeNet5(), "lenet5"), (Tiny(), "tiny")], ids=["lenet300", "lenet5", "tiny"])
+def test_project_puts_a_hand_recipe_inside_the_space(model, name):
+    from squeezetune.compression.pruning import prunable_layers
+    from squeezetune.compression.recipes import deep_compression
+
+    space = derive_space(model, {"finetune": {"epochs": [1, 2]}, "share": {"default": {"bits": [3, 5]}}})
+    hand = deep_compression(name, prunable_layers(model))
+    params = space.project(hand)
+    assert space.contains(params)
+    for layer, setting in hand.prune.layers.items():
+        knob = space.knob(f"prune.{layer}.keep").domain
+        wanted = setting.resolve(space.layers[layer])["keep"]
+        assert params[f"prune.{layer}.keep"] == min(max(wanted, knob.low), knob.high)
+    for layer, setting in hand.share.layers.items():
+        assert params[f"share.{layer}.bits"] == min(max(setting.bits, 3), 5)
+    assert params["finetune.epochs"] == min(hand.finetune.epochs, 2)

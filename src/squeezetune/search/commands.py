@@ -27,7 +27,7 @@ def search_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Search config (YAML); defaults apply without one."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Built-in task name or module:factory (default lenet300-digits)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="MNIST raw folder for *-mnist tasks."),
-    trials: Optional[int] = typer.Option(None, "--trials", help="Trials to finish (default 12)."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trials to finish (default 24)."),
     tracking_uri: Optional[str] = TrackingOpt,
     name: Optional[str] = typer.Option(None, "--name", "-n", help="The search's name (default: search-<date>-<time>)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2, tpe or random."),
@@ -84,6 +84,8 @@ def search_cmd(
         typer.echo(f"\nthe search stopped before all trials finished; continue it with: squeezetune search --resume {outcome.name}")
     typer.echo(f"\nMLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
     typer.echo(ui_command(outcome.tracking_uri))
+    if not outcome.finished:
+        raise typer.Exit(130)
 
 
 def pareto_cmd(

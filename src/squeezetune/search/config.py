@@ -6,7 +6,7 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     task: lenet300-digits
     data_dir: null                 # MNIST folder for *-mnist tasks
     dense: null                    # dense weights (.safetensors); default: trained once and cached
-    trials: 12
+    trials: 24
     sampler: nsga2                 # nsga2 | tpe | random
     population: null               # NSGA-II population / TPE start-up trials (default: trials // 4, 4..50)
     seed: 0
@@ -18,6 +18,7 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     max_concurrent: null           # default: as many trials as the local CPUs hold
     max_failures: 2                # Tune retries of a trial whose worker or node died
     constraints: {max_bytes: null, max_drop: null, max_macs: null}
+    warm_start: [deep-compression] # recipes (built-in names or YAML files) run first, projected into the space; [] for none
     space: {...}                   # see squeezetune.spaces.space
 
 >>> SearchConfig.from_dict({"trials": 4, "sampler": "tpe"}).population
@@ -79,7 +80,7 @@ class SearchConfig:
     task: str = "lenet300-digits"
     data_dir: str | None = None
     dense: str | None = None
-    trials: int = 12
+    trials: int = 24
     sampler: SamplerChoice = SamplerChoice.NSGA2
     population: int | None = None
     seed: int = 0
@@ -91,6 +92,7 @@ class SearchConfig:
     max_concurrent: int | None = None
     max_failures: int = 2
     constraints: Constraints = field(default_factory=Constraints)
+    warm_start: tuple[str, ...] = ("deep-compression",)
     space: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +108,12 @@ class SearchConfig:
                 raise SqueezeError(f"{key}={v!r} must be an integer >= {2 if key == 'population' else 1}")
         if self.population is None:
             object.__setattr__(self, "population", min(50, max(4, self.trials // 4)))
+        ws = self.warm_start
+        if isinstance(ws, str):
+            ws = (ws,)
+        if not isinstance(ws, (list, tuple)) or not all(isinstance(w, str) and w for w in ws):
+            raise SqueezeError(f"warm_start={self.warm_start!r}: expected a list of recipe names or YAML files")
+        object.__setattr__(self, "warm_start", tuple(ws))
         if not isinstance(self.space, Mapping):
             raise SqueezeError(f"space is {type(self.space).__name__}: expected a mapping")
 
@@ -118,6 +126,8 @@ class SearchConfig:
         if unknown:
             raise SqueezeError(f"unknown key {unknown[0]!r} in search config: expected one of {known}")
         kw = {k: v for k, v in data.items() if v is not None or k in ("data_dir", "dense", "tracking_uri", "study_storage", "ray_address")}
+        if "warm_start" in kw and kw["warm_start"] is None:
+            kw["warm_start"] = ()
         if "sampler" in kw:
             try:
                 kw["sampler"] = SamplerChoice(kw["sampler"])
@@ -159,6 +169,7 @@ class SearchConfig:
         d = asdict(self)
         d["sampler"] = self.sampler.value
         d["constraints"] = self.constraints.to_dict()
+        d["warm_start"] = list(self.warm_start)
         return d
 
     def replace(self, **changes: Any) -> "SearchConfig":

@@ -76,6 +76,19 @@ def load_saved_config(uri: str, experiment: str, name: str) -> SearchConfig:
     return SearchConfig.from_dict(data)
 
 
+def warm_start_params(space: Space, task, recipes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The searched knobs' values of each warm-start recipe, projected into ``space``."""
+    from squeezetune.compression.pruning import prunable_layers
+    from squeezetune.compression.recipes import load_recipe
+
+    layers = prunable_layers(task.build_model())
+    out = []
+    for spec in recipes:
+        params = space.project(load_recipe(spec, task.model, layers))
+        out.append({k.name: params[k.name] for k in space.searched})
+    return out
+
+
 def check_constraints(space: Space, constraints: Constraints, *, task, dense, splits, dense_macs: int | None, seed: int, progress: Progress = _quiet) -> int | None:
     """Fail before any trial if no configuration of ``space`` can meet ``constraints``.
 
@@ -154,6 +167,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
 
     task = get_task(config.task)
     space = derive_space(task.build_model(), config.space)
+    warm_starts = warm_start_params(space, task, config.warm_start)
     progress(f"search {config.name!r}: {len(space.searched)} knobs searched, {len(space.knobs) - len(space.searched)} fixed, {config.trials} trials, sampler {config.sampler.value}")
     if task.needs_data_dir and config.data_dir is None:
         raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
@@ -215,6 +229,9 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
 
     searcher = TrackedOptunaSearch(space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, on_told=told)
     study = searcher.study
+    if not resume:
+        for params in warm_starts:
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
     if resume:
         _settle_interrupted(study, c, progress)
     n = counts(study)

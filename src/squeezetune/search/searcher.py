@@ -107,8 +107,11 @@ class TrackedOptunaSearch(OptunaSearch):
         result = result or {}
         message = result.get("error")
         acc = result.get("accuracy")
-        if not message and (error or acc is None):
-            message = "the trial's worker failed" if error else "the trial ended without a result"
+        if not error and not message and acc is None:
+            self._interrupted(trial_id, ot_trial)
+            return
+        if not message and error:
+            message = "the trial's worker failed (after Tune's retries)"
         if not message and not (isinstance(acc, (int, float)) and math.isfinite(acc)):
             message = f"accuracy is {acc}"
         for key in OUTCOME_ATTRS:
@@ -131,6 +134,23 @@ class TrackedOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result=result, error=False)
         if self._on_told is not None:
             self._on_told(self._ot_study._storage.get_trial(ot_trial._trial_id))
+
+    def _interrupted(self, trial_id: str, ot_trial) -> None:
+        """Tune stopped the trial before it reported (Ctrl-C, or never started): queue it again.
+
+        The Optuna trial is closed as FAIL marked ``interrupted`` (not counted as done) and its
+        parameters are enqueued with the same MLflow run, so a later trial -- in this session or
+        after ``--resume`` -- runs it into that run.
+        """
+        ot_trial.set_user_attr(INTERRUPTED_ATTR, True)
+        try:
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+        except Exception as exc:
+            logger.warning("could not close interrupted trial %s: %s", ot_trial.number, exc)
+        attrs = {k: v for k, v in ot_trial.user_attrs.items() if k == RUN_ATTR}
+        self._ot_study.enqueue_trial(dict(ot_trial.params), user_attrs={**attrs, "retry_of": ot_trial.number}, skip_if_exists=False)
+        self._completed_trials.add(trial_id)
+        self._suggested_at.pop(trial_id, None)
 
     def save(self, checkpoint_path: str) -> None:
         """Not written: the study is persisted in its RDB storage, which ``--resume`` reads."""

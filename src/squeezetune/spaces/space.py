@@ -110,6 +110,21 @@ class Space:
             params[name] = value
         return params
 
+    def project(self, recipe: Recipe) -> dict[str, Any]:
+        """The values of this space's knobs nearest to ``recipe`` (e.g. a hand recipe, to warm-start a search).
+
+        Each knob takes the recipe's value at its place, converted (keep fractions to counts,
+        bits to clusters) and clipped into its domain; a knob the recipe does not set keeps its
+        low end (a categorical: its first choice).
+        """
+        data = recipe.to_dict()
+        params = self.corner()
+        for k in self.knobs:
+            value = _lookup(data, k.target, self.layers)
+            if value is not None:
+                params[k.name] = _clip(value, k)
+        return params
+
     def contains(self, params: Mapping[str, Any]) -> bool:
         return set(params) == {k.name for k in self.knobs} and all(k.domain.contains(params[k.name]) for k in self.knobs)
 
@@ -138,6 +153,42 @@ class Space:
         rows = sorted(self.knobs, key=lambda k: not k.searched)
         width = max(len(k.name) for k in rows)
         return "\n".join(f"{k.name:<{width}}  {'search' if k.searched else 'fixed ':<6}  {k.describe()}" for k in rows)
+
+
+def _lookup(data: Mapping[str, Any], target: tuple[str, ...], layers: Mapping[str, int]) -> Any:
+    """The recipe's value for a knob target, converting keep_fraction and bits where needed."""
+    node: Any = data
+    for part in target[:-1]:
+        if not isinstance(node, Mapping) or part not in node:
+            if len(target) == 4 and target[1] == "layers" and isinstance(node, Mapping) and "default" in node:
+                node = node["default"]  # a stage default covers the layer
+                continue
+            return None
+        node = node[part]
+    if not isinstance(node, Mapping):
+        return None
+    key = target[-1]
+    if key in node:
+        return node[key]
+    if key == "keep" and "keep_fraction" in node:
+        return max(1, round(node["keep_fraction"] * layers[target[2]]))
+    if key == "clusters" and "bits" in node:
+        return 2 ** node["bits"]
+    if key == "bits" and "clusters" in node:
+        return max(1, int(node["clusters"] - 1).bit_length())
+    return None
+
+
+def _clip(value: Any, knob: Knob) -> Any:
+    d = knob.domain
+    if isinstance(d, (IntRange, FloatRange)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return d.low
+        v = min(max(value, d.low), d.high)
+        return int(round(v)) if isinstance(d, IntRange) else float(v)
+    if isinstance(d, Choice):
+        return value if d.contains(value) else d.choices[0]
+    return d.value
 
 
 def _cap_clusters(data: dict[str, Any]) -> None:
