@@ -135,3 +135,14 @@ def test_bad_configs_are_rejected(kwargs, message):
 def test_bad_layers_and_counts_name_the_value(keep, message):
     with pytest.raises(SqueezeError, match=message):
         channel_prune(VGGNet(), torch.randn(4, 1, 28, 28), ChannelPruneConfig(keep=keep, images=4))
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, (3, 1), padding=(1, 0), dilation=2)])
+def test_sampled_patches_match_unfold(conv):
+    from squeezetune.compression._sampling import patches, sample_rows
+
+    x = torch.randn(2, 3, 9, 9)
+    out = conv(x)
+    pos = torch.randint(out.shape[2] * out.shape[3], (2, 5))
+    full = torch.nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    assert torch.equal(patches(x, conv, out.shape[2:], pos), sample_rows(full, pos))

@@ -110,21 +110,8 @@ def test_bad_space_is_one_line_error(config, message):
     assert "\n" not in str(err.value)
 
 
-def test_structured_needs_channel_pruning_or_is_accepted():
-    from squeezetune.spaces import channel_pruning_available
-
-    if channel_pruning_available():
-        pytest.skip("channel pruning present: covered by test_structured_knobs_follow_the_channel_groups")
-    with pytest.raises(SqueezeError, match="channel"):
-        derive_space(LeNet5(), {"structured": {"lambda": [0.1, 1.0]}})
-
-
 def test_structured_knobs_follow_the_channel_groups():
     from squeezetune.compression.recipes import LayerChannels
-    from squeezetune.spaces import channel_pruning_available
-
-    if not channel_pruning_available():
-        pytest.skip("no squeezetune.compression.channel in this install")
     space = derive_space(LeNet5(), {"structured": {"method": ["lasso", "l1"], "layers": {"conv2": {"keep_channels": [10, 40]}, "fc1": {"lambda": [0.05, 0.5]}, "conv1": False}}})
     assert space.knob("structured.method").domain == Choice(("lasso", "l1"))
     assert space.knob("structured.conv2.keep_channels").domain == IntRange(10, 40)

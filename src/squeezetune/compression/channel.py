@@ -33,18 +33,17 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from squeezetune.compression import _lasso
 from squeezetune.compression._depgraph import DEFAULT_INPUT_SHAPE, StructureGraph
+from squeezetune.compression._sampling import add_partner, patches, run_until, sample_rows, trace
 from squeezetune.compression.filters import _scores
 from squeezetune.compression.finetune import pick_device
 from squeezetune.compression.structured import check_keep
@@ -119,81 +118,6 @@ class LayerReport:
         return asdict(self)
 
 
-class _Stop(Exception):
-    """Raised once everything a forward pass was run for has been captured."""
-
-
-class _Capture(torch.fx.Interpreter):
-    """Runs a traced model, keeping the values of the ``wanted`` nodes."""
-
-    def __init__(self, gm: torch.fx.GraphModule, wanted: set[str], pending: set[str]) -> None:
-        super().__init__(gm)
-        self.wanted, self.pending, self.values = wanted, pending, {}
-
-    def run_node(self, n: torch.fx.Node):
-        out = super().run_node(n)
-        if n.name in self.wanted:
-            self.values["fx:" + n.name] = out.detach()
-            self.pending.discard(n.name)
-            if not self.pending:
-                raise _Stop
-        return out
-
-
-def _trace(model: nn.Module) -> torch.fx.GraphModule | None:
-    try:
-        return torch.fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - untraceable models just get no residual correction
-        return None
-
-
-_ADDS = {operator.add, operator.iadd, torch.add}
-
-
-def _add_partner(gm: torch.fx.GraphModule | None, consumer: str, norm: str | None) -> str | None:
-    """Name of the FX node added to ``consumer``'s (BatchNorm'd) output, if exactly one add."""
-    if gm is None:
-        return None
-    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == consumer]
-    if len(calls) != 1:
-        return None
-    node = calls[0]
-    if norm is not None:
-        users = [u for u in node.users if u.op == "call_module" and u.target == norm]
-        if len(users) != 1:
-            return None
-        node = users[0]
-    adds = [u for u in node.users if (u.op == "call_function" and u.target in _ADDS) or (u.op == "call_method" and u.target in ("add", "add_"))]
-    if len(adds) != 1 or len(node.users) != 1:
-        return None
-    a, b = adds[0].args[:2]
-    other = b if a is node else a
-    return other.name if isinstance(other, torch.fx.Node) else None
-
-
-def _sample(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Rows ``(image, position)`` of a ``[B, C, L]`` tensor at ``pos`` ``[B, P]`` -> ``[B*P, C]``."""
-    return t.gather(2, pos[:, None, :].expand(t.shape[0], t.shape[1], pos.shape[1])).permute(0, 2, 1).reshape(-1, t.shape[1])
-
-
-def _patches(inp: torch.Tensor, m: nn.Conv2d, out_hw: tuple[int, int], pos: torch.Tensor) -> torch.Tensor:
-    """The input patches of conv ``m`` at output positions ``pos`` ``[B, P]``: ``[B*P, C*kh*kw]``.
-
-    Same column order as ``F.unfold`` (channel, then kernel row, then column), but only the
-    sampled patches are gathered, never the whole unfolded input.
-    """
-    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = m.padding, m.stride, m.dilation, m.kernel_size
-    B, C, H, W = inp.shape
-    flat = F.pad(inp, (pw, pw, ph, ph)).flatten(2)
-    oh, ow = pos // out_hw[1], pos % out_hw[1]
-    cols = []
-    for i in range(kh):
-        for j in range(kw):
-            idx = (oh * sh + i * dh) * (W + 2 * pw) + ow * sw + j * dw
-            cols.append(flat.gather(2, idx[:, None, :].expand(B, C, idx.shape[1])))
-    return torch.stack(cols, 2).permute(0, 3, 1, 2).reshape(B * pos.shape[1], C * kh * kw)
-
-
 class _Pruner:
     def __init__(self, model: nn.Module, x: torch.Tensor, config: ChannelPruneConfig, device: torch.device, input_shape: Sequence[int]) -> None:
         self.config, self.device = config, device
@@ -201,7 +125,7 @@ class _Pruner:
         self.work = copy.deepcopy(model).to(device).eval()
         self.graph = StructureGraph(self.work, input_shape)
         self.orig_graph = StructureGraph(self.orig, input_shape) if config.select is Selection.L1 else None
-        self.gm_orig, self.gm_work = _trace(self.orig), _trace(self.work)
+        self.gm_orig, self.gm_work = trace(self.orig), trace(self.work)
         gen = torch.Generator().manual_seed(config.seed)
         self.x = x[torch.randperm(len(x), generator=gen)[: config.images]].to(device)
         self.gen = gen
@@ -211,45 +135,17 @@ class _Pruner:
     @torch.no_grad()
     def remember(self, consumers: list[str], partners: dict[str, str]) -> None:
         """Run the original network once, keeping every consumer output and add partner needed."""
-        self._run(self.gm_orig, self.orig, set(partners.values()), self.cache, 1, consumers)
+        run_until(self.gm_orig, self.orig, self.x, set(partners.values()), self.cache, consumers, inputs=False)
 
     def _kept(self, name: str) -> list[int]:
         m = self.orig.get_submodule(name)
         n = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
         return self.kept_out.setdefault(name, list(range(n)))
 
-    def _run(self, gm, model: nn.Module, wanted: set[str], store: dict, which: int, consumers: list[str]) -> None:
-        """One forward pass, stopped as soon as the consumers' tensors and ``wanted`` values are in.
-
-        ``store`` receives each consumer's input (``which == 0``) or output by layer name, and the
-        values of the ``wanted`` FX nodes as ``"fx:" + node name``."""
-        pending = {*consumers, *wanted}
-
-        def hook(c: str):
-            def fn(m, inputs, output):
-                store[c] = (inputs[0] if which == 0 else output).detach()
-                pending.discard(c)
-                if not pending:
-                    raise _Stop
-
-            return fn
-
-        handles = [model.get_submodule(c).register_forward_hook(hook(c)) for c in consumers]
-        cap = _Capture(gm, wanted, pending) if wanted and gm is not None else None
-        try:
-            cap.run(self.x) if cap is not None else model(self.x)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        if cap is not None:
-            store.update(cap.values)
-
     @torch.no_grad()
     def _collect(self, consumers: list[str], partners: dict[str, str]) -> dict[str, dict]:
         ins: dict[str, torch.Tensor] = {}
-        self._run(self.gm_work, self.work, set(partners.values()), ins, 0, consumers)
+        run_until(self.gm_work, self.work, self.x, set(partners.values()), ins, consumers, inputs=True)
         data = {}
         for c in consumers:
             m = self.work.get_submodule(c)
@@ -260,10 +156,10 @@ class _Pruner:
                     raise SqueezeError(f"layer {c!r} uses padding={m.padding!r} mode {m.padding_mode!r}: channel pruning expects integer zero padding")
                 B, L = out.shape[0], out.shape[2] * out.shape[3]
                 pos = torch.randint(L, (B, self.config.points), generator=self.gen).to(self.device)
-                X = _patches(inp, m, (out.shape[2], out.shape[3]), pos)
-                Y = _sample(out.flatten(2), pos)
+                X = patches(inp, m, (out.shape[2], out.shape[3]), pos)
+                Y = sample_rows(out.flatten(2), pos)
                 if c in partners:
-                    extra = {k: _sample(v["fx:" + partners[c]].flatten(2), pos) for k, v in (("orig", self.cache), ("work", ins))}
+                    extra = {k: sample_rows(v["fx:" + partners[c]].flatten(2), pos) for k, v in (("orig", self.cache), ("work", ins))}
             elif isinstance(m, nn.Linear):
                 X, Y = inp.reshape(-1, inp.shape[-1]), out.reshape(-1, out.shape[-1])
                 if c in partners:
@@ -297,7 +193,7 @@ class _Pruner:
             if not isinstance(self.work.get_submodule(c), (nn.Conv2d, nn.Linear)):
                 raise SqueezeError(f"layer {c!r} is a {type(self.work.get_submodule(c)).__name__}: channel pruning supports Conv2d and Linear consumers")
         norms = {c: self.graph.norm_after(c) for c in consumers}
-        partners = {c: p for c in consumers if (p := _add_partner(self.gm_work, c, norms[c])) is not None}
+        partners = {c: p for c in consumers if (p := add_partner(self.gm_work, c, norms[c])) is not None}
         return consumers, norms, partners
 
     def prune_layer(self, name: str, keep: int | None, lam: float | None) -> "LayerReport":

@@ -33,7 +33,7 @@ from torch import nn
 
 from squeezetune.compression.codebook import pack_codebook, sort_codebook, unpack_codebook
 from squeezetune.compression.coding import Coder, StreamStats, decode_stream, encode_stream_with_stats
-from squeezetune.compression.container import _varint, pack_sections, unpack_sections
+from squeezetune.compression.container import _varint, pack_sections
 from squeezetune.compression.pruning import mask_of, plain_state_dict, prunable_layers
 from squeezetune.compression.sharing import shared_of
 from squeezetune.compression.sparse import decode_positions, encode_positions

@@ -22,7 +22,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking

@@ -8,7 +8,7 @@ objectives. This package only describes knobs: it imports neither Ray nor MLflow
 
 from squeezetune.spaces.constraints import Constraints
 from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, parse_domain
-from squeezetune.spaces.space import Space, channel_pruning_available, derive_space
+from squeezetune.spaces.space import Space, derive_space
 
 __all__ = [
     "Choice",
@@ -18,7 +18,6 @@ __all__ = [
     "IntRange",
     "Knob",
     "Space",
-    "channel_pruning_available",
     "derive_space",
     "parse_domain",
 ]

@@ -34,7 +34,6 @@ weights (``bits: 8`` on a layer keeping 100 weights gives 100 clusters).
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -57,11 +56,6 @@ _FINETUNE_DEFAULTS = {
     "finetune": {"epochs": IntRange(1, 3), "distill": Choice((True, False)), "lr": FloatRange(0.01, 0.01, log=True)},
     "finetune_centroids": {"epochs": IntRange(0, 2), "lr": FloatRange(0.002, 0.002, log=True)},
 }
-
-
-def channel_pruning_available() -> bool:
-    """Whether this install has LASSO channel pruning (``squeezetune.compression.channel``)."""
-    return importlib.util.find_spec("squeezetune.compression.channel") is not None
 
 
 @dataclass(frozen=True)
@@ -261,10 +255,6 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None) -> S
     knobs.append(_recipe_knob("encode.index_bits", encode.get("index_bits"), IntRange(3, 8), ("encode", "index_bits")))
 
     if config.get("structured") not in (None, False):
-        if not channel_pruning_available():
-            raise SqueezeError(
-                "space.structured needs LASSO channel pruning (squeezetune.compression.channel), which this install does not have"
-            )
         from squeezetune.spaces.structured import structured_knobs
 
         stages.append("structured")

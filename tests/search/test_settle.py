@@ -1,0 +1,71 @@
+"""Settling the trials a dead driver left RUNNING, on a real Optuna sqlite study and a real MLflow store."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from squeezetune.search.runner import _settle_interrupted
+from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, RUN_ATTR
+
+
+@pytest.fixture()
+def stores(tmp_path):
+    study = optuna.create_study(
+        study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", directions=["maximize", "minimize"]
+    )
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("settle")
+    return study, client, exp
+
+
+def _running_trial(study, client, exp):
+    t = study.ask()
+    t.suggest_float("x", 0.0, 1.0)
+    run = client.create_run(exp)
+    t.set_user_attr(RUN_ATTR, run.info.run_id)
+    return t, run.info.run_id
+
+
+def test_running_trials_are_told_failed_or_requeued(stores):
+    study, client, exp = stores
+    finished, finished_run = _running_trial(study, client, exp)
+    client.log_metric(finished_run, "accuracy", 0.91)
+    client.log_metric(finished_run, "bytes", 1234.0)
+    client.set_terminated(finished_run, "FINISHED")
+    failed, failed_run = _running_trial(study, client, exp)
+    client.set_tag(failed_run, "error", "ValueError: boom")
+    client.set_terminated(failed_run, "FAILED")
+    killed, killed_run = _running_trial(study, client, exp)  # its run stays RUNNING: the worker died
+
+    messages: list[str] = []
+    _settle_interrupted(study, client, messages.append)
+
+    trials = study.get_trials()
+    assert trials[finished.number].state == optuna.trial.TrialState.COMPLETE
+    assert trials[finished.number].values == [0.91, 1234.0]
+    assert trials[failed.number].state == optuna.trial.TrialState.FAIL
+    assert trials[failed.number].user_attrs[ERROR_ATTR] == "ValueError: boom"
+    assert not trials[failed.number].user_attrs.get(INTERRUPTED_ATTR)
+    assert trials[killed.number].state == optuna.trial.TrialState.FAIL
+    assert trials[killed.number].user_attrs[INTERRUPTED_ATTR] is True
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1
+    assert waiting[0].system_attrs["fixed_params"] == trials[killed.number].params  # asked again with the same values
+    assert waiting[0].user_attrs == {RUN_ATTR: killed_run, "retry_of": killed.number}
+    assert any("interrupted" in m and killed_run in m for m in messages)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_a_finished_run_with_nan_accuracy_is_requeued(stores):
+    study, client, exp = stores
+    t, rid = _running_trial(study, client, exp)
+    client.log_metric(rid, "accuracy", math.nan)
+    client.log_metric(rid, "bytes", 10.0)
+    client.set_terminated(rid, "FINISHED")
+    _settle_interrupted(study, client, lambda _: None)
+    assert study.get_trials()[t.number].user_attrs[INTERRUPTED_ATTR] is True
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
