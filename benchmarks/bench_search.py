@@ -3,7 +3,7 @@
 On lenet300-mnist with the MNIST protocol (8,000 train / 2,000 eval images), each search gets the
 same budget of trials (32 by default) with cheap trials (2 fine-tune epochs, 1 centroid
 epoch, fixed); the hand recipe (``deep-compression``) is run once with the same fine-tune budget as the
-most expensive trial, and once with its full schedule (12 + 4 epochs) for reference.
+most expensive trial, and once with its full schedule (20 + 4 epochs) for reference.
 
 For each method: hypervolume of the front with a fixed reference point, best compression ratio at
 <= 0.2 accuracy-point loss, ratio the front reaches at the hand recipe's accuracy, wall time, and

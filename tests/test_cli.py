@@ -52,6 +52,18 @@ def test_compress_writes_container_and_report(compressed):
     assert all(2 <= layer["clusters"] <= 16 and layer["index_bits"] == 5 for layer in layers.values())
 
 
+@pytest.mark.parametrize("recipe", ["filter-pruning", "channel-pruning"])
+def test_structured_builtin_shrinks_the_model_to_the_macs_target(compressed, recipe, capsys):
+    out = compressed.with_name(f"{recipe}.sqz")  # the dense model cached by ``compressed`` is reused
+    assert main(["compress", "--recipe", recipe, "--macs-target", "0.5", "--out", str(out)]) == 0
+    report = json.loads(out.with_name(f"{recipe}.report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["dense", "structured", "structured_finetune", "encode"]
+    assert report["macs"] <= 0.55 * report["dense_macs"] and report["params"] < report["dense_params"]
+    assert report["compressed_bytes"] == out.stat().st_size < report["dense_bytes"]
+    assert report["accuracy"] > 0.8
+    assert "MACs" in capsys.readouterr().out
+
+
 def test_evaluate_and_decode_agree_with_the_report(compressed, tmp_path, capsys):
     report = json.loads(compressed.with_name("m.report.json").read_text())
     assert main(["evaluate", str(compressed)]) == 0
@@ -109,6 +121,10 @@ def test_damaged_files_are_one_line_errors(compressed, tmp_path, capsys, kind, c
         (["compress", "--recipe", "RECIPE:prune: {layers: {fc3: {keep: 1001}}}"], r"keep=1001 for layer 'fc3' must be an integer in [1, 1000]"),
         (["compress", "--recipe", "RECIPE:share: {layers: {fc3: {clusters: 1}}}"], "k=1 clusters for layer 'fc3' must be an integer in [2, 1000]"),
         (["compress", "--recipe", "RECIPE:prune: {layers: {fc3: {keep: 10}}}\nshare: {layers: {fc3: {clusters: 11}}}"], "k=11 clusters for layer 'fc3' must be an integer in [2, 10]"),
+        (["compress", "--macs-target", "0.5"], "recipe 'deep-compression' has no structured stage"),
+        (["compress", "--recipe", "channel-pruning", "--macs-target", "0"], "macs_target=0.0 must be in (0, 1]"),
+        (["compress", "--recipe", "filter-pruning", "--allocation", "best"], "--allocation 'best': expected uniform or sensitivity"),
+        (["compress", "--recipe", "RECIPE:structured: {method: l1, layers: {fc3: {keep: 5}}}"], "fc3"),
         (["inspect", "/nonexistent.sqz"], "/nonexistent.sqz"),
     ],
 )

@@ -68,21 +68,33 @@ def _load(task, data_dir: Optional[Path]):
 @app.command("compress")
 def compress_cmd(
     task: str = TaskOpt,
-    recipe: str = typer.Option("deep-compression", "--recipe", "-r", help="Built-in recipe name or YAML file."),
+    recipe: str = typer.Option(
+        "deep-compression", "--recipe", "-r", help="deep-compression, filter-pruning, channel-pruning, or a YAML recipe file."
+    ),
     out: Path = typer.Option(Path("model.sqz"), "--out", "-o", help="Container to write (.sqz); the report goes beside it."),
     data_dir: Optional[Path] = DataDirOpt,
     dense: Optional[Path] = typer.Option(None, "--dense", help="Dense weights (.safetensors); trained and cached if absent."),
+    macs_target: Optional[float] = typer.Option(
+        None, "--macs-target", help="Fraction of dense MACs to keep, in (0, 1] (structured recipes; default 0.5)."
+    ),
+    allocation: Optional[str] = typer.Option(
+        None, "--allocation", help="Per-layer channel counts for --macs-target: uniform or sensitivity."
+    ),
     seed: int = typer.Option(0, help="Random seed."),
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Compress a task's model with a recipe; write F.sqz and F.report.json."""
-    from squeezetune.compression.pipeline import compress, report_path
+    from squeezetune.compression.pipeline import compress, prunable_layers, report_path
+    from squeezetune.compression.recipes import load_recipe
     from squeezetune.tasks import get_task
 
     t = get_task(task)
     _check_out(out, ".sqz")
+    if allocation is not None and allocation not in ("uniform", "sensitivity"):
+        raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity")
+    loaded = load_recipe(recipe, t.model, prunable_layers(t.build_model()), macs_target=macs_target, allocation=allocation)
     splits = _load(t, data_dir)
-    report = compress(t, recipe, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress)
+    report = compress(t, loaded, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress)
     typer.echo(format_stages(report))
     typer.echo(format_layers(report))
     typer.echo(

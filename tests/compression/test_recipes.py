@@ -61,3 +61,28 @@ def test_bad_recipes_say_what_is_wrong(data, message):
 def test_unknown_recipe_name():
     with pytest.raises(SqueezeError, match=r"recipe 'nope' is neither a built-in"):
         load_recipe("nope", "lenet300", {})
+
+
+@pytest.mark.parametrize("name,method", [("filter-pruning", "l1"), ("channel-pruning", "lasso")])
+def test_structured_builtins_take_a_macs_target(name, method):
+    r = load_recipe(name, "resnet20", {})
+    assert r.name == name and r.structured.method.value == method
+    assert r.structured.macs_target == 0.5 and r.structured.allocation.value == "uniform"
+    assert r.prune is None and r.share is None and r.structured.finetune.distill
+    r = load_recipe(name, "resnet20", {}, macs_target=0.25, allocation="sensitivity")
+    assert r.structured.macs_target == 0.25 and r.structured.allocation.value == "sensitivity"
+    assert Recipe.from_dict(r.to_dict()) == r
+
+
+def test_macs_target_needs_a_structured_stage():
+    with pytest.raises(SqueezeError, match=r"recipe 'deep-compression' has no structured stage"):
+        load_recipe("deep-compression", "lenet300", {}, macs_target=0.5)
+    with pytest.raises(SqueezeError, match=r"macs_target=1.5 must be in \(0, 1\]"):
+        load_recipe("channel-pruning", "resnet20", {}, macs_target=1.5)
+
+
+def test_a_yaml_list_is_not_a_recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("- prune\n")
+    with pytest.raises(SqueezeError, match=r"holds a list: expected a mapping"):
+        load_recipe(path, "lenet300", {})

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -135,8 +135,21 @@ class Stage:
     seconds: float
 
 
-def validate_recipe(recipe: Recipe, model: nn.Module) -> None:
-    """Fail before any work if the recipe names a layer the model lacks or asks for impossible amounts."""
+def validate_recipe(recipe: Recipe, model: nn.Module, input_shape: Sequence[int] | None = None) -> None:
+    """Fail before any work if the recipe names a layer the model lacks or asks for impossible amounts.
+
+    With ``input_shape`` (one example, batch dimension first) the structured stage's layers are
+    checked too: each must head a channel group DepGraph can shrink, with a count that leaves a channel.
+    """
+    if input_shape is not None and recipe.structured is not None and recipe.structured.layers:
+        from squeezetune.compression._depgraph import StructureGraph
+        from squeezetune.compression.structured import check_keep
+
+        graph = StructureGraph(model, input_shape)
+        config = recipe.structured.layers
+        check_keep(graph.groups, {n: c.keep for n, c in config.items() if c.keep is not None}, graph)
+        for name in (n for n, c in config.items() if c.lam is not None):
+            graph.resolve(name)
     layers = prunable_layers(model)
     for name in sorted(recipe.layer_names()):
         if name not in layers:
@@ -218,7 +231,7 @@ def compress(
     model = task.build_model()
     if isinstance(recipe, str):
         recipe = load_recipe(recipe, task.model, prunable_layers(model))
-    validate_recipe(recipe, model)
+    validate_recipe(recipe, model, input_shape=(1, *train_split.x.shape[1:]))
     if isinstance(dense, nn.Module):
         teacher = dense
     else:

@@ -30,7 +30,7 @@ def search_cmd(
     trials: Optional[int] = typer.Option(None, "--trials", help="Trials to finish (default 24)."),
     tracking_uri: Optional[str] = TrackingOpt,
     name: Optional[str] = typer.Option(None, "--name", "-n", help="The search's name (default: search-<date>-<time>)."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2, tpe or random."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2, tpe, gp or random."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted search NAME to its requested trials."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to run on ('auto' or host:port); default a local Ray."),
     cpus: Optional[float] = typer.Option(None, "--cpus-per-trial", help="CPUs per trial."),

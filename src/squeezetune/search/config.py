@@ -7,8 +7,8 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     data_dir: null                 # MNIST folder for *-mnist tasks
     dense: null                    # dense weights (.safetensors); default: trained once and cached
     trials: 24
-    sampler: nsga2                 # nsga2 | tpe | random
-    population: null               # NSGA-II population / TPE start-up trials (default: trials // 4, 4..50)
+    sampler: nsga2                 # nsga2 | tpe | gp | random
+    population: null               # NSGA-II population / TPE and GP start-up trials (default: trials // 4, 4..50)
     seed: 0
     tracking_uri: null             # default: sqlite:///<cwd>/mlflow.db ; or http://host:5000
     experiment: squeezetune
@@ -43,6 +43,7 @@ from squeezetune.spaces import Constraints
 class SamplerChoice(str, Enum):
     NSGA2 = "nsga2"
     TPE = "tpe"
+    GP = "gp"
     RANDOM = "random"
 
 
@@ -152,18 +153,12 @@ class SearchConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SearchConfig":
-        import yaml
+        from squeezetune._yaml import load_mapping
 
         path = Path(path)
         if not path.is_file():
             raise SqueezeError(f"config {str(path)!r} does not exist: expected a YAML file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise SqueezeError(f"config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if data is not None and not isinstance(data, Mapping):
-            raise SqueezeError(f"config {str(path)!r} holds a {type(data).__name__}: expected a mapping")
-        return cls.from_dict(data)
+        return cls.from_dict(load_mapping(path, "config"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

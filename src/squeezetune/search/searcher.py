@@ -54,14 +54,17 @@ class ConstraintsFromAttrs:
 
 
 def make_sampler(kind: str, *, seed: int, population: int, constraints_func: Callable | None) -> optuna.samplers.BaseSampler:
-    """NSGA-II, TPE (multi-objective) or random, with the constraints where the sampler takes them."""
+    """NSGA-II, TPE, GP (Gaussian-process Bayesian optimisation; log expected hypervolume improvement
+    for two objectives) or random, with the constraints where the sampler takes them."""
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=population, seed=seed, constraints_func=constraints_func)
     if kind == "tpe":
         return optuna.samplers.TPESampler(n_startup_trials=population, seed=seed, constraints_func=constraints_func, multivariate=True)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(n_startup_trials=population, seed=seed, constraints_func=constraints_func)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise TypeError(f"no sampler for {kind!r}; known: ['nsga2', 'tpe', 'random']")
+    raise TypeError(f"no sampler for {kind!r}; known: ['nsga2', 'tpe', 'gp', 'random']")
 
 
 class TrackedOptunaSearch(OptunaSearch):

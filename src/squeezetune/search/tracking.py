@@ -92,10 +92,20 @@ def _probe_api(uri: str, timeout: float) -> None:
 
 
 def ui_command(uri: str) -> str:
-    """The command (or address) that opens this store in the MLflow UI."""
-    if sqlite_path(uri) is not None:
-        return f"mlflow ui --backend-store-uri {uri}"
-    return f"open {uri} in a browser"
+    """The command (or address) that opens this store in the MLflow UI.
+
+    The ``mlflow`` beside this interpreter is named by its path unless it is the one on ``PATH``,
+    so the line runs as printed from a virtualenv that is not activated.
+    """
+    if sqlite_path(uri) is None:
+        return f"browse the MLflow UI at {uri}"
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).with_name("mlflow")
+    on_path = shutil.which("mlflow")
+    mlflow = "mlflow" if not exe.exists() or (on_path is not None and Path(on_path).resolve() == exe.resolve()) else str(exe)
+    return f"browse the results: {mlflow} ui --backend-store-uri {uri}"
 
 
 def artifact_location(uri: str) -> str | None:
