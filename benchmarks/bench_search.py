@@ -1,4 +1,4 @@
-"""Search benchmark: multi-objective search (NSGA-II, TPE) vs random search vs the Deep Compression recipe.
+"""Search benchmark: multi-objective search (NSGA-II, TPE, GP) vs random search vs the Deep Compression recipe.
 
 On lenet300-mnist with the MNIST protocol (8,000 train / 2,000 eval images), each search gets the
 same budget of trials (32 by default) with cheap trials (2 fine-tune epochs, 1 centroid
@@ -123,9 +123,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
     ap.add_argument("--trials", type=int, default=32)
-    ap.add_argument("--methods", default="nsga2,tpe,random")
+    ap.add_argument("--methods", default="nsga2,tpe,gp,random")
     ap.add_argument("--seeds", default="0,1,2", help="Search seeds; figures are mean (min-max) over them.")
-    ap.add_argument("--population", type=int, default=None, help="NSGA-II population / TPE start-up trials (default: the search's, trials // 4).")
+    ap.add_argument("--population", type=int, default=None, help="NSGA-II population / TPE and GP start-up trials (default: the search's, trials // 4).")
     ap.add_argument("--concurrent", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "squeezetune-search-bench")
     ap.add_argument("--no-write", action="store_true", help="Print the table; leave BENCHMARKS.md alone.")
@@ -181,7 +181,7 @@ def main() -> None:
         raw[method] = per_seed
         rows.append(
             [
-                {"nsga2": "NSGA-II", "tpe": "TPE (multi-objective)", "random": "random search"}.get(method, method),
+                {"nsga2": "NSGA-II", "tpe": "TPE (multi-objective)", "gp": "GP (log EHVI)", "random": "random search"}.get(method, method),
                 f"{args.trials} x {len(seeds)} seeds" + (f" ({sum(r['failed'] for r in per_seed)} failed)" if any(r["failed"] for r in per_seed) else ""),
                 _fmt([r["hv"] for r in per_seed], digits=0),
                 _fmt([100 * r["top_accuracy"] if r["top_accuracy"] else None for r in per_seed], "%", 2),
