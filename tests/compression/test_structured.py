@@ -181,6 +181,17 @@ def test_latency_is_a_positive_median():
     assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
 
 
+def test_latency_layouts_leave_the_models_alone():
+    model = VGGNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for layouts in (("contiguous",), ("channels_last",), ("contiguous", "channels_last")):
+        assert compare_latency({"m": model}, batch=2, repeats=2, warmup=1, layouts=layouts)["m"] > 0
+    assert all(p.is_contiguous() for p in model.parameters())  # the NHWC run used a copy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(SqueezeError, match=r"layouts=\['nhwc'\]: expected some of \['contiguous', 'channels_last'\]"):
+        compare_latency({"m": model}, layouts=("nhwc",))
+
+
 @pytest.mark.parametrize(
     "call,message",
     [

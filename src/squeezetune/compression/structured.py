@@ -28,6 +28,7 @@ parameters are new tensors (``finetune.train`` builds its optimizer on every cal
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from typing import Iterable, Mapping, Sequence
@@ -123,30 +124,50 @@ def compare_latency(
     *,
     input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE[1:],
     warmup: int = 3,
+    layouts: Sequence[str] = ("contiguous", "channels_last"),
 ) -> dict[str, float]:
     """Median milliseconds per forward pass of several models, timed in turns.
 
     One pass of each model in turn, ``repeats`` rounds: load from other processes then hits every
     model alike, which a model-after-model timing (:func:`latency_ms` on each) does not ensure.
+    With image inputs (``input_shape`` of 3 dims) each model is timed in every memory layout of
+    ``layouts`` (``contiguous`` NCHW, ``channels_last`` NHWC, on a copy) within the same rounds,
+    and its faster layout's median is reported: a pruned net with few channels often runs best
+    in a different layout than its dense original, and each is served in the layout that suits it.
     """
     if batch < 1 or repeats < 1:
         raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
+    unknown = [layout for layout in layouts if layout not in _LAYOUTS]
+    if unknown or not layouts:
+        raise SqueezeError(f"layouts={list(layouts)!r}: expected some of {list(_LAYOUTS)}")
     device = pick_device(device)
     x = torch.randn((batch, *input_shape), device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    prepared = {k: m.to(device).eval() for k, m in models.items()}
-    for m in prepared.values():
+    runs = []  # (model name, module, input)
+    for name, model in models.items():
+        model = model.to(device).eval()
+        for layout in layouts if x.dim() == 4 else ("contiguous",):
+            fmt = _LAYOUTS[layout]
+            variant = model if fmt is torch.contiguous_format else copy.deepcopy(model).to(memory_format=fmt)
+            runs.append((name, variant, x.contiguous(memory_format=fmt)))
+    for _, m, inp in runs:
         for _ in range(warmup):
-            m(x)
-    times: dict[str, list[float]] = {k: [] for k in prepared}
+            m(inp)
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
-        for k, m in prepared.items():
+        for i, (_, m, inp) in enumerate(runs):
             sync()
             t0 = time.perf_counter()
-            m(x)
+            m(inp)
             sync()
-            times[k].append((time.perf_counter() - t0) * 1000.0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[i].append((time.perf_counter() - t0) * 1000.0)
+    best: dict[str, float] = {}
+    for (name, _, _), t in zip(runs, times):
+        best[name] = min(best.get(name, math.inf), statistics.median(t))
+    return best
+
+
+_LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 # -- groups and shrinking ------------------------------------------------------------------------
