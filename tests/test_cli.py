@@ -124,7 +124,7 @@ def test_damaged_files_are_one_line_errors(compressed, tmp_path, capsys, kind, c
         (["compress", "--macs-target", "0.5"], "recipe 'deep-compression' has no structured stage"),
         (["compress", "--recipe", "channel-pruning", "--macs-target", "0"], "macs_target=0.0 must be in (0, 1]"),
         (["compress", "--recipe", "filter-pruning", "--allocation", "best"], "--allocation 'best': expected uniform or sensitivity"),
-        (["compress", "--recipe", "RECIPE:structured: {method: l1, layers: {fc3: {keep: 5}}}"], "fc3"),
+        (["compress", "--recipe", "RECIPE:structured: {method: l1, layers: {fc3: {keep: 5}}}"], "layer 'fc3' cannot be pruned structurally"),
         (["inspect", "/nonexistent.sqz"], "/nonexistent.sqz"),
     ],
 )
@@ -143,6 +143,7 @@ def test_bad_input_is_one_line_without_output(tmp_path, capsys, monkeypatch, arg
     assert err.startswith("error: ") and "\n" not in err
     assert message in err
     assert not out.exists() and not list(tmp_path.glob("*.report.json"))
+    assert not (tmp_path / "cache").exists()  # refused before any dense training
 
 
 def test_console_script_shows_no_traceback(tmp_path):

@@ -13,7 +13,11 @@ def load_mapping(path: Path, what: str) -> Mapping[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SqueezeError(f"{what} {str(path)!r} is not UTF-8 text: expected a YAML file") from None
+    except OSError as exc:
+        raise SqueezeError(f"{what} {str(path)!r} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise SqueezeError(f"{what} {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:

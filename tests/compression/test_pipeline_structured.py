@@ -79,3 +79,17 @@ def test_container_spec_cannot_grow_the_model(tmp_path, cache_dir):
     spec["modules"]["conv1"]["out_channels"] = 1 << 30
     with pytest.raises(SqueezeError, match=r"out_channels=1073741824: expected an integer in \[1, 16\]"):
         _apply_checked_spec(TinyResNet(), spec)
+
+
+def test_a_group_named_by_any_member_merges_with_a_macs_target():
+    """``conv2`` shares its output channels with ``stem`` (the residual add): one group, named by either."""
+    from squeezetune.compression.pipeline import structured_prune
+    from squeezetune.compression.recipes import StructuredConfig
+
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    train, evaluate_on = _data(None)
+    config = StructuredConfig.from_dict({"method": "l1", "macs_target": 0.7, "round_to": 1, "layers": {"conv2": {"keep": 5}}})
+    small = structured_prune(model, config, train, evaluate_on, device=torch.device("cpu"))
+    assert small.stem.out_channels == small.conv2.out_channels == 5  # the hand count won over the plan
+    assert small.conv1.out_channels < 16  # the plan pruned the rest

@@ -86,3 +86,25 @@ def test_a_yaml_list_is_not_a_recipe(tmp_path):
     path.write_text("- prune\n")
     with pytest.raises(SqueezeError, match=r"holds a list: expected a mapping"):
         load_recipe(path, "lenet300", {})
+
+
+def test_structured_round_to_is_checked_and_kept():
+    r = Recipe.from_dict({"structured": {"macs_target": 0.5, "round_to": 4}})
+    assert r.structured.round_to == 4 and Recipe.from_dict(r.to_dict()) == r
+    assert Recipe.from_dict({"structured": {"macs_target": 0.5}}).structured.round_to == 8
+    with pytest.raises(SqueezeError, match=r"structured.round_to=0 must be an integer >= 1"):
+        Recipe.from_dict({"structured": {"macs_target": 0.5, "round_to": 0}})
+
+
+def test_allocation_needs_a_macs_target(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("structured: {method: l1, layers: {conv1: {keep: 8}}}\n")
+    with pytest.raises(SqueezeError, match=r"--allocation 'sensitivity' needs a macs_target"):
+        load_recipe(path, "resnet20", {}, allocation="sensitivity")
+
+
+def test_a_binary_file_is_not_a_recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"\x89SQZ\xff\xfe\x00")
+    with pytest.raises(SqueezeError, match=r"is not UTF-8 text: expected a YAML file"):
+        load_recipe(path, "lenet300", {})

@@ -192,6 +192,26 @@ def test_latency_layouts_leave_the_models_alone():
         compare_latency({"m": model}, layouts=("nhwc",))
 
 
+class _ViewsNCHW(nn.Module):
+    """Flattens with ``view``, which channels_last memory refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_latency_skips_a_layout_the_model_cannot_run_in():
+    times = compare_latency({"m": _ViewsNCHW()}, batch=2, repeats=2, warmup=1)
+    assert times["m"] > 0
+    with pytest.raises(RuntimeError):
+        compare_latency({"m": _ViewsNCHW()}, batch=2, repeats=2, warmup=1, layouts=("channels_last",))
+
+
 @pytest.mark.parametrize(
     "call,message",
     [

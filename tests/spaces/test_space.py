@@ -144,3 +144,13 @@ def test_project_puts_a_hand_recipe_inside_the_space(model, name):
     for layer, setting in hand.share.layers.items():
         assert params[f"share.{layer}.bits"] == min(max(setting.bits, 3), 5)
     assert params["finetune.epochs"] == min(hand.finetune.epochs, 2)
+
+
+def test_project_keeps_every_channel_a_recipe_does_not_prune():
+    from squeezetune.compression.pruning import prunable_layers
+    from squeezetune.compression.recipes import deep_compression
+
+    space = derive_space(LeNet5(), {"structured": {"layers": {"conv2": {"keep_channels": [10, 40]}}}})
+    params = space.project(deep_compression("lenet5", prunable_layers(LeNet5())))
+    assert params["structured.conv2.keep_channels"] == 40
+    assert space.project(Recipe.from_dict({"structured": {"layers": {"conv2": {"keep": 12}}}}))["structured.conv2.keep_channels"] == 12

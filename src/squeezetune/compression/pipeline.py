@@ -13,6 +13,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -184,15 +185,18 @@ def structured_prune(
     from squeezetune.compression.filters import filter_prune, sensitivity_analysis
     from squeezetune.compression.structured import plan_counts
 
+    from squeezetune.compression._depgraph import StructureGraph
+
     shape = (1, *train_split.x.shape[1:])
-    keep = {n: c.keep for n, c in config.layers.items() if c.keep is not None}
-    lam = {n: c.lam for n, c in config.layers.items() if c.lam is not None}
+    graph = StructureGraph(copy.deepcopy(model), shape)  # the names the user gave, resolved to their groups
+    keep = {graph.resolve(n): c.keep for n, c in config.layers.items() if c.keep is not None}
+    lam = {graph.resolve(n): c.lam for n, c in config.layers.items() if c.lam is not None}
     if config.macs_target is not None:
         sensitivity = None
         if config.allocation is Allocation.SENSITIVITY:
             progress("sensitivity analysis (L1 filter pruning of each layer alone)")
             sensitivity = sensitivity_analysis(model, lambda m: evaluate(m, eval_split, device=device), input_shape=shape, progress=progress)
-        planned = plan_counts(model, config.macs_target, config.allocation.value, sensitivity, input_shape=shape)
+        planned = plan_counts(model, config.macs_target, config.allocation.value, sensitivity, round_to=config.round_to, input_shape=shape)
         keep = {**{n: k for n, k in planned.items() if n not in lam}, **keep}
     progress(f"{config.method.value} channel pruning of {len(keep) + len(lam)} layer groups")
     if config.method is StructuredMethod.L1:

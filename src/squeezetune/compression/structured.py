@@ -134,6 +134,7 @@ def compare_latency(
     ``layouts`` (``contiguous`` NCHW, ``channels_last`` NHWC, on a copy) within the same rounds,
     and its faster layout's median is reported: a pruned net with few channels often runs best
     in a different layout than its dense original, and each is served in the layout that suits it.
+    A layout a model cannot run in (a ``view`` that needs NCHW memory) is skipped for that model.
     """
     if batch < 1 or repeats < 1:
         raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
@@ -149,10 +150,16 @@ def compare_latency(
         for layout in layouts if x.dim() == 4 else ("contiguous",):
             fmt = _LAYOUTS[layout]
             variant = model if fmt is torch.contiguous_format else copy.deepcopy(model).to(memory_format=fmt)
-            runs.append((name, variant, x.contiguous(memory_format=fmt)))
-    for _, m, inp in runs:
-        for _ in range(warmup):
-            m(inp)
+            inp = x.contiguous(memory_format=fmt)
+            try:
+                for _ in range(warmup):
+                    variant(inp)
+            except RuntimeError:
+                # a model written for NCHW (``x.view(n, -1)`` after a conv, say) may refuse another layout
+                if fmt is torch.contiguous_format or len(layouts) == 1:
+                    raise
+                continue
+            runs.append((name, variant, inp))
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
         for i, (_, m, inp) in enumerate(runs):

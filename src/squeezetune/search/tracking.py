@@ -99,13 +99,14 @@ def ui_command(uri: str) -> str:
     """
     if sqlite_path(uri) is None:
         return f"browse the MLflow UI at {uri}"
+    import shlex
     import shutil
     import sys
 
     exe = Path(sys.executable).with_name("mlflow")
     on_path = shutil.which("mlflow")
     mlflow = "mlflow" if not exe.exists() or (on_path is not None and Path(on_path).resolve() == exe.resolve()) else str(exe)
-    return f"browse the results: {mlflow} ui --backend-store-uri {uri}"
+    return f"browse the results: {shlex.quote(mlflow)} ui --backend-store-uri {shlex.quote(uri)}"
 
 
 def artifact_location(uri: str) -> str | None:

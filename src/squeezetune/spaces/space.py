@@ -109,7 +109,8 @@ class Space:
 
         Each knob takes the recipe's value at its place, converted (keep fractions to counts,
         bits to clusters) and clipped into its domain; a knob the recipe does not set keeps its
-        low end (a categorical: its first choice).
+        low end (a categorical: its first choice), except a channel count, which keeps its high
+        end: a recipe that prunes no channels of a group is nearest to keeping them all.
         """
         data = recipe.to_dict()
         params = self.corner()
@@ -117,6 +118,8 @@ class Space:
             value = _lookup(data, k.target, self.layers)
             if value is not None:
                 params[k.name] = _clip(value, k)
+            elif k.target[0] == "structured" and k.target[-1] == "keep_channels":
+                params[k.name] = k.corners()[1]
         return params
 
     def contains(self, params: Mapping[str, Any]) -> bool:
@@ -164,6 +167,8 @@ def _lookup(data: Mapping[str, Any], target: tuple[str, ...], layers: Mapping[st
     key = target[-1]
     if key in node:
         return node[key]
+    if key == "keep_channels" and "keep" in node:  # a recipe's structured count
+        return node["keep"]
     if key == "keep" and "keep_fraction" in node:
         return max(1, round(node["keep_fraction"] * layers[target[2]]))
     if key == "clusters" and "bits" in node:
