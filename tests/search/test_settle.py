@@ -69,3 +69,31 @@ def test_a_finished_run_with_nan_accuracy_is_requeued(stores):
     _settle_interrupted(study, client, lambda _: None)
     assert study.get_trials()[t.number].user_attrs[INTERRUPTED_ATTR] is True
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+
+
+def test_a_trial_that_never_reports_is_requeued_a_few_times_then_failed(tmp_path):
+    """Tune ends a trial without a result (Ctrl-C, or a trainable that returns early): queued again,
+    with the same parameters and MLflow run, at most MAX_REQUEUES times; then recorded as failed."""
+    from squeezetune.search.searcher import MAX_REQUEUES, REQUEUES_ATTR, TrackedOptunaSearch
+
+    told = []
+    searcher = TrackedOptunaSearch(
+        lambda trial: {"x": trial.suggest_float("x", 0.0, 1.0)},
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="never-reports",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        new_run=lambda number: f"run-{number}",
+        on_told=told.append,
+    )
+    configs = []
+    for attempt in range(MAX_REQUEUES + 1):
+        configs.append(searcher.suggest(f"tune-{attempt}"))
+        searcher.on_trial_complete(f"tune-{attempt}", result=None)
+    trials = searcher.study.get_trials()
+    assert len(trials) == MAX_REQUEUES + 1 and not searcher.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len({c["x"] for c in configs}) == 1 and {c["_run_id"] for c in configs} == {"run-0"}
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    assert [bool(t.user_attrs.get(INTERRUPTED_ATTR)) for t in trials] == [True] * MAX_REQUEUES + [False]
+    assert trials[-1].user_attrs[REQUEUES_ATTR] == MAX_REQUEUES
+    assert trials[-1].user_attrs[ERROR_ATTR] == f"the trial ended without reporting a result {MAX_REQUEUES + 1} times"
+    assert [t.number for t in told] == [trials[-1].number]

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 RUN_ATTR = "mlflow_run_id"
 OUTCOME_ATTRS = ("accuracy", "bytes", "ratio", "macs", "pipeline_seconds", "trial_seconds", "mlflow_seconds")
 INTERRUPTED_ATTR = "interrupted"
+REQUEUES_ATTR = "requeues"
+"""How often a trial's parameters were queued again after it ended without a result."""
+MAX_REQUEUES = 3
 ERROR_ATTR = "error"
 METRICS = ["accuracy", "bytes"]
 MODES = ["max", "min"]
@@ -145,15 +148,23 @@ class TrackedOptunaSearch(OptunaSearch):
         parameters are enqueued with the same MLflow run, so a later trial -- in this session or
         after ``--resume`` -- runs it into that run.
         """
-        ot_trial.set_user_attr(INTERRUPTED_ATTR, True)
+        requeues = int(ot_trial.user_attrs.get(REQUEUES_ATTR, 0))
+        if requeues >= MAX_REQUEUES:  # it keeps ending without a result: a real failure, not an interruption
+            ot_trial.set_user_attr(ERROR_ATTR, f"the trial ended without reporting a result {requeues + 1} times")
+        else:
+            ot_trial.set_user_attr(INTERRUPTED_ATTR, True)
         try:
             self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
         except Exception as exc:
             logger.warning("could not close interrupted trial %s: %s", ot_trial.number, exc)
-        attrs = {k: v for k, v in ot_trial.user_attrs.items() if k == RUN_ATTR}
-        self._ot_study.enqueue_trial(dict(ot_trial.params), user_attrs={**attrs, "retry_of": ot_trial.number}, skip_if_exists=False)
+        if requeues < MAX_REQUEUES:
+            attrs = {k: v for k, v in ot_trial.user_attrs.items() if k == RUN_ATTR}
+            attrs.update({"retry_of": ot_trial.number, REQUEUES_ATTR: requeues + 1})
+            self._ot_study.enqueue_trial(dict(ot_trial.params), user_attrs=attrs, skip_if_exists=False)
         self._completed_trials.add(trial_id)
         self._suggested_at.pop(trial_id, None)
+        if requeues >= MAX_REQUEUES and self._on_told is not None:
+            self._on_told(self._ot_study._storage.get_trial(ot_trial._trial_id))
 
     def save(self, checkpoint_path: str) -> None:
         """Not written: the study is persisted in its RDB storage, which ``--resume`` reads."""
