@@ -45,6 +45,7 @@ from enum import Enum
 import numpy as np
 
 from squeezetune.compression import ans, huffman
+from squeezetune.compression.container import _varint
 from squeezetune.errors import SqueezeError
 
 #: Largest alphabet a stream may use (symbols fit in ``uint16``).
@@ -225,15 +226,6 @@ def _entropy_bits(counts: np.ndarray) -> float:
 # --- bytes: varints, bit fields, a bounds-checked reader ----------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _varints(values: np.ndarray) -> bytes:
     """Many varints at once (vectorized)."""
     v = np.asarray(values, dtype=np.uint64)
@@ -409,16 +401,43 @@ def _decode_raw(reader: _Reader, alphabet_size: int, n: int, dtype: type) -> np.
     return symbols
 
 
-def _encode_huffman(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray) -> tuple[bytes, bytes]:
-    if len(symbols) == 0:
-        return b"", b""
-    used = np.flatnonzero(counts)
-    table = _write_symbol_set(used, alphabet_size)
-    if len(used) == 1:
-        return table, b""
+def _over_symbol_set(encode):
+    """An entropy encoder whose table starts with the set of symbols used; an empty or
+    one-symbol stream needs nothing more. ``encode(symbols, alphabet_size, counts, used)``
+    returns the rest of the table and the payload."""
+
+    def encode_stream(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray) -> tuple[bytes, bytes]:
+        if len(symbols) == 0:
+            return b"", b""
+        used = np.flatnonzero(counts)
+        table = _write_symbol_set(used, alphabet_size)
+        if len(used) == 1:
+            return table, b""
+        rest, payload = encode(symbols, alphabet_size, counts, used)
+        return table + rest, payload
+
+    return encode_stream
+
+
+def _read_symbol_set_first(decode):
+    """The decoder of an :func:`_over_symbol_set` encoder: ``decode(reader, alphabet_size, n, dtype, used)``
+    runs only for streams of two or more distinct symbols."""
+
+    def decode_stream(reader: _Reader, alphabet_size: int, n: int, dtype: type) -> np.ndarray:
+        if n == 0:
+            return np.zeros(0, dtype=dtype)
+        used = _read_symbol_set(reader, alphabet_size, n)
+        if len(used) == 1:
+            return np.full(n, used[0], dtype=dtype)
+        return decode(reader, alphabet_size, n, dtype, used)
+
+    return decode_stream
+
+
+def _encode_huffman(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray, used: np.ndarray) -> tuple[bytes, bytes]:
     lengths = huffman.code_lengths(counts)
     payload, sync = huffman.encode(symbols, lengths)
-    table += _pack(lengths[used] - 1, _LENGTH_BITS)
+    table = _pack(lengths[used] - 1, _LENGTH_BITS)
     if len(sync):
         chunk_bits = np.diff(sync, prepend=0)
         base = int(chunk_bits.min())
@@ -427,12 +446,7 @@ def _encode_huffman(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray)
     return table, payload
 
 
-def _decode_huffman(reader: _Reader, alphabet_size: int, n: int, dtype: type) -> np.ndarray:
-    if n == 0:
-        return np.zeros(0, dtype=dtype)
-    used = _read_symbol_set(reader, alphabet_size, n)
-    if len(used) == 1:
-        return np.full(n, used[0], dtype=dtype)
+def _decode_huffman(reader: _Reader, alphabet_size: int, n: int, dtype: type, used: np.ndarray) -> np.ndarray:
     if n > 8 * reader.left():  # every code is at least one bit
         raise SqueezeError(f"{n} Huffman symbols cannot fit in the {reader.left()} bytes left")
     packed = reader.take(-(-len(used) * _LENGTH_BITS // 8), "Huffman code lengths")
@@ -451,25 +465,14 @@ def _decode_huffman(reader: _Reader, alphabet_size: int, n: int, dtype: type) ->
     return huffman.decode(reader.rest(), lengths, n, sync, dtype=dtype)
 
 
-def _encode_ans(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray) -> tuple[bytes, bytes]:
-    if len(symbols) == 0:
-        return b"", b""
-    used = np.flatnonzero(counts)
-    table = _write_symbol_set(used, alphabet_size)
-    if len(used) == 1:
-        return table, b""
+def _encode_ans(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray, used: np.ndarray) -> tuple[bytes, bytes]:
     rank = np.zeros(alphabet_size, dtype=np.int32)
     rank[used] = np.arange(len(used), dtype=np.int32)
     words = ans.encode(rank[symbols], counts[used])
-    return table + _varints(counts[used]), words.astype("<u4").tobytes()
+    return _varints(counts[used]), words.astype("<u4").tobytes()
 
 
-def _decode_ans(reader: _Reader, alphabet_size: int, n: int, dtype: type) -> np.ndarray:
-    if n == 0:
-        return np.zeros(0, dtype=dtype)
-    used = _read_symbol_set(reader, alphabet_size, n)
-    if len(used) == 1:
-        return np.full(n, used[0], dtype=dtype)
+def _decode_ans(reader: _Reader, alphabet_size: int, n: int, dtype: type, used: np.ndarray) -> np.ndarray:
     counts = reader.varints(len(used), "ANS symbol counts", 1, n)
     if counts.sum() != n:
         raise SqueezeError(f"ANS symbol counts sum to {counts.sum()}; expected the symbol count {n}")
@@ -483,5 +486,5 @@ def _decode_ans(reader: _Reader, alphabet_size: int, n: int, dtype: type) -> np.
     return symbols
 
 
-_ENCODERS = {Coder.RAW: _encode_raw, Coder.HUFFMAN: _encode_huffman, Coder.ANS: _encode_ans}
-_DECODERS = {Coder.RAW: _decode_raw, Coder.HUFFMAN: _decode_huffman, Coder.ANS: _decode_ans}
+_ENCODERS = {Coder.RAW: _encode_raw, Coder.HUFFMAN: _over_symbol_set(_encode_huffman), Coder.ANS: _over_symbol_set(_encode_ans)}
+_DECODERS = {Coder.RAW: _decode_raw, Coder.HUFFMAN: _read_symbol_set_first(_decode_huffman), Coder.ANS: _read_symbol_set_first(_decode_ans)}
