@@ -11,17 +11,8 @@ from squeezetune.compression import _lasso
 from squeezetune.compression.channel import ChannelPruneConfig, channel_prune
 from squeezetune.compression.filters import filter_prune
 from squeezetune.errors import SqueezeError
+from tests.compression._models import randomise_norms
 from squeezetune.tasks.cnn import ResNet20, VGGNet
-
-
-def _trained_like(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-    return model.eval()
 
 
 def _problem(p: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +42,7 @@ def test_lambda_search_hits_the_requested_count(keep):
 
 
 def test_channel_prune_hits_counts_and_reconstruction_reduces_the_error():
-    model = _trained_like(VGGNet())
+    model = randomise_norms(VGGNet())
     x = torch.randn(24, 1, 28, 28)
     keep = {"features.3": 12, "features.10": 30}
     small, report = channel_prune(model, x, ChannelPruneConfig(keep=keep, images=24, points=20))
@@ -69,7 +60,7 @@ def test_channel_prune_hits_counts_and_reconstruction_reduces_the_error():
 
 
 def test_l1_selection_without_reconstruction_is_filter_pruning():
-    model = _trained_like(VGGNet())
+    model = randomise_norms(VGGNet())
     x = torch.randn(8, 1, 28, 28)
     keep = {"features.0": 20, "features.14": 50}
     via_channel, _ = channel_prune(model, x, ChannelPruneConfig(keep=keep, select="l1", reconstruct=False, images=8))
@@ -79,7 +70,7 @@ def test_l1_selection_without_reconstruction_is_filter_pruning():
 
 
 def test_residual_branches_reconstruct_towards_the_shortcut_loss_and_stay_consistent():
-    model = _trained_like(ResNet20())
+    model = randomise_norms(ResNet20())
     x = torch.randn(12, 1, 28, 28)
     keep = {"conv1": 12, "layer1.0.conv1": 8, "layer2.0.conv2": 24}
     small, report = channel_prune(model, x, ChannelPruneConfig(keep=keep, images=12, points=16))
@@ -95,7 +86,7 @@ def test_residual_branches_reconstruct_towards_the_shortcut_loss_and_stay_consis
 
 
 def test_fixed_lambda_keeps_its_lasso_support():
-    model = _trained_like(VGGNet())
+    model = randomise_norms(VGGNet())
     x = torch.randn(8, 1, 28, 28)
     _, report = channel_prune(model, x, ChannelPruneConfig(lam={"features.3": 0.001}, images=8))
     assert report[0].lam == 0.001 and 1 <= report[0].kept <= 32

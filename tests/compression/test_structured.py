@@ -20,18 +20,8 @@ from squeezetune.compression.structured import (
     shrunk_spec,
 )
 from squeezetune.errors import SqueezeError
+from tests.compression._models import randomise_norms
 from squeezetune.tasks.cnn import MobileNetV2, ResNet20, VGGNet
-
-
-def _randomise_norms(model: nn.Module) -> nn.Module:
-    """BatchNorm statistics as after training, so that eval-mode outputs are not trivial."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-    return model.eval()
 
 
 def _zero_channels(model: nn.Module, layer: str, channels: list[int]) -> None:
@@ -61,7 +51,7 @@ def _zero_channels(model: nn.Module, layer: str, channels: list[int]) -> None:
     ],
 )
 def test_removing_zeroed_channels_keeps_the_function(factory, layer):
-    model = _randomise_norms(factory())
+    model = randomise_norms(factory())
     n = prunable_layers(model)[StructureGraph(model).resolve(layer)].channels
     gone = list(range(1, n, 3))
     _zero_channels(model, layer, gone)
@@ -105,7 +95,7 @@ def test_depthwise_groups_stay_consistent_on_mobilenetv2():
 
 @pytest.mark.parametrize("factory", [ResNet20, VGGNet, MobileNetV2])
 def test_spec_round_trip_rebuilds_the_shrunk_model(factory):
-    dense = _randomise_norms(factory())
+    dense = randomise_norms(factory())
     keep = plan_counts(dense, 0.4)
     groups = prunable_layers(dense)
     small = shrink(dense, {n: range(k, groups[n].channels) for n, k in keep.items()})

@@ -258,6 +258,12 @@ def compress(
         stages.append(Stage(stage, acc, size, round(time.perf_counter() - t0, 3)))
         progress(f"{stage:<20} accuracy {acc:.4f}  bytes {size:,}")
 
+    def finetune(stage: str, config: FinetuneConfig | None, label: str) -> None:
+        if config is not None and config.epochs:
+            t0 = time.perf_counter()
+            train(model, train_split, config, teacher=teacher, device=device, progress=lambda m: progress(f"{label} {m}"))
+            record(stage, t0)
+
     record("dense", time.perf_counter())
     d_bytes = stages[0].bytes
     dense_arch = _architecture(model, train_split)
@@ -271,10 +277,7 @@ def compress(
         layers = prunable_layers(model)
         validate_recipe(recipe, model)
         record("structured", t0)
-        if recipe.structured.finetune is not None and recipe.structured.finetune.epochs:
-            t0 = time.perf_counter()
-            train(model, train_split, recipe.structured.finetune, teacher=teacher, device=device, progress=lambda m: progress(f"structured finetune {m}"))
-            record("structured_finetune", t0)
+        finetune("structured_finetune", recipe.structured.finetune, "structured finetune")
 
     if recipe.prune is not None:
         t0 = time.perf_counter()
@@ -283,10 +286,7 @@ def compress(
             if setting is not None:
                 prune_layer(layer, granularity=recipe.prune.granularity, name=name, **setting.resolve(layer.weight.numel()))
         record("prune", t0)
-    if recipe.finetune is not None and recipe.finetune.epochs:
-        t0 = time.perf_counter()
-        train(model, train_split, recipe.finetune, teacher=teacher, device=device, progress=lambda m: progress(f"finetune {m}"))
-        record("finetune", t0)
+    finetune("finetune", recipe.finetune, "finetune")
     if recipe.share is not None:
         t0 = time.perf_counter()
         for name, layer in layers.items():
@@ -294,10 +294,7 @@ def compress(
             if setting is not None:
                 share_layer(layer, k=setting.k, init=recipe.share.init, max_iter=recipe.share.max_iter, seed=seed, name=name)
         record("share", t0)
-        if recipe.finetune_centroids is not None and recipe.finetune_centroids.epochs:
-            t0 = time.perf_counter()
-            train(model, train_split, recipe.finetune_centroids, teacher=teacher, device=device, progress=lambda m: progress(f"centroids {m}"))
-            record("finetune_centroids", t0)
+        finetune("finetune_centroids", recipe.finetune_centroids, "centroids")
 
     t0 = time.perf_counter()
     codec.round_floats(model, recipe.encode.float_bits)

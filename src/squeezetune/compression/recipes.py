@@ -436,11 +436,11 @@ def load_recipe(
         raise SqueezeError(
             f"recipe {recipe.name!r} has no structured stage for --macs-target/--allocation: expected filter-pruning, channel-pruning or a recipe with structured"
         )
-    s = recipe.structured.to_dict()
+    changes: dict[str, Any] = {}
     if macs_target is not None:
-        s["macs_target"] = macs_target
+        changes["macs_target"] = macs_target
     if allocation is not None:
-        if s.get("macs_target") is None:
+        if changes.get("macs_target", recipe.structured.macs_target) is None:
             raise SqueezeError(f"--allocation {allocation!r} needs a macs_target: recipe {recipe.name!r} sets its structured counts by hand")
-        s["allocation"] = allocation
-    return replace(recipe, structured=StructuredConfig.from_dict(s))
+        changes["allocation"] = _enum(Allocation, allocation, "structured.allocation")
+    return replace(recipe, structured=replace(recipe.structured, **changes))

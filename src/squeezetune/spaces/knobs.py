@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Mapping, Protocol, Sequence, Union
 
 from squeezetune.errors import SqueezeError
 
@@ -208,3 +208,11 @@ def _float(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SqueezeError(f"{where}={value!r}: expected a finite number")
     return float(value)
+
+
+def check_setting_keys(setting: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    """A layer's space setting may only name the knobs in ``allowed``."""
+    unknown = sorted(set(setting) - set(allowed))
+    if unknown:
+        expected = f"{', '.join(allowed[:-1])} or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
+        raise SqueezeError(f"unknown knob {unknown[0]!r} in {where}: expected {expected}")

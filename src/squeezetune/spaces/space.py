@@ -44,7 +44,7 @@ from squeezetune.compression.kmeans import Init
 from squeezetune.compression.pruning import Granularity, prunable_layers
 from squeezetune.compression.recipes import CoderChoice, Recipe
 from squeezetune.errors import SqueezeError
-from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, parse_domain
+from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, check_setting_keys, parse_domain
 
 KEEP_FRACTION = (0.02, 0.6)
 """Default range of the fraction of each layer's weights a trial keeps (log-scaled)."""
@@ -311,9 +311,7 @@ def _layer_knobs(stage: str, cfg: Mapping[str, Any], layers: Mapping[str, int], 
 
 def _keep_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:
     where = f"space.prune.{'default' if from_default else 'layers.' + name}"
-    unknown = sorted(set(setting) - {"keep", "keep_fraction"})
-    if unknown:
-        raise SqueezeError(f"unknown knob {unknown[0]!r} in {where}: expected keep or keep_fraction")
+    check_setting_keys(setting, ("keep", "keep_fraction"), where)
     if len(setting) > 1:
         raise SqueezeError(f"{where} gives both keep and keep_fraction: expected one")
     if from_default and "keep" in setting:
@@ -340,9 +338,7 @@ def _keep_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:
 
 def _share_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:
     where = f"space.share.{'default' if from_default else 'layers.' + name}"
-    unknown = sorted(set(setting) - {"bits", "clusters"})
-    if unknown:
-        raise SqueezeError(f"unknown knob {unknown[0]!r} in {where}: expected bits or clusters")
+    check_setting_keys(setting, ("bits", "clusters"), where)
     if len(setting) > 1:
         raise SqueezeError(f"{where} gives both bits and clusters: expected one")
     if "clusters" in setting:

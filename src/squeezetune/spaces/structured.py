@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from squeezetune.errors import SqueezeError
-from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, parse_domain
+from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, check_setting_keys, parse_domain
 
 KEEP_CHANNELS = (0.25, 1.0)
 """Default range of the fraction of each group's channels a trial keeps."""
@@ -68,9 +68,7 @@ def structured_knobs(model: nn.Module, cfg: Any) -> list[Knob]:
 
 def _group_knob(name: str, channels: int, setting: dict, from_default: bool) -> Knob:
     where = f"space.structured.{'default' if from_default else 'layers.' + name}"
-    unknown = sorted(set(setting) - {"keep_channels", "keep_fraction", "lambda"})
-    if unknown:
-        raise SqueezeError(f"unknown knob {unknown[0]!r} in {where}: expected keep_channels, keep_fraction or lambda")
+    check_setting_keys(setting, ("keep_channels", "keep_fraction", "lambda"), where)
     if len(setting) != 1:
         raise SqueezeError(f"{where} needs exactly one of keep_channels, keep_fraction, lambda; got {sorted(setting) or 'none'}")
     if from_default and "keep_channels" in setting:
