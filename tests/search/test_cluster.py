@@ -7,6 +7,7 @@ the same MLflow run).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -29,6 +30,19 @@ def _runs_on(db, node_id: str, status: str) -> list[str]:
             return [row[0] for row in con.execute(query, (status, node_id))]
     except sqlite3.Error:
         return []
+
+
+def _done_on(db, node_id: str) -> bool:
+    """Whether the driver has recorded a completed trial from ``node_id`` (read from the Optuna sqlite store)."""
+    query = (
+        "select count(*) from trials t join trial_user_attributes a on t.trial_id = a.trial_id "
+        "where t.state = 'COMPLETE' and a.key = 'node' and a.value_json = ?"
+    )
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute(query, (json.dumps(node_id),)).fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
 
 
 def test_search_spreads_over_nodes_and_survives_losing_one(workdir):
@@ -54,7 +68,9 @@ def test_search_spreads_over_nodes_and_survives_losing_one(workdir):
             while time.monotonic() < deadline:
                 db, node = workdir / "mlflow.db", workers[1].node_id
                 running = _runs_on(db, node, "RUNNING")
-                if running and _runs_on(db, node, "FINISHED"):  # worker 2 finished a trial and runs another: kill it
+                # worker 2 finished a trial, the driver has its result (which lives in that node's object
+                # store until fetched), and the worker runs another trial: kill it
+                if running and _runs_on(db, node, "FINISHED") and _done_on(workdir / "optuna.db", node):
                     lost = running[0]
                     dead.append((workers[1].node_id, lost))
                     cluster.remove_node(workers[1], allow_graceful=False)
