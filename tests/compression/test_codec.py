@@ -36,7 +36,7 @@ def _roundtrip(model: nn.Module, **kw) -> nn.Module:
     k=st.integers(2, 40),
     share=st.booleans(),
     coder=st.sampled_from(["huffman", "ans", "raw", "auto"]),
-    bits=st.integers(1, 8),
+    bits=st.one_of(st.integers(1, 8), st.just("auto")),
     granularity=st.sampled_from(["weight", "vector", "kernel", "filter"]),
     seed=st.integers(0, 1000),
     float_bits=st.sampled_from([16, 32]),
@@ -58,6 +58,23 @@ def test_encode_decode_is_bit_exact(c_out, k_size, hidden, density, k, share, co
     assert set(got) == set(expected)
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+def test_auto_index_bits_codes_each_layer_at_its_smallest_width():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 200), nn.ReLU(), nn.Linear(200, 10))
+    prune_layer(model[0], keep=600)  # sparse: long gaps favour wide indices
+    prune_layer(model[2], keep=1500)  # dense-ish: short gaps favour narrow ones
+    share_layer(model[0], k=16)
+    fixed = {bits: codec.encode_model(model, task="t", index_bits=bits, coder="ans").layers for bits in codec.AUTO_INDEX_BITS}
+    auto = codec.encode_model(model, task="t", index_bits="auto", coder="ans")
+    for i, layer in enumerate(auto.layers):
+        sizes = {bits: layers[i].coded_bytes for bits, layers in fixed.items()}
+        assert layer.coded_bytes == min(sizes.values())
+        assert sizes[layer.index_bits] == layer.coded_bytes  # the report names the width it chose
+    decoded = codec.decode_sections(unpack_sections(pack_sections(auto.sections)), nn.Sequential(nn.Linear(300, 200), nn.ReLU(), nn.Linear(200, 10)))
+    for key, value in plain_state_dict(model).items():
+        assert torch.equal(decoded.state_dict()[key], value), key
 
 
 def test_unpruned_layers_and_buffers_travel_raw():

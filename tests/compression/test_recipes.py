@@ -48,7 +48,8 @@ def test_yaml_recipe_file(tmp_path):
         ({"prune": {"granularity": "row"}}, r"prune.granularity='row' is not known"),
         ({"prune": {"layers": {"fc1": {"keep": 3, "quality": 1.0}}}}, r"exactly one of keep, keep_fraction, quality"),
         ({"share": {"default": {"bitz": 4}}}, r"unknown key 'bitz' in share.default"),
-        ({"encode": {"index_bits": 0}}, r"index_bits=0 must be an integer in \[1, 16\]"),
+        ({"encode": {"index_bits": 0}}, r"index_bits=0 must be an integer in \[1, 16\] or 'auto'"),
+        ({"encode": {"index_bits": "best"}}, r"index_bits='best' must be an integer in \[1, 16\] or 'auto'"),
         ({"finetune": {"lr": -1}}, r"lr=-1 must be > 0"),
         ({"stages": []}, r"unknown key 'stages' in recipe"),
     ],
@@ -108,3 +109,8 @@ def test_a_binary_file_is_not_a_recipe(tmp_path):
     path.write_bytes(b"\x89SQZ\xff\xfe\x00")
     with pytest.raises(SqueezeError, match=r"is not UTF-8 text: expected a YAML file"):
         load_recipe(path, "lenet300", {})
+
+
+def test_auto_index_bits_round_trips():
+    r = Recipe.from_dict({"encode": {"index_bits": "auto"}})
+    assert r.encode.index_bits == "auto" and Recipe.from_dict(r.to_dict()) == r

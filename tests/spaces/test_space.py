@@ -29,8 +29,10 @@ def test_every_prunable_layer_gets_keep_and_cluster_knobs(model):
         keep = space.knob(f"prune.{name}.keep")
         assert isinstance(keep.domain, IntRange) and 1 <= keep.domain.low <= keep.domain.high <= layer.weight.numel()
         assert isinstance(space.knob(f"share.{name}.bits").domain, IntRange)
-    for name in ("share.init", "encode.coder", "finetune.epochs", "finetune.distill", "encode.index_bits"):
+    for name in ("share.init", "finetune.epochs", "finetune.distill"):
         assert space.knob(name).searched
+    for name in ("encode.coder", "encode.index_bits"):  # "auto" already keeps the smallest of every choice
+        assert space.knob(name).domain == Fixed("auto")
     assert space.layers == {n: m.weight.numel() for n, m in layers.items()}
 
 
@@ -70,6 +72,9 @@ def test_fix_narrow_exclude():
     assert space.knob("finetune.epochs").domain == Fixed(1)
     assert space.knob("finetune.distill").domain == Fixed(True)
     assert space.knob("encode.coder").domain == Choice(("huffman", "ans"))
+    assert space.knob("encode.index_bits").domain == Fixed(5)
+    assert derive_space(LeNet300(), {"encode": {"index_bits": [3, 8]}}).knob("encode.index_bits").domain == IntRange(3, 8)
+    assert derive_space(LeNet300(), {"encode": {"index_bits": "auto"}}).knob("encode.index_bits").domain == Fixed("auto")
     assert "finetune_centroids" not in space.stages
     recipe = space.recipe(space.corner())
     assert recipe.finetune_centroids is None and "fc3" not in recipe.prune.layers

@@ -94,7 +94,26 @@ def _flat(t: torch.Tensor, order: int) -> torch.Tensor:
     return (t.transpose(0, 1) if order else t).reshape(-1)
 
 
-def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, coder: str, fdt: str) -> tuple[dict[str, bytes], dict, LayerReport] | None:
+AUTO_INDEX_BITS = range(1, 9)
+"""The widths ``index_bits="auto"`` tries for each layer's position stream."""
+
+
+def _positions(alive: np.ndarray, index_bits: int | str, coder: str) -> tuple[int, bytes, StreamStats, int, int]:
+    """The coded position stream of ``alive``: (width, data, stats, entries, fillers).
+
+    ``index_bits="auto"`` codes the stream at every width in :data:`AUTO_INDEX_BITS` and keeps the
+    smallest; the decoder reads the width from the layer's metadata.
+    """
+    best = None
+    for bits in AUTO_INDEX_BITS if index_bits == "auto" else (index_bits,):
+        symbols, fillers = encode_positions(np.flatnonzero(alive), bits)
+        data, stats = _code(symbols, 1 << bits, coder)
+        if best is None or len(data) < len(best[1]):
+            best = (bits, data, stats, len(symbols), fillers)
+    return best
+
+
+def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int | str, coder: str, fdt: str) -> tuple[dict[str, bytes], dict, LayerReport] | None:
     shared, mask = shared_of(layer), mask_of(layer)
     if shared is None and mask is None:
         return None
@@ -104,16 +123,15 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, code
         alive = _flat(mask.cpu(), order).bool().numpy() if mask is not None else np.ones(weight.numel(), dtype=bool)
         sections: dict[str, bytes] = {}
         streams: dict[str, dict] = {}
-        meta: dict[str, Any] = {"n": name, "s": list(weight.shape), "o": order, "b": index_bits}
         dense = bool(alive.all())
-        fillers = 0
+        bits, fillers = 0, 0
+        meta: dict[str, Any] = {"n": name, "s": list(weight.shape), "o": order}
         if dense:
-            meta["e"] = int(weight.numel())
+            meta["b"], meta["e"] = 5 if index_bits == "auto" else index_bits, int(weight.numel())
         else:
-            symbols, fillers = encode_positions(np.flatnonzero(alive), index_bits)
-            sections[f"{index}p"], stats = _code(symbols, 1 << index_bits, coder)
+            bits, sections[f"{index}p"], stats, entries, fillers = _positions(alive, index_bits, coder)
             streams["positions"] = _stats_dict(stats)
-            meta["e"], meta["cp"] = int(len(symbols)), streams["positions"]["coder"]
+            meta["b"], meta["e"], meta["cp"] = bits, entries, streams["positions"]["coder"]
         if shared is not None:
             # Only the centroids some kept weight uses are stored; labels are renumbered to match.
             # The codebook is sorted (for its compact coding) and the labels renumbered to match.
@@ -137,7 +155,7 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int, code
             weights=int(weight.numel()),
             kept=int(alive.sum()),
             clusters=meta["k"],
-            index_bits=0 if dense else index_bits,
+            index_bits=bits,
             fillers=fillers,
             order="inputs-first" if order else "outputs-first",
             coded_bytes=size,
@@ -210,14 +228,15 @@ def encode_model(
     model: nn.Module,
     *,
     task: str,
-    index_bits: int | dict[str, int] = 5,
+    index_bits: int | str | dict[str, int | str] = 5,
     coder: str = "auto",
     float_bits: int = 32,
     spec: dict | None = None,
 ) -> Encoded:
     """Encode a (pruned and/or shared) model into container sections.
 
-    ``index_bits`` may be one width for all layers or a per-layer mapping (default 5).
+    ``index_bits`` may be one width for all layers or a per-layer mapping (default 5); ``"auto"``
+    picks, per layer, the width of :data:`AUTO_INDEX_BITS` whose position stream codes smallest.
     ``coder`` is ``huffman``, ``ans``, ``raw`` or ``auto`` (the smallest of the three per stream).
     ``float_bits=16`` stores codebooks, unshared kept values and raw floating-point tensors as
     float16; call :func:`round_floats` on the model first so that decoding stays bit-exact.

@@ -22,7 +22,8 @@ A recipe is a YAML file or a built-in name. Every stage is optional::
       round_to: 8                 # planned counts are multiples of this (fast kernels work in blocks of 8)
       layers: {layer1.0.conv1: {keep: 8}, layer2.0.conv1: {lambda: 0.3}}   # or by hand
       finetune: {epochs: 5, lr: 0.01}
-    # coder: huffman | ans | raw | auto (smallest of the three per stream); float_bits: 32 | 16 for codebooks,
+    # coder: huffman | ans | raw | auto (smallest of the three per stream); index_bits: 1-16, or auto (per layer,
+    # the width whose position stream codes smallest); float_bits: 32 | 16 for codebooks,
     # kept values of unshared layers, biases and other raw tensors
 
 Layers named in neither ``layers`` nor covered by ``default`` are left alone by that stage.
@@ -149,13 +150,14 @@ class ShareConfig:
 
 @dataclass(frozen=True)
 class EncodeConfig:
-    index_bits: int = 5
+    index_bits: int | str = 5
+    """Width of a relative-index symbol, or ``"auto"``: per layer, the width whose stream codes smallest."""
     coder: CoderChoice = CoderChoice.AUTO
     float_bits: int = 32
 
     def __post_init__(self) -> None:
-        if isinstance(self.index_bits, bool) or not isinstance(self.index_bits, int) or not 1 <= self.index_bits <= 16:
-            raise SqueezeError(f"index_bits={self.index_bits!r} must be an integer in [1, 16]")
+        if self.index_bits != "auto" and (isinstance(self.index_bits, bool) or not isinstance(self.index_bits, int) or not 1 <= self.index_bits <= 16):
+            raise SqueezeError(f"index_bits={self.index_bits!r} must be an integer in [1, 16] or 'auto'")
         if self.float_bits not in (16, 32):
             raise SqueezeError(f"float_bits={self.float_bits!r} must be 16 or 32")
 

@@ -3,7 +3,8 @@
 Nothing here is written per model. :func:`derive_space` walks the model's prunable layers
 (:func:`~squeezetune.compression.pruning.prunable_layers`) and gives each one a prune count (weights
 to keep) and a k-means cluster count; the recipe-level knobs (k-means init, coder, index bits,
-fine-tune epochs and learning rate, distillation on/off) come once. The user's ``space:`` mapping
+fine-tune epochs and learning rate, distillation on/off) come once. Coder and index bits default to
+``auto`` (every stream coded each way, the smallest kept), so they are searched only when asked. The user's ``space:`` mapping
 fixes, narrows or excludes any of them::
 
     space:
@@ -19,7 +20,7 @@ fixes, narrows or excludes any of them::
         default: {bits: [2, 8]}       # 2**bits clusters; or clusters: [4, 200]
         layers: {fc3: {bits: 6}}
       finetune_centroids: {epochs: [0, 2], lr: 0.002}
-      encode: {coder: [huffman, ans, auto], index_bits: [3, 8]}
+      encode: {coder: [huffman, ans, auto], index_bits: [3, 8]}   # default: both fixed at auto
 
 A space is Optuna define-by-run: :meth:`Space.suggest` asks a trial for each searched knob, so the
 number of parameters follows the model. :meth:`Space.recipe` turns the sampled values into a
@@ -255,9 +256,15 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None) -> S
 
     encode = _stage(config, "encode", ("coder", "index_bits"), allow_off=False)
     stages.append("encode")
+    # Both default to "auto", which codes each stream every way and keeps the smallest: searching
+    # them would spend trials on choices "auto" already dominates.
     coders = tuple(c.value for c in CoderChoice)
-    knobs.append(_recipe_knob("encode.coder", encode.get("coder"), Choice(("huffman", "ans", "auto")), ("encode", "coder"), coders))
-    knobs.append(_recipe_knob("encode.index_bits", encode.get("index_bits"), IntRange(3, 8), ("encode", "index_bits")))
+    knobs.append(_recipe_knob("encode.coder", encode.get("coder", "auto"), Choice(("huffman", "ans", "auto")), ("encode", "coder"), coders))
+    index_bits = encode.get("index_bits", "auto")
+    if index_bits == "auto":
+        knobs.append(Knob("encode.index_bits", Fixed("auto"), ("encode", "index_bits")))
+    else:
+        knobs.append(_recipe_knob("encode.index_bits", index_bits, IntRange(3, 8), ("encode", "index_bits")))
 
     if config.get("structured") not in (None, False):
         from squeezetune.spaces.structured import structured_knobs
