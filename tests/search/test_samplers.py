@@ -12,7 +12,7 @@ from squeezetune.search.searcher import make_sampler
 @pytest.mark.parametrize("kind", [s.value for s in SamplerChoice])
 def test_sampler_runs_a_two_objective_study(kind):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(kind, seed=0, population=4, constraints_func=None))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(kind, seed=0, population=4))
 
     def objective(trial):
         keep = trial.suggest_int("keep", 10, 1000, log=True)
@@ -34,24 +34,26 @@ def _dominated(t, trials) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["nsga2", "tpe", "gp"])
-def test_constrained_samplers_record_the_violations(kind):
-    """The search passes a constraints_func (max bytes, max drop) to the samplers that take one."""
+def test_constrained_samplers_read_the_constraints_each_trial_carries(kind):
+    """The search sets each limit's violation on the trial (``Trial.set_constraint``) before telling it."""
+    from squeezetune.search.searcher import OutcomeConstraints
+    from squeezetune.spaces import Constraints
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def violations(trial):
-        return [trial.user_attrs["bytes"] - 500.0]  # feasible at most 500 bytes
-
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(kind, seed=0, population=4, constraints_func=violations))
+    limits = OutcomeConstraints(Constraints(max_bytes=500, max_drop=50.0), dense_accuracy=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(kind, seed=0, population=4))
 
     def objective(trial):
         keep = trial.suggest_int("keep", 10, 1000, log=True)
-        trial.set_user_attr("bytes", float(keep))
-        return 1.0 - 1.0 / keep, float(keep)
+        outcome = {"accuracy": 1.0 - 1.0 / keep, "bytes": keep}
+        limits.set_on(trial, outcome)
+        return outcome["accuracy"], float(keep)
 
+    study.enqueue_trial({"keep": 900})  # infeasible, and on the unconstrained front
     study.optimize(objective, n_trials=8)
-    feasible = [t for t in study.trials if t.system_attrs.get("constraints", [1.0])[0] <= 0]
-    assert all(t.params["keep"] <= 500 for t in feasible)
-    assert all(list(t.system_attrs["constraints"]) == [t.params["keep"] - 500.0] for t in study.trials)
+    for t in study.trials:
+        keep = t.params["keep"]
+        assert t.constraints == {"max_bytes": round(keep / 500 - 1.0, 12), "max_drop": round(100.0 / keep - 50.0, 12)}
     assert all(t.params["keep"] <= 500 for t in study.best_trials)  # the front is taken from feasible trials
 
 

@@ -97,3 +97,40 @@ def test_a_trial_that_never_reports_is_requeued_a_few_times_then_failed(tmp_path
     assert trials[-1].user_attrs[REQUEUES_ATTR] == MAX_REQUEUES
     assert trials[-1].user_attrs[ERROR_ATTR] == f"the trial ended without reporting a result {MAX_REQUEUES + 1} times"
     assert [t.number for t in told] == [trials[-1].number]
+
+
+def test_settled_trials_carry_the_search_constraints(stores):
+    """A trial told from its MLflow run after a driver died gets the same constraints a live one does."""
+    from squeezetune.search.searcher import OutcomeConstraints
+    from squeezetune.spaces import Constraints
+
+    study, client, exp = stores
+    t, rid = _running_trial(study, client, exp)
+    client.log_metric(rid, "accuracy", 0.95)
+    client.log_metric(rid, "bytes", 3000.0)
+    client.set_terminated(rid, "FINISHED")
+    _settle_interrupted(study, client, lambda _: None, OutcomeConstraints(Constraints(max_bytes=2000, max_drop=1.0), dense_accuracy=0.97))
+    settled = study.get_trials()[t.number]
+    assert settled.state == optuna.trial.TrialState.COMPLETE
+    assert settled.constraints == {"max_bytes": 0.5, "max_drop": pytest.approx(1.0)}
+
+
+def test_live_trials_carry_the_search_constraints(tmp_path):
+    from squeezetune.search.searcher import OutcomeConstraints, TrackedOptunaSearch
+    from squeezetune.spaces import Constraints
+
+    searcher = TrackedOptunaSearch(
+        lambda trial: {"x": trial.suggest_float("x", 0.0, 1.0)},
+        sampler=optuna.samplers.NSGAIISampler(seed=0, population_size=2),
+        study_name="constrained",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        new_run=lambda number: f"run-{number}",
+        constraints=OutcomeConstraints(Constraints(max_bytes=1000), dense_accuracy=0.9),
+    )
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", result={"accuracy": 0.8, "bytes": 1500})
+    searcher.suggest("b")
+    searcher.on_trial_complete("b", result={"accuracy": 0.7, "bytes": 900})
+    first, second = searcher.study.get_trials()
+    assert first.constraints == {"max_bytes": 0.5} and second.constraints == {"max_bytes": pytest.approx(-0.1)}
+    assert [t.number for t in searcher.study.best_trials] == [second.number]  # only the feasible one counts

@@ -21,13 +21,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
 from squeezetune.search.config import SearchConfig, default_max_concurrent
 from squeezetune.search.pareto import Point
 from squeezetune.spaces import Constraints, Space, derive_space
+
+if TYPE_CHECKING:
+    from squeezetune.search.searcher import OutcomeConstraints
 
 Progress = Callable[[str], None]
 
@@ -201,10 +204,10 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     tracking.retry(lambda: c.update_run(parent_id, status="RUNNING"))
 
     from squeezetune.search.front import FrontLogger, counts
-    from squeezetune.search.searcher import ConstraintsFromAttrs, TrackedOptunaSearch, make_sampler
+    from squeezetune.search.searcher import OutcomeConstraints, TrackedOptunaSearch, make_sampler
 
-    constraints_func = ConstraintsFromAttrs(config.constraints, dense_accuracy) if config.constraints else None
-    sampler = make_sampler(config.sampler.value, seed=config.seed, population=config.population, constraints_func=constraints_func)
+    constraints = OutcomeConstraints(config.constraints, dense_accuracy) if config.constraints else None
+    sampler = make_sampler(config.sampler.value, seed=config.seed, population=config.population)
     front_logger = FrontLogger(uri, parent_id, search=config.name, constraints=config.constraints, dense_accuracy=dense_accuracy, dense_bytes=d_bytes)
 
     def new_run(number: int) -> str:
@@ -227,13 +230,13 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
             what = f"FAILED: {a.get('error', '?')}"
         progress(f"trial {frozen.number if frozen else '?'}: {what}  [{n['complete'] + n['failed']}/{config.trials} done, front {len(front)}]")
 
-    searcher = TrackedOptunaSearch(space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, on_told=told)
+    searcher = TrackedOptunaSearch(space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, on_told=told, constraints=constraints)
     study = searcher.study
     if not resume:
         for params in warm_starts:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     if resume:
-        _settle_interrupted(study, c, progress)
+        _settle_interrupted(study, c, progress, constraints)
     n = counts(study)
     remaining = config.trials - n["complete"] - n["failed"]
     if resume:
@@ -307,7 +310,7 @@ def _create_parent(c, exp_id: str, config: SearchConfig, space: Space, dense_acc
     return parent
 
 
-def _settle_interrupted(study, c, progress: Progress) -> None:
+def _settle_interrupted(study, c, progress: Progress, constraints: OutcomeConstraints | None = None) -> None:
     """Trials a dead driver left RUNNING: told from their finished MLflow run, else re-queued."""
     import optuna
 
@@ -327,6 +330,8 @@ def _settle_interrupted(study, c, progress: Progress) -> None:
             for key in ("accuracy", "bytes", "ratio", "macs"):
                 if key in m:
                     storage.set_trial_user_attr(t._trial_id, key, m[key])
+            if constraints is not None:
+                constraints.set_on(optuna.trial.Trial(study, t._trial_id), m)
             study.tell(t.number, [m["accuracy"], m["bytes"]])
             progress(f"trial {t.number}: finished before the interruption, recorded from its MLflow run")
         elif run is not None and run.info.status == "FAILED" and run.data.tags.get("error"):

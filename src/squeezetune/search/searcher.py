@@ -7,8 +7,9 @@
   ``--resume`` re-runs logs into the same run, never a duplicate;
 * a trial that reports an ``error`` or a non-finite accuracy is told to Optuna as FAIL (the stock
   searcher would try to tell NaN values and leave the trial RUNNING);
-* the outcome is stored as Optuna user attributes before ``tell``, so the sampler's
-  ``constraints_func`` (:class:`ConstraintsFromAttrs`) can see bytes, accuracy and MACs.
+* the outcome is stored as Optuna user attributes, and the constraint violations it implies are
+  set on the trial (``Trial.set_constraint``, see :func:`set_constraints`) before ``tell``, so the
+  constrained samplers rank feasible trials first.
 
 The study lives in an RDB storage (sqlite by default), which is what ``--resume`` reads; Tune's own
 searcher checkpoint (a pickle) is not written.
@@ -20,7 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -41,30 +42,31 @@ MODES = ["max", "min"]
 
 
 @dataclass(frozen=True)
-class ConstraintsFromAttrs:
-    """Optuna ``constraints_func``: the trial's constraint violations from its user attributes."""
+class OutcomeConstraints:
+    """The search's constraints, and the dense accuracy ``max_drop`` is measured against."""
 
     constraints: Constraints
     dense_accuracy: float
 
-    def __call__(self, trial: optuna.trial.FrozenTrial) -> Sequence[float]:
-        a = trial.user_attrs
-        if "accuracy" not in a or "bytes" not in a:
-            return [1.0] * len(self.constraints.violations(accuracy=0.0, bytes=1, dense_accuracy=self.dense_accuracy))
-        return self.constraints.violations(
-            accuracy=float(a["accuracy"]), bytes=int(a["bytes"]), dense_accuracy=self.dense_accuracy, macs=a.get("macs")
+    def set_on(self, trial: optuna.trial.Trial, outcome: Mapping[str, Any]) -> None:
+        """Record on ``trial``, before it is told, how far ``outcome`` (accuracy, bytes, MACs) is
+        from each limit (``<= 0``: met); NSGA-II, TPE and GP read them back as ``trial.constraints``."""
+        violations = self.constraints.named_violations(
+            accuracy=float(outcome["accuracy"]), bytes=int(outcome["bytes"]), dense_accuracy=self.dense_accuracy, macs=outcome.get("macs")
         )
+        for name, value in violations.items():
+            trial.set_constraint(name, value)
 
 
-def make_sampler(kind: str, *, seed: int, population: int, constraints_func: Callable | None) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: str, *, seed: int, population: int) -> optuna.samplers.BaseSampler:
     """NSGA-II, TPE, GP (Gaussian-process Bayesian optimisation; log expected hypervolume improvement
-    for two objectives) or random, with the constraints where the sampler takes them."""
+    for two objectives) or random. The first three honour the constraints each trial carries."""
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed, constraints_func=constraints_func)
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     if kind == "tpe":
-        return optuna.samplers.TPESampler(n_startup_trials=population, seed=seed, constraints_func=constraints_func, multivariate=True)
+        return optuna.samplers.TPESampler(n_startup_trials=population, seed=seed, multivariate=True)
     if kind == "gp":
-        return optuna.samplers.GPSampler(n_startup_trials=population, seed=seed, constraints_func=constraints_func)
+        return optuna.samplers.GPSampler(n_startup_trials=population, seed=seed)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise TypeError(f"no sampler for {kind!r}; known: ['nsga2', 'tpe', 'gp', 'random']")
@@ -85,11 +87,13 @@ class TrackedOptunaSearch(OptunaSearch):
         storage: str,
         new_run: Callable[[int], str],
         on_told: Callable[[optuna.trial.FrozenTrial | None], None] | None = None,
+        constraints: OutcomeConstraints | None = None,
     ) -> None:
         rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 30}} if storage.startswith("sqlite") else None)
         super().__init__(space=space, metric=METRICS, mode=MODES, sampler=sampler, study_name=study_name, storage=rdb)
         self._new_run = new_run
         self._on_told = on_told
+        self._constraints = constraints
         self._suggested_at: dict[str, float] = {}
 
     @property
@@ -137,6 +141,8 @@ class TrackedOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
         else:
             result = {**result, "bytes": float(result["bytes"]), "accuracy": float(acc)}
+            if self._constraints is not None:
+                self._constraints.set_on(ot_trial, result)
             super().on_trial_complete(trial_id, result=result, error=False)
         if self._on_told is not None:
             self._on_told(self._ot_study._storage.get_trial(ot_trial._trial_id))

@@ -2,9 +2,9 @@
 
 A search maximises accuracy and minimises container bytes; limits such as "at most 20 kB" or
 "lose at most half a point" are constraints, not extra objectives. :meth:`Constraints.violations`
-gives one number per limit, ``<= 0`` when it is met -- the form Optuna's ``constraints_func``
-expects (NSGA-II and TPE rank feasible trials first) -- and :meth:`Constraints.feasible` filters
-the Pareto front.
+gives one number per limit, ``<= 0`` when it is met -- the form Optuna's constrained samplers
+expect (NSGA-II, TPE and GP rank feasible trials first; the search records each value on its trial
+with ``Trial.set_constraint``) -- and :meth:`Constraints.feasible` filters the Pareto front.
 
 >>> c = Constraints(max_bytes=20_000, max_drop=0.5)
 >>> c.violations(accuracy=0.97, bytes=18_000, dense_accuracy=0.98)
@@ -61,14 +61,19 @@ class Constraints:
 
     def violations(self, *, accuracy: float, bytes: int, dense_accuracy: float, macs: int | None = None) -> list[float]:
         """One value per limit that is set, ``<= 0`` when met (bytes and MACs relative to the limit)."""
-        out = []
+        return list(self.named_violations(accuracy=accuracy, bytes=bytes, dense_accuracy=dense_accuracy, macs=macs).values())
+
+    def named_violations(self, *, accuracy: float, bytes: int, dense_accuracy: float, macs: int | None = None) -> dict[str, float]:
+        """:meth:`violations` by limit name (``max_bytes``, ``max_drop``, ``max_macs``): what
+        ``optuna.trial.Trial.set_constraint`` takes."""
+        out = {}
         if self.max_bytes is not None:
-            out.append(round(bytes / self.max_bytes - 1.0, 12))
+            out["max_bytes"] = round(bytes / self.max_bytes - 1.0, 12)
         if self.max_drop is not None:
             acc = accuracy if math.isfinite(accuracy) else 0.0
-            out.append(round(100.0 * (dense_accuracy - acc) - self.max_drop, 12))
+            out["max_drop"] = round(100.0 * (dense_accuracy - acc) - self.max_drop, 12)
         if self.max_macs is not None:
-            out.append(0.0 if macs is None else round(macs / self.max_macs - 1.0, 12))
+            out["max_macs"] = 0.0 if macs is None else round(macs / self.max_macs - 1.0, 12)
         return out
 
     def feasible(self, **outcome: Any) -> bool:
