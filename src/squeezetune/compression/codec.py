@@ -127,6 +127,7 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int | str
         bits, fillers = 0, 0
         meta: dict[str, Any] = {"n": name, "s": list(weight.shape), "o": order}
         if dense:
+            # A dense layer has no position stream: its width is only range-checked on decoding.
             meta["b"], meta["e"] = 5 if index_bits == "auto" else index_bits, int(weight.numel())
         else:
             bits, sections[f"{index}p"], stats, entries, fillers = _positions(alive, index_bits, coder)

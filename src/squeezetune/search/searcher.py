@@ -8,7 +8,7 @@
 * a trial that reports an ``error`` or a non-finite accuracy is told to Optuna as FAIL (the stock
   searcher would try to tell NaN values and leave the trial RUNNING);
 * the outcome is stored as Optuna user attributes, and the constraint violations it implies are
-  set on the trial (``Trial.set_constraint``, see :func:`set_constraints`) before ``tell``, so the
+  set on the trial (``Trial.set_constraint``, see :meth:`OutcomeConstraints.set_on`) before ``tell``, so the
   constrained samplers rank feasible trials first.
 
 The study lives in an RDB storage (sqlite by default), which is what ``--resume`` reads; Tune's own
