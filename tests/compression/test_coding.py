@@ -254,6 +254,22 @@ def test_huge_claims_are_cheap(data):
     assert out.nbytes <= coding.MAX_SYMBOLS  # uint8, no larger temporary
 
 
+def test_a_count_the_caller_did_not_expect_is_refused_before_allocating():
+    import tracemalloc
+
+    legal = bytes([0x10, 0x01, 0xFF, 0xFF, 0xFF, 0x7F])  # 2**28 - 1 symbols of a 1-symbol alphabet
+    tracemalloc.start()
+    try:
+        with pytest.raises(SqueezeError, match=r"raw stream claims 268435455 symbols; expected 10"):
+            decode_stream(legal, Coder.RAW, expected=10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    data = encode_stream(np.array([3, 1, 3], dtype=np.uint8), 4, Coder.ANS)
+    assert decode_stream(data, Coder.ANS, expected=3).tolist() == [3, 1, 3]
+
+
 def test_imports_without_constriction():
     script = (
         "import sys; sys.modules['constriction'] = None\n"

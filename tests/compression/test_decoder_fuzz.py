@@ -97,3 +97,44 @@ def test_a_container_naming_an_importable_factory_is_refused(sections):
     with pytest.raises(SqueezeError, match="not built in"):
         decode_bytes(pack_sections(damaged))
     assert unpack_sections(pack_sections(damaged))
+
+
+def _with_meta(sections: dict[str, bytes], edit) -> bytes:
+    meta = json.loads(zlib.decompress(sections["m"]))
+    edit(meta)
+    return pack_sections({**sections, "m": zlib.compress(json.dumps(meta).encode())})
+
+
+def test_a_stream_claiming_more_weights_than_the_layer_has_is_refused_cheaply(sections):
+    """One used symbol needs no payload, so a few bytes may claim 2**28 symbols; the layer's own
+    count refuses them before anything that size is allocated."""
+    import tracemalloc
+
+    meta = json.loads(zlib.decompress(sections["m"]))
+    fc2 = next(m for m in meta["layers"] if m["n"] == "fc2")
+    huge = bytes([0x10, 0x01, 0xFF, 0xFF, 0xFF, 0x7F])  # raw, 1-symbol alphabet, 2**28 - 1 symbols
+    damaged = {**sections, f"{fc2['i']}w": huge}
+    fc2["cw"] = "raw"
+    data = pack_sections({**damaged, "m": zlib.compress(json.dumps(meta).encode())})
+    tracemalloc.start()
+    try:
+        with pytest.raises(SqueezeError, match=r"claims 268435455 symbols; expected \d+"):
+            decode_bytes(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+def test_a_shape_the_model_does_not_have_is_refused_before_decoding(sections):
+    def grow(meta):
+        next(m for m in meta["layers"] if m["n"] == "fc1")["s"] = [10**6, 10**6]
+
+    with pytest.raises(SqueezeError, match=r"container tensor 'fc1.weight' has shape \(1000000, 1000000\), the task's model expects"):
+        decode_bytes(_with_meta(sections, grow))
+
+    def rename(meta):
+        meta["rest"][0][0] = "fc9.bias"
+
+    with pytest.raises(SqueezeError, match=r"container holds tensor 'fc9.bias' that the task's model lacks"):
+        decode_bytes(_with_meta(sections, rename))

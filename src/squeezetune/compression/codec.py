@@ -207,7 +207,7 @@ def _unpack_planes(data: bytes, rest: list, coders: list[str]) -> dict[str, torc
         planes = np.empty((count, width), dtype=np.uint8)
         for j in range(width):
             length, at = _read_varint(data, at)
-            plane = decode_stream(data[at : at + length], Coder(coders[c]))
+            plane = decode_stream(data[at : at + length], Coder(coders[c]), expected=count)
             if len(plane) != count or at + length > len(data):
                 raise SqueezeError(f"raw section plane {c} holds {len(plane)} bytes, expected {count}")
             planes[:, j] = plane
@@ -319,7 +319,7 @@ def _decode_layer(sections: dict[str, bytes], m: dict, fb: int) -> torch.Tensor:
     if not 1 <= bits <= 16 or entries < 0 or entries > n * 2 + (n >> max(bits - 1, 0)) + 1:
         raise SqueezeError(f"layer {m['n']!r}: index_bits={bits} or entries={entries} out of range")
     if "cp" in m:
-        symbols = decode_stream(sections[f"{i}p"], Coder(m["cp"]))
+        symbols = decode_stream(sections[f"{i}p"], Coder(m["cp"]), expected=entries)
         if len(symbols) != entries or (len(symbols) and (symbols.min() < 0 or symbols.max() >= 1 << bits)):
             raise SqueezeError(f"layer {m['n']!r}: position stream holds {len(symbols)} entries, expected {entries}")
         positions = decode_positions(symbols, bits)
@@ -330,7 +330,7 @@ def _decode_layer(sections: dict[str, bytes], m: dict, fb: int) -> torch.Tensor:
     if len(positions) and positions[-1] >= n:
         raise SqueezeError(f"layer {m['n']!r}: position {int(positions[-1])} is outside its {n} weights")
     if k:
-        labels = decode_stream(sections[f"{i}w"], Coder(m["cw"]))
+        labels = decode_stream(sections[f"{i}w"], Coder(m["cw"]), expected=len(positions))
         if not 1 <= k <= 1 << 16:
             raise SqueezeError(f"layer {m['n']!r}: k={k} clusters, expected 1..65536")
         codebook = unpack_codebook(sections[f"{i}c"], k, fb)
@@ -348,11 +348,25 @@ def _decode_layer(sections: dict[str, bytes], m: dict, fb: int) -> torch.Tensor:
     return (w.transpose(0, 1) if order else w).contiguous()
 
 
+def _check_shape(key: str, shape: list, expected: dict[str, torch.Tensor]) -> None:
+    if key not in expected:
+        raise SqueezeError(f"container holds tensor {key!r} that the task's model lacks: expected one of {sorted(expected)[:8]}...")
+    if not isinstance(shape, list) or tuple(expected[key].shape) != tuple(shape):
+        got = tuple(shape) if isinstance(shape, list) else shape
+        raise SqueezeError(f"container tensor {key!r} has shape {got}, the task's model expects {tuple(expected[key].shape)}")
+
+
 def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
     """Load the weights held in ``sections`` into ``model`` (built for the container's task)."""
     meta = read_meta(sections)
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     state = {}
     try:
+        # Shapes are checked against the model before any stream is decoded, so what a file can
+        # make the decoder allocate is bounded by the model it is decoded into.
+        declared = [(f"{m['n']}.weight", m["s"]) for m in meta["layers"]] + [(key, shape) for key, _, shape in meta["rest"]]
+        for key, shape in declared:
+            _check_shape(key, shape, expected)
         for m in meta["layers"]:
             state[f"{m['n']}.weight"] = _decode_layer(sections, m, meta.get("fb", 32))
         state.update(_unpack_planes(sections["r"], meta["rest"], meta["rc"]))
@@ -360,12 +374,8 @@ def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
         raise
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, OverflowError, MemoryError) as exc:
         raise SqueezeError(f"container content is inconsistent: {type(exc).__name__}: {exc}") from None
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     for key, value in state.items():
-        if key not in expected:
-            raise SqueezeError(f"container holds tensor {key!r} that the task's model lacks: expected one of {sorted(expected)[:8]}...")
-        if tuple(expected[key].shape) != tuple(value.shape):
-            raise SqueezeError(f"container tensor {key!r} has shape {tuple(value.shape)}, the task's model expects {tuple(expected[key].shape)}")
+        _check_shape(key, list(value.shape), expected)
     missing = sorted(set(expected) - set(state))
     if missing:
         raise SqueezeError(f"container lacks tensor {missing[0]!r} of the task's model")

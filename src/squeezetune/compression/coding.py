@@ -125,27 +125,31 @@ def _encode(symbols: np.ndarray, counts: np.ndarray, coder: Coder) -> tuple[byte
     return header + table + payload, stats
 
 
-def decode_stream(data: bytes, coder: Coder) -> np.ndarray:
+def decode_stream(data: bytes, coder: Coder, expected: int | None = None) -> np.ndarray:
     """Rebuild the symbols of a stream written by :func:`encode_stream` with the same ``coder``.
 
     Returns a 1-D ``uint8`` array when the alphabet has at most 256 symbols, else ``uint16``.
     Raises :class:`SqueezeError` (and nothing else) when ``data`` is damaged, truncated or not a
     ``coder`` stream. A few bytes can legitimately hold up to ``MAX_SYMBOLS`` symbols (one used
     symbol, or ANS with one symbol dominating), so that cap bounds the output; otherwise memory
-    and time stay proportional to ``len(data)``.
+    and time stay proportional to ``len(data)``. A caller that knows how many symbols the stream
+    must hold passes ``expected``: a stream that claims another count is refused before anything
+    is allocated for it.
     """
     coder = _as_coder(coder)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SqueezeError(f"stream data must be bytes; got {type(data).__name__}")
     reader = _Reader(bytes(data))
     tag = reader.byte("stream tag")
-    expected = _FORMAT_VERSION << 4 | _CODER_IDS[coder.value]
-    if tag != expected:
+    want = _FORMAT_VERSION << 4 | _CODER_IDS[coder.value]
+    if tag != want:
         known = {v: k for k, v in _CODER_IDS.items()}
         what = f"a version {tag >> 4} {known.get(tag & 15, 'unknown')} stream" if tag >> 4 else "not a stream"
-        raise SqueezeError(f"stream tag 0x{tag:02x} is {what}; expected 0x{expected:02x} for {coder.value}")
+        raise SqueezeError(f"stream tag 0x{tag:02x} is {what}; expected 0x{want:02x} for {coder.value}")
     alphabet_size = reader.varint("alphabet size", 1, MAX_ALPHABET)
     n = reader.varint("symbol count", 0, MAX_SYMBOLS)
+    if expected is not None and n != expected:
+        raise SqueezeError(f"{coder.value} stream claims {n} symbols; expected {expected}")
     dtype = np.uint8 if alphabet_size <= 256 else np.uint16
     try:
         out = _DECODERS[coder](reader, alphabet_size, n, dtype)
