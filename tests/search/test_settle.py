@@ -30,12 +30,18 @@ def _running_trial(study, client, exp):
     return t, run.info.run_id
 
 
+def _finished_trial(study, client, exp, accuracy: float, bytes: float):
+    """A trial left RUNNING whose MLflow run finished with these metrics before the driver died."""
+    t, rid = _running_trial(study, client, exp)
+    client.log_metric(rid, "accuracy", accuracy)
+    client.log_metric(rid, "bytes", bytes)
+    client.set_terminated(rid, "FINISHED")
+    return t, rid
+
+
 def test_running_trials_are_told_failed_or_requeued(stores):
     study, client, exp = stores
-    finished, finished_run = _running_trial(study, client, exp)
-    client.log_metric(finished_run, "accuracy", 0.91)
-    client.log_metric(finished_run, "bytes", 1234.0)
-    client.set_terminated(finished_run, "FINISHED")
+    finished, _ = _finished_trial(study, client, exp, 0.91, 1234.0)
     failed, failed_run = _running_trial(study, client, exp)
     client.set_tag(failed_run, "error", "ValueError: boom")
     client.set_terminated(failed_run, "FAILED")
@@ -62,10 +68,7 @@ def test_running_trials_are_told_failed_or_requeued(stores):
 
 def test_a_finished_run_with_nan_accuracy_is_requeued(stores):
     study, client, exp = stores
-    t, rid = _running_trial(study, client, exp)
-    client.log_metric(rid, "accuracy", math.nan)
-    client.log_metric(rid, "bytes", 10.0)
-    client.set_terminated(rid, "FINISHED")
+    t, _ = _finished_trial(study, client, exp, math.nan, 10.0)
     _settle_interrupted(study, client, lambda _: None)
     assert study.get_trials()[t.number].user_attrs[INTERRUPTED_ATTR] is True
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
@@ -105,10 +108,7 @@ def test_settled_trials_carry_the_search_constraints(stores):
     from squeezetune.spaces import Constraints
 
     study, client, exp = stores
-    t, rid = _running_trial(study, client, exp)
-    client.log_metric(rid, "accuracy", 0.95)
-    client.log_metric(rid, "bytes", 3000.0)
-    client.set_terminated(rid, "FINISHED")
+    t, _ = _finished_trial(study, client, exp, 0.95, 3000.0)
     _settle_interrupted(study, client, lambda _: None, OutcomeConstraints(Constraints(max_bytes=2000, max_drop=1.0), dense_accuracy=0.97))
     settled = study.get_trials()[t.number]
     assert settled.state == optuna.trial.TrialState.COMPLETE
