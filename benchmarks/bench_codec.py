@@ -20,10 +20,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_section  # noqa: E402
 
-from squeezetune.compression import codec  # noqa: E402
-from squeezetune.compression.container import read_container, write_container  # noqa: E402
-from squeezetune.compression.pruning import prune_layer  # noqa: E402
-from squeezetune.compression.sharing import share_layer  # noqa: E402
+from squeezetune.compression.coding import codec  # noqa: E402
+from squeezetune.compression.coding.container import read_container, write_container  # noqa: E402
+from squeezetune.compression.unstructured.pruning import prune_layer  # noqa: E402
+from squeezetune.compression.unstructured.sharing import share_layer  # noqa: E402
 
 
 class Stack(nn.Module):

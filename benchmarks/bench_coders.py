@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_section  # noqa: E402
 
-from squeezetune.compression.coding import Coder, decode_stream, encode_stream_with_stats  # noqa: E402
+from squeezetune.compression.coding.streams import Coder, decode_stream, encode_stream_with_stats  # noqa: E402
 
 N = 1_000_000
 N_LARGE = 25_000_000

@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_section  # noqa: E402
 
-from squeezetune.compression import codec  # noqa: E402
-from squeezetune.compression.container import pack_sections, read_container  # noqa: E402
+from squeezetune.compression.coding import codec  # noqa: E402
+from squeezetune.compression.coding.container import pack_sections, read_container  # noqa: E402
 from squeezetune.compression.pipeline import compress  # noqa: E402
-from squeezetune.compression.pruning import prunable_layers  # noqa: E402
+from squeezetune.compression.unstructured.pruning import prunable_layers  # noqa: E402
 from squeezetune.compression.recipes import deep_compression  # noqa: E402
 from squeezetune.tasks import get_task  # noqa: E402
 

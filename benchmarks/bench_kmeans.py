@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_section  # noqa: E402
 
-from squeezetune.compression.kmeans import Init, fit_kmeans_1d, initial_centroids  # noqa: E402
+from squeezetune.compression.unstructured.kmeans import Init, fit_kmeans_1d, initial_centroids  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def run_method(method: str, args, workdir: Path) -> dict:
 
 def run_hand(args, workdir: Path) -> dict:
     from squeezetune.compression.pipeline import compress, dense_model, save_weights
-    from squeezetune.compression.pruning import prunable_layers
+    from squeezetune.compression.unstructured.pruning import prunable_layers
     from squeezetune.compression.recipes import Recipe, deep_compression
     from squeezetune.tasks import get_task
 

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import machine, markdown_table, write_section  # noqa: E402
 
-from squeezetune.compression.container import pack_sections  # noqa: E402
+from squeezetune.compression.coding.container import pack_sections  # noqa: E402
 from squeezetune.errors import SqueezeError  # noqa: E402
 
-DEFAULT_TARGET = "squeezetune.compression.container:unpack_sections"
+DEFAULT_TARGET = "squeezetune.compression.coding.container:unpack_sections"
 FULL_SWEEP_LIMIT = 64 * 1024  # bytes; larger seeds get a sample of single-bit flips
 SAMPLED_BITS = 200_000
 HEADER_REGION = 256  # extreme values are written into the first this-many bytes

@@ -130,8 +130,8 @@ def format_layers(report: dict) -> str:
 @app.command("inspect")
 def inspect_cmd(container: Path = typer.Argument(..., help="A .sqz container.")) -> None:
     """Print a container's per-layer table."""
-    from squeezetune.compression import codec
-    from squeezetune.compression.container import read_container
+    from squeezetune.compression.coding import codec
+    from squeezetune.compression.coding.container import read_container
 
     sections = read_container(container)
     meta = codec.read_meta(sections)
@@ -164,8 +164,8 @@ def evaluate_cmd(
     t = get_task(task) if task else None
     model = decode_file(container, task=t)
     if t is None:
-        from squeezetune.compression import codec
-        from squeezetune.compression.container import read_container
+        from squeezetune.compression.coding import codec
+        from squeezetune.compression.coding.container import read_container
 
         t = get_task(codec.read_meta(read_container(container))["task"])
     _, eval_split = _load(t, data_dir)

@@ -73,7 +73,7 @@ def test_removing_every_channel_is_a_one_line_error(tmp_path, cache_dir):
 
 def test_container_spec_cannot_grow_the_model(tmp_path, cache_dir):
     from squeezetune.compression.pipeline import _apply_checked_spec
-    from squeezetune.compression.structured import shrunk_spec
+    from squeezetune.compression.structured.shrink import shrunk_spec
 
     spec = shrunk_spec(TinyResNet())
     spec["modules"]["conv1"]["out_channels"] = 1 << 30

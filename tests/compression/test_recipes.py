@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from squeezetune.compression.pruning import prunable_layers
+from squeezetune.compression.unstructured.pruning import prunable_layers
 from squeezetune.compression.recipes import Recipe, deep_compression, load_recipe
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import get_task

@@ -21,7 +21,7 @@ class Tiny(nn.Module):
 
 @pytest.mark.parametrize("model", [LeNet300(), LeNet5(), Tiny()], ids=["lenet300", "lenet5", "tiny"])
 def test_every_prunable_layer_gets_keep_and_cluster_knobs(model):
-    from squeezetune.compression.pruning import prunable_layers
+    from squeezetune.compression.unstructured.pruning import prunable_layers
 
     space = derive_space(model)
     layers = prunable_layers(model)
@@ -135,7 +135,7 @@ def test_structured_knobs_follow_the_channel_groups():
 
 @pytest.mark.parametrize("model, name", [(LeNet300(), "lenet300"), (LeNet5(), "lenet5"), (Tiny(), "tiny")], ids=["lenet300", "lenet5", "tiny"])
 def test_project_puts_a_hand_recipe_inside_the_space(model, name):
-    from squeezetune.compression.pruning import prunable_layers
+    from squeezetune.compression.unstructured.pruning import prunable_layers
     from squeezetune.compression.recipes import deep_compression
 
     space = derive_space(model, {"finetune": {"epochs": [1, 2]}, "share": {"default": {"bits": [3, 5]}}})
@@ -152,7 +152,7 @@ def test_project_puts_a_hand_recipe_inside_the_space(model, name):
 
 
 def test_project_keeps_every_channel_a_recipe_does_not_prune():
-    from squeezetune.compression.pruning import prunable_layers
+    from squeezetune.compression.unstructured.pruning import prunable_layers
     from squeezetune.compression.recipes import deep_compression
 
     space = derive_space(LeNet5(), {"structured": {"layers": {"conv2": {"keep_channels": [10, 40]}}}})

@@ -1,8 +1,8 @@
 """Training and fine-tuning, optionally by distillation from the uncompressed teacher.
 
 Compression state lives in the model itself (pruning masks and shared-weight codebooks are
-``torch.nn.utils.parametrize`` parametrizations, see :mod:`squeezetune.compression.pruning` and
-:mod:`squeezetune.compression.sharing`), so this loop needs no special cases: pruned weights get
+``torch.nn.utils.parametrize`` parametrizations, see :mod:`squeezetune.compression.unstructured.pruning` and
+:mod:`squeezetune.compression.unstructured.sharing`), so this loop needs no special cases: pruned weights get
 zero gradient and stay exactly zero, and a shared layer's centroids move by the sum of their
 members' gradients.
 """

@@ -26,12 +26,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from squeezetune.compression import codec
-from squeezetune.compression.container import read_container, write_container
+from squeezetune.compression.coding import codec
+from squeezetune.compression.coding.container import read_container, write_container
 from squeezetune.compression.finetune import FinetuneConfig, evaluate, pick_device, train
-from squeezetune.compression.pruning import plain_state_dict, prunable_layers, prune_layer
+from squeezetune.compression.unstructured.pruning import plain_state_dict, prunable_layers, prune_layer
 from squeezetune.compression.recipes import Allocation, Recipe, StructuredConfig, StructuredMethod, load_recipe
-from squeezetune.compression.sharing import share_layer
+from squeezetune.compression.unstructured.sharing import share_layer
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import Split, Task, builtin_task_names, get_task
 
@@ -143,8 +143,8 @@ def validate_recipe(recipe: Recipe, model: nn.Module, input_shape: Sequence[int]
     checked too: each must head a channel group DepGraph can shrink, with a count that leaves a channel.
     """
     if input_shape is not None and recipe.structured is not None and recipe.structured.layers:
-        from squeezetune.compression._depgraph import StructureGraph
-        from squeezetune.compression.structured import check_keep
+        from squeezetune.compression.structured._graph import StructureGraph
+        from squeezetune.compression.structured.shrink import check_keep
 
         graph = StructureGraph(model, input_shape)
         config = recipe.structured.layers
@@ -181,11 +181,11 @@ def structured_prune(
     progress: Progress = _quiet,
 ) -> nn.Module:
     """Physically shrink ``model`` by channel pruning as ``config`` says; returns the smaller model."""
-    from squeezetune.compression.channel import ChannelPruneConfig, channel_prune
-    from squeezetune.compression.filters import filter_prune, sensitivity_analysis
-    from squeezetune.compression.structured import plan_counts
+    from squeezetune.compression.structured.channel import ChannelPruneConfig, channel_prune
+    from squeezetune.compression.structured.filters import filter_prune, sensitivity_analysis
+    from squeezetune.compression.structured.shrink import plan_counts
 
-    from squeezetune.compression._depgraph import StructureGraph
+    from squeezetune.compression.structured._graph import StructureGraph
 
     shape = (1, *train_split.x.shape[1:])
     graph = StructureGraph(copy.deepcopy(model), shape)  # the names the user gave, resolved to their groups
@@ -270,7 +270,7 @@ def compress(
 
     if recipe.structured is not None:
         t0 = time.perf_counter()
-        from squeezetune.compression.structured import shrunk_spec
+        from squeezetune.compression.structured.shrink import shrunk_spec
 
         model = structured_prune(model, recipe.structured, train_split, eval_split, device=device, progress=progress)
         spec = shrunk_spec(model)
@@ -352,7 +352,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def decode_bytes(data: bytes, *, task: Task | None = None) -> nn.Module:
     """Rebuild the model held in container bytes (the task is read from the file unless given)."""
-    from squeezetune.compression.container import unpack_sections
+    from squeezetune.compression.coding.container import unpack_sections
 
     sections = unpack_sections(data)
     return _decode(sections, task)
@@ -377,7 +377,7 @@ def _decode(sections: dict[str, bytes], task: Task | None) -> nn.Module:
 
 def _apply_checked_spec(model: nn.Module, spec: Any) -> nn.Module:
     """Shrink ``model`` to a container's spec, refusing any size above the task's dense model."""
-    from squeezetune.compression.structured import apply_spec, shrunk_spec
+    from squeezetune.compression.structured.shrink import apply_spec, shrunk_spec
 
     current = shrunk_spec(model)["modules"]
     if not isinstance(spec, dict) or not isinstance(spec.get("modules"), dict):
@@ -393,7 +393,7 @@ def _apply_checked_spec(model: nn.Module, spec: Any) -> nn.Module:
 
 
 def _architecture(model: nn.Module, split: Split) -> dict[str, int]:
-    from squeezetune.compression.structured import macs, params
+    from squeezetune.compression.structured.shrink import macs, params
 
     return {"macs": macs(model, (1, *split.x.shape[1:])), "params": params(model)}
 
@@ -403,7 +403,7 @@ def compare_latency_report(dense: nn.Module, compressed: nn.Module, split: Split
 
     CPU figures always; the same figures on the GPU as ``*_gpu`` keys when ``device`` is CUDA.
     """
-    from squeezetune.compression.structured import compare_latency
+    from squeezetune.compression.structured.shrink import compare_latency
 
     shape = tuple(split.x.shape[1:])
     out: dict[str, float] = {}

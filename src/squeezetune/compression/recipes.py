@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from squeezetune.compression.finetune import FinetuneConfig
-from squeezetune.compression.kmeans import Init
-from squeezetune.compression.pruning import Granularity
+from squeezetune.compression.unstructured.kmeans import Init
+from squeezetune.compression.unstructured.pruning import Granularity
 from squeezetune.errors import SqueezeError
 
 
@@ -91,7 +91,7 @@ class LayerPrune:
             raise SqueezeError(f"keep_fraction={self.keep_fraction!r} must be in (0, 1]")
 
     def resolve(self, n: int) -> dict[str, Any]:
-        """Arguments for :func:`~squeezetune.compression.pruning.prune_layer` on a layer of ``n`` weights."""
+        """Arguments for :func:`~squeezetune.compression.unstructured.pruning.prune_layer` on a layer of ``n`` weights."""
         if self.keep_fraction is not None:
             return {"keep": max(1, round(self.keep_fraction * n))}
         return {"keep": self.keep} if self.keep is not None else {"quality": self.quality}

@@ -81,7 +81,7 @@ def load_saved_config(uri: str, experiment: str, name: str) -> SearchConfig:
 
 def warm_start_params(space: Space, task, recipes: tuple[str, ...]) -> list[dict[str, Any]]:
     """The searched knobs' values of each warm-start recipe, projected into ``space``."""
-    from squeezetune.compression.pruning import prunable_layers
+    from squeezetune.compression.unstructured.pruning import prunable_layers
     from squeezetune.compression.recipes import load_recipe
 
     layers = prunable_layers(task.build_model())
@@ -146,7 +146,7 @@ def check_structured_applied(space: Space, *, task, dense, splits, seed: int) ->
 
 def dense_macs_of(model) -> int | None:
     try:
-        from squeezetune.compression.structured import macs
+        from squeezetune.compression.structured.shrink import macs
     except ImportError:
         return None
     try:
@@ -350,7 +350,7 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
     import ray
     from ray import tune
 
-    from squeezetune.compression.pruning import plain_state_dict
+    from squeezetune.compression.unstructured.pruning import plain_state_dict
     from squeezetune.search.trial import TrialSetup, run_trial
 
     owns_ray = not ray.is_initialized()

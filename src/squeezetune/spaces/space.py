@@ -1,7 +1,7 @@
 """The search space of a model: knobs derived from its layers, narrowed by the user's YAML.
 
 Nothing here is written per model. :func:`derive_space` walks the model's prunable layers
-(:func:`~squeezetune.compression.pruning.prunable_layers`) and gives each one a prune count (weights
+(:func:`~squeezetune.compression.unstructured.pruning.prunable_layers`) and gives each one a prune count (weights
 to keep) and a k-means cluster count; the recipe-level knobs (k-means init, coder, index bits,
 fine-tune epochs and learning rate, distillation on/off) come once. Coder and index bits default to
 ``auto`` (every stream coded each way, the smallest kept), so they are searched only when asked. The user's ``space:`` mapping
@@ -41,8 +41,8 @@ from typing import Any, Mapping
 from torch import nn
 
 from squeezetune.compression.finetune import FinetuneConfig
-from squeezetune.compression.kmeans import Init
-from squeezetune.compression.pruning import Granularity, prunable_layers
+from squeezetune.compression.unstructured.kmeans import Init
+from squeezetune.compression.unstructured.pruning import Granularity, prunable_layers
 from squeezetune.compression.recipes import CoderChoice, Recipe
 from squeezetune.errors import SqueezeError
 from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, check_setting_keys, parse_domain

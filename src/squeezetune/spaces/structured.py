@@ -12,7 +12,7 @@ entry (channel pruning is opt-in: it changes the architecture, so a search shoul
           fc1: {lambda: [0.05, 0.5]}           # a fixed-lambda LASSO instead of a count
           conv1: false                         # left whole
 
-The groups come from :func:`squeezetune.compression.structured.prunable_layers` (DepGraph), so
+The groups come from :func:`squeezetune.compression.structured.shrink.prunable_layers` (DepGraph), so
 coupled layers share one knob. The values land in the recipe's reserved ``structured`` entry as
 ``{method, layers: {name: {keep_channels | lambda}}}``.
 """
@@ -35,7 +35,7 @@ METHODS = ("lasso", "l1")
 
 def structured_knobs(model: nn.Module, cfg: Any) -> list[Knob]:
     """The ``structured.*`` knobs of ``model`` for the user's ``space.structured`` entry."""
-    from squeezetune.compression.structured import prunable_layers as channel_groups
+    from squeezetune.compression.structured.shrink import prunable_layers as channel_groups
 
     if cfg is True or cfg is None:
         cfg = {}

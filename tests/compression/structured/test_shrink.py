@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from squeezetune.compression._depgraph import StructureGraph
-from squeezetune.compression.structured import (
+from squeezetune.compression.structured._graph import StructureGraph
+from squeezetune.compression.structured.shrink import (
     apply_spec,
     compare_latency,
     latency_ms,
@@ -149,7 +149,7 @@ def test_plan_counts_hits_the_macs_target(factory, target, round_to):
 
 
 def test_plan_counts_by_sensitivity_spares_the_sensitive_layer():
-    from squeezetune.compression.filters import Sensitivity
+    from squeezetune.compression.structured.filters import Sensitivity
 
     dense = VGGNet()
     names = list(prunable_layers(dense))

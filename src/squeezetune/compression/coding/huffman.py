@@ -2,7 +2,7 @@
 
 This module is the technique only: code lengths from symbol counts, canonical codes, and the
 bit-level encode/decode of a whole array. The byte layout that stores the code lengths and the
-sync index next to the payload lives in :mod:`squeezetune.compression.coding`.
+sync index next to the payload lives in :mod:`squeezetune.compression.coding.streams`.
 
 Decoding a prefix code is sequential by nature, so the symbols are split into ``C =
 ceil(n / SYNC_INTERVAL)`` chunks whose codes are written one chunk after another, and the

@@ -6,10 +6,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from squeezetune.compression import codec
-from squeezetune.compression.container import pack_sections, unpack_sections
-from squeezetune.compression.pruning import plain_state_dict, prune_layer
-from squeezetune.compression.sharing import share_layer
+from squeezetune.compression.coding import codec
+from squeezetune.compression.coding.container import pack_sections, unpack_sections
+from squeezetune.compression.unstructured.pruning import plain_state_dict, prune_layer
+from squeezetune.compression.unstructured.sharing import share_layer
 
 
 class Net(nn.Module):

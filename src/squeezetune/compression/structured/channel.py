@@ -1,6 +1,6 @@
 """Channel pruning by LASSO selection and least-squares reconstruction (He et al., ICCV 2017).
 
-For each pruned layer (a channel group, see :mod:`squeezetune.compression.structured`) and each
+For each pruned layer (a channel group, see :mod:`squeezetune.compression.structured.shrink`) and each
 *consumer* of its channels (the dense convs/linears that read them):
 
 1. sample ``points`` output positions from each of ``images`` inputs; take the consumer's input
@@ -9,7 +9,7 @@ For each pruned layer (a channel group, see :mod:`squeezetune.compression.struct
 2. split the consumer's output into per-channel contributions ``Z_c`` and solve a LASSO over
    channel coefficients ``beta`` (stacked over all consumers of the group); ``lam`` is given, or
    searched -- doubled, then bisected -- until exactly ``keep`` channels remain
-   (:mod:`squeezetune.compression._lasso`);
+   (:mod:`squeezetune.compression.structured._lasso`);
 3. physically remove the other channels (DepGraph keeps BatchNorms, residual partners and
    depthwise convs consistent) and refit each consumer's remaining weights by least squares.
 
@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from squeezetune.compression import _lasso
-from squeezetune.compression._depgraph import DEFAULT_INPUT_SHAPE, StructureGraph
-from squeezetune.compression._sampling import add_partner, patches, run_until, sample_rows, trace
-from squeezetune.compression.filters import _scores
+from squeezetune.compression.structured import _lasso
+from squeezetune.compression.structured._graph import DEFAULT_INPUT_SHAPE, StructureGraph
+from squeezetune.compression.structured._sampling import add_partner, patches, run_until, sample_rows, trace
+from squeezetune.compression.structured.filters import _scores
 from squeezetune.compression.finetune import pick_device
-from squeezetune.compression.structured import check_keep
+from squeezetune.compression.structured.shrink import check_keep
 from squeezetune.errors import SqueezeError
 
 __all__ = ["Selection", "ChannelPruneConfig", "LayerReport", "channel_prune"]

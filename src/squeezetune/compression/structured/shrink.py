@@ -2,7 +2,7 @@
 
 Removing a conv's output channels also removes the matching BatchNorm entries, the next layers'
 input channels, residual-add partners, concat slices and depthwise groups; Torch-Pruning's
-DepGraph finds those couplings (see :mod:`squeezetune.compression._depgraph`). The result has
+DepGraph finds those couplings (see :mod:`squeezetune.compression.structured._graph`). The result has
 smaller weight tensors, fewer MACs and a lower latency -- no masks.
 
 Which channels go is chosen elsewhere: by filter L1 norm (:mod:`.filters`) or by LASSO channel
@@ -38,8 +38,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from squeezetune.compression._depgraph import DEFAULT_INPUT_SHAPE, ChannelGroup, StructureGraph
-from squeezetune.compression._plan import layer_macs, plan_counts
+from squeezetune.compression.structured._graph import DEFAULT_INPUT_SHAPE, ChannelGroup, StructureGraph
+from squeezetune.compression.structured._plan import layer_macs, plan_counts
 from squeezetune.compression.finetune import pick_device
 from squeezetune.errors import SqueezeError
 

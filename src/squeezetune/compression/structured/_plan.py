@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from squeezetune.compression._depgraph import DEFAULT_INPUT_SHAPE, StructureGraph
+from squeezetune.compression.structured._graph import DEFAULT_INPUT_SHAPE, StructureGraph
 from squeezetune.errors import SqueezeError
 
 METHODS = ("uniform", "sensitivity")
@@ -148,7 +148,7 @@ def plan_counts(
     """Channels to keep per layer so that MACs are at most ``macs_target`` x the model's MACs.
 
     ``method="uniform"`` keeps the same fraction of every layer (the largest that fits);
-    ``method="sensitivity"`` takes a :class:`~squeezetune.compression.filters.Sensitivity` and
+    ``method="sensitivity"`` takes a :class:`~squeezetune.compression.structured.filters.Sensitivity` and
     prunes each layer as far as its accuracy curve allows within one common accuracy tolerance,
     the smallest tolerance that meets the target (Li et al., 2017). ``layers`` restricts the plan
     to some groups (default: all prunable ones); ``round_to`` makes counts multiples of it.

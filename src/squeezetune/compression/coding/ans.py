@@ -4,7 +4,7 @@ The model is a categorical distribution over *ranks* ``0..k-1`` (the used symbol
 built from integer counts. Encoder and decoder build it from the very same integers, and
 ``constriction``'s ``perfect=False`` quantisation (to 24-bit fixed point) is a deterministic
 function of them, so both sides agree bit for bit. The byte layout that stores the counts lives
-in :mod:`squeezetune.compression.coding`.
+in :mod:`squeezetune.compression.coding.streams`.
 
 ``constriction`` is imported inside the functions, so importing this module needs numpy alone.
 

@@ -1,4 +1,4 @@
-"""Guarantees of the 1-D k-means used for weight sharing (squeezetune.compression.kmeans)."""
+"""Guarantees of the 1-D k-means used for weight sharing (squeezetune.compression.unstructured.kmeans)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from squeezetune.compression import kmeans as kmeans_module
-from squeezetune.compression.kmeans import (
+from squeezetune.compression.unstructured import kmeans as kmeans_module
+from squeezetune.compression.unstructured.kmeans import (
     Init,
     fit_kmeans_1d,
     initial_centroids,

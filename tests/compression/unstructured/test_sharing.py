@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from squeezetune.compression.finetune import FinetuneConfig, train
-from squeezetune.compression.pruning import prune_layer
-from squeezetune.compression.sharing import share_layer, shared_of
+from squeezetune.compression.unstructured.pruning import prune_layer
+from squeezetune.compression.unstructured.sharing import share_layer, shared_of
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import Split
 

@@ -13,11 +13,11 @@ import zlib
 import pytest
 import torch
 
-from squeezetune.compression import codec
-from squeezetune.compression.container import pack_sections, unpack_sections
+from squeezetune.compression.coding import codec
+from squeezetune.compression.coding.container import pack_sections, unpack_sections
 from squeezetune.compression.pipeline import decode_bytes
-from squeezetune.compression.pruning import prune_layer
-from squeezetune.compression.sharing import share_layer
+from squeezetune.compression.unstructured.pruning import prune_layer
+from squeezetune.compression.unstructured.sharing import share_layer
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks.models import LeNet5
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from squeezetune.compression.codebook import pack_codebook, sort_codebook, unpack_codebook
+from squeezetune.compression.coding.codebook import pack_codebook, sort_codebook, unpack_codebook
 from squeezetune.errors import SqueezeError
 
 

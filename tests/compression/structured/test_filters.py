@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from squeezetune.compression.filters import (
+from squeezetune.compression.structured.filters import (
     Sensitivity,
     filter_prune,
     filter_scores,

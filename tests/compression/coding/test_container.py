@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from squeezetune.compression import container
-from squeezetune.compression.container import (
+from squeezetune.compression.coding import container
+from squeezetune.compression.coding.container import (
     FORMAT_VERSION,
     MAGIC,
     pack_sections,

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from squeezetune.compression.kmeans import Init, kmeans_1d
-from squeezetune.compression.pruning import mask_of
+from squeezetune.compression.unstructured.kmeans import Init, kmeans_1d
+from squeezetune.compression.unstructured.pruning import mask_of
 from squeezetune.errors import SqueezeError
 
 

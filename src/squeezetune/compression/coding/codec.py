@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from squeezetune.compression.codebook import pack_codebook, sort_codebook, unpack_codebook
-from squeezetune.compression.coding import Coder, StreamStats, decode_stream, encode_stream_with_stats
-from squeezetune.compression.container import _varint, pack_sections
-from squeezetune.compression.pruning import mask_of, plain_state_dict, prunable_layers
-from squeezetune.compression.sharing import shared_of
-from squeezetune.compression.sparse import decode_positions, encode_positions
+from squeezetune.compression.coding.codebook import pack_codebook, sort_codebook, unpack_codebook
+from squeezetune.compression.coding.streams import Coder, StreamStats, decode_stream, encode_stream_with_stats
+from squeezetune.compression.coding.container import _varint, pack_sections
+from squeezetune.compression.unstructured.pruning import mask_of, plain_state_dict, prunable_layers
+from squeezetune.compression.unstructured.sharing import shared_of
+from squeezetune.compression.coding.positions import decode_positions, encode_positions
 from squeezetune.errors import SqueezeError
 
 _DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64, "i64": torch.int64, "i32": torch.int32, "u8": torch.uint8, "b": torch.bool}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from squeezetune.compression import _lasso
-from squeezetune.compression.channel import ChannelPruneConfig, channel_prune
-from squeezetune.compression.filters import filter_prune
+from squeezetune.compression.structured import _lasso
+from squeezetune.compression.structured.channel import ChannelPruneConfig, channel_prune
+from squeezetune.compression.structured.filters import filter_prune
 from squeezetune.errors import SqueezeError
 from tests.compression._models import randomise_norms
 from squeezetune.tasks.cnn import ResNet20, VGGNet
@@ -130,7 +130,7 @@ def test_bad_layers_and_counts_name_the_value(keep, message):
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, (3, 1), padding=(1, 0), dilation=2)])
 def test_sampled_patches_match_unfold(conv):
-    from squeezetune.compression._sampling import patches, sample_rows
+    from squeezetune.compression.structured._sampling import patches, sample_rows
 
     x = torch.randn(2, 3, 9, 9)
     out = conv(x)

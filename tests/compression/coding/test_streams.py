@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from squeezetune.compression import coding, huffman
-from squeezetune.compression.coding import (
+from squeezetune.compression.coding import streams as coding, huffman
+from squeezetune.compression.coding.streams import (
     Coder,
     best_coder,
     decode_stream,
@@ -274,7 +274,7 @@ def test_imports_without_constriction():
     script = (
         "import sys; sys.modules['constriction'] = None\n"
         "import numpy as np\n"
-        "from squeezetune.compression.coding import Coder, encode_stream, decode_stream\n"
+        "from squeezetune.compression.coding.streams import Coder, encode_stream, decode_stream\n"
         "data = encode_stream(np.array([1, 2, 2]), 3, Coder.HUFFMAN)\n"
         "assert decode_stream(data, Coder.HUFFMAN).tolist() == [1, 2, 2]\n"
     )

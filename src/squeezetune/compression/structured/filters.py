@@ -3,11 +3,11 @@
 Each layer keeps its filters of largest L1 norm (sum of absolute weights). Where DepGraph couples
 several layers' filters (the convs feeding one residual add, a depthwise conv and its expand
 conv), a channel's score is the sum of its filters' norms across those layers. The removal is
-physical: see :mod:`squeezetune.compression.structured`.
+physical: see :mod:`squeezetune.compression.structured.shrink`.
 
 Per-layer sensitivity analysis prunes one layer at a time by growing fractions and records the
 accuracy; :func:`sensitivity_table` and :func:`plot_sensitivity` present the result, and
-:func:`~squeezetune.compression.structured.plan_counts` can turn it into per-layer counts.
+:func:`~squeezetune.compression.structured.shrink.plan_counts` can turn it into per-layer counts.
 
 >>> from squeezetune.tasks.cnn import VGGNet
 >>> small = filter_prune(VGGNet(), {"features.0": 16})
@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from squeezetune.compression._depgraph import DEFAULT_INPUT_SHAPE, StructureGraph
-from squeezetune.compression.structured import check_keep, shrink
+from squeezetune.compression.structured._graph import DEFAULT_INPUT_SHAPE, StructureGraph
+from squeezetune.compression.structured.shrink import check_keep, shrink
 from squeezetune.errors import SqueezeError
 
 __all__ = ["filter_scores", "filter_prune", "l1_removals", "Sensitivity", "sensitivity_analysis", "sensitivity_table", "plot_sensitivity"]
@@ -68,7 +68,7 @@ def filter_prune(model: nn.Module, keep: Mapping[str, int], *, input_shape: Sequ
     """A smaller copy of ``model`` keeping, per layer, the ``keep[layer]`` filters of largest L1 norm.
 
     ``keep`` maps a layer name (any member of a channel group) to the number of output channels
-    to keep, in ``[1, channels]``; :func:`~squeezetune.compression.structured.plan_counts`
+    to keep, in ``[1, channels]``; :func:`~squeezetune.compression.structured.shrink.plan_counts`
     produces such a mapping. Layers not listed are untouched.
     """
     return shrink(model, l1_removals(model, keep, input_shape=input_shape), input_shape=input_shape)

@@ -44,8 +44,8 @@ from enum import Enum
 
 import numpy as np
 
-from squeezetune.compression import ans, huffman
-from squeezetune.compression.container import _varint
+from squeezetune.compression.coding import ans, huffman
+from squeezetune.compression.coding.container import _varint
 from squeezetune.errors import SqueezeError
 
 #: Largest alphabet a stream may use (symbols fit in ``uint16``).

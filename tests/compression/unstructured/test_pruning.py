@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from squeezetune.compression.finetune import FinetuneConfig, train
-from squeezetune.compression.pruning import Granularity, bake, magnitude_mask, mask_of, plain_state_dict, prune_layer
+from squeezetune.compression.unstructured.pruning import Granularity, bake, magnitude_mask, mask_of, plain_state_dict, prune_layer
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import Split
 

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from squeezetune.compression.sparse import decode_positions, encode_positions
+from squeezetune.compression.coding.positions import decode_positions, encode_positions
 
 
 @settings(max_examples=60, deadline=None)
