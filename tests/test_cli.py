@@ -40,16 +40,18 @@ def compressed(tmp_path_factory):
 
 def test_compress_writes_container_and_report(compressed):
     report = json.loads(compressed.with_name("m.report.json").read_text())
-    for key in ("task", "dense_accuracy", "accuracy", "dense_bytes", "compressed_bytes", "ratio", "stages", "layers"):
+    for key in ("task", "dense_accuracy", "accuracy", "dense_bytes", "compressed_bytes", "ratio", "stages", "tensors"):
         assert key in report
     assert report["compressed_bytes"] == compressed.stat().st_size
     assert report["dense_bytes"] == 4 * (784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
     assert report["ratio"] == pytest.approx(report["dense_bytes"] / compressed.stat().st_size)
     assert 0.0 <= report["accuracy"] <= 1.0 and report["accuracy"] > 0.8
     assert [s["stage"] for s in report["stages"]] == ["dense", "prune", "finetune", "share", "finetune_centroids", "encode"]
-    layers = {layer["name"]: layer for layer in report["layers"]}
+    layers = {t["name"]: t for t in report["tensors"] if t["action"] != "raw"}
     assert layers["fc1"]["kept"] == round(0.1 * 784 * 300) and layers["fc3"]["kept"] == 500
     assert all(2 <= layer["clusters"] <= 16 and layer["index_bits"] == 5 for layer in layers.values())
+    raw = {t["name"]: t["why"] for t in report["tensors"] if t["action"] == "raw"}
+    assert set(raw) == {"fc1.bias", "fc2.bias", "fc3.bias"} and all("1-D" in why for why in raw.values())
 
 
 @pytest.mark.parametrize("recipe", ["filter-pruning", "channel-pruning"])
@@ -73,7 +75,7 @@ def test_evaluate_and_decode_agree_with_the_report(compressed, tmp_path, capsys)
     from safetensors.torch import load_file
 
     weights = load_file(out)
-    assert int((weights["fc1.weight"] != 0).sum()) == report["layers"][0]["kept"]
+    assert int((weights["fc1.weight"] != 0).sum()) == report["tensors"][0]["kept"]
     assert len(torch.unique(weights["fc2.weight"])) <= 17  # 16 shared values and the pruned zeros
 
 

@@ -47,8 +47,7 @@ def train_cmd(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Train a task's dense baseline and write its weights."""
-    from squeezetune.compression.finetune import evaluate
-    from squeezetune.compression.pipeline import save_weights, train_dense
+    from squeezetune.compression import evaluate, save_weights, train_dense
     from squeezetune.tasks import get_task
 
     t = get_task(task)
@@ -84,69 +83,46 @@ def compress_cmd(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Compress a task's model with a recipe; write F.sqz and F.report.json."""
-    from squeezetune.compression.pipeline import compress, prunable_layers, report_path
-    from squeezetune.compression.recipes import load_recipe
+    from squeezetune.compression import compress, load_recipe, report_path
+    from squeezetune.compression.report import format_stages, format_summary, format_tensors
     from squeezetune.tasks import get_task
 
     t = get_task(task)
     _check_out(out, ".sqz")
     if allocation is not None and allocation not in ("uniform", "sensitivity"):
         raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity")
-    loaded = load_recipe(recipe, t.model, prunable_layers(t.build_model()), macs_target=macs_target, allocation=allocation)
     splits = _load(t, data_dir)
+    loaded = load_recipe(recipe, t.model, t.build_model(), macs_target=macs_target, allocation=allocation)
     report = compress(t, loaded, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress)
     typer.echo(format_stages(report))
-    typer.echo(format_layers(report))
-    typer.echo(
-        f"\n{report['task']}: accuracy {report['dense_accuracy']:.4f} -> {report['accuracy']:.4f}, "
-        f"{report['dense_bytes']:,} -> {report['compressed_bytes']:,} bytes ({report['ratio']:.1f}x)\n"
-        f"params {report['dense_params']:,} -> {report['params']:,}, MACs {report['dense_macs']:,} -> {report['macs']:,}, "
-        f"CPU latency b1 {report['dense_latency_ms_b1']:.2f} -> {report['latency_ms_b1']:.2f} ms, "
-        f"b64 {report['dense_latency_ms_b64']:.2f} -> {report['latency_ms_b64']:.2f} ms\n"
-        f"wrote {out} and {report_path(out)}"
-    )
-
-
-def format_stages(report: dict) -> str:
-    rows = [f"{'stage':<20} {'accuracy':>9} {'bytes':>11} {'ratio':>7} {'seconds':>8}"]
-    for s in report["stages"]:
-        rows.append(f"{s['stage']:<20} {s['accuracy']:>9.4f} {s['bytes']:>11,} {report['dense_bytes'] / s['bytes']:>6.1f}x {s['seconds']:>8.1f}")
-    return "\n".join(rows)
-
-
-def format_layers(report: dict) -> str:
-    rows = [f"{'layer':<14} {'weights':>9} {'kept':>8} {'kept%':>6} {'clusters':>8} {'idx bits':>8} {'fillers':>7} {'bytes':>8}  streams (coded/entropy bytes)"]
-    for layer in report["layers"]:
-        streams = ", ".join(
-            f"{k}: {v['coder']} {v['total_bytes']}/{v['entropy_bits'] / 8:.0f}" for k, v in layer.get("streams", {}).items()
-        )
-        rows.append(
-            f"{layer['name']:<14} {layer['weights']:>9,} {layer['kept']:>8,} {100 * layer['kept'] / layer['weights']:>5.1f}% "
-            f"{layer['clusters'] or '-':>8} {layer['index_bits'] or '-':>8} {layer['fillers']:>7} {layer['coded_bytes']:>8,}  {streams}"
-        )
-    return "\n".join(rows)
+    typer.echo(format_tensors(report.tensors))
+    typer.echo("\n" + format_summary(report, f"{out} and {report_path(out)}"))
 
 
 @app.command("inspect")
 def inspect_cmd(container: Path = typer.Argument(..., help="A .sqz container.")) -> None:
-    """Print a container's per-layer table."""
+    """Print what a container holds, tensor by tensor."""
     from squeezetune.compression.coding import codec
     from squeezetune.compression.coding.container import read_container
+    from squeezetune.compression.tensors import kept_raw
+    from squeezetune.tasks import builtin_task_names, get_task
 
     sections = read_container(container)
-    meta = codec.read_meta(sections)
-    typer.echo(f"{container}: task {meta['task']}, {container.stat().st_size:,} bytes, {len(sections)} sections")
-    typer.echo(f"{'layer':<14} {'shape':<16} {'entries':>8} {'clusters':>8} {'idx bits':>8} {'order':<14} {'bytes':>8}")
-    for m in meta["layers"]:
-        i = m["i"]
-        size = sum(len(sections.get(f"{i}{s}", b"")) for s in "pwc")
-        shape = "x".join(map(str, m["s"]))
-        typer.echo(
-            f"{m['n']:<14} {shape:<16} {m['e']:>8,} {m['k'] or '-':>8} {m['b'] if 'cp' in m else '-':>8} "
-            f"{'inputs-first' if m['o'] else 'outputs-first':<14} {size:>8,}"
-        )
-    typer.echo(f"{'(raw tensors)':<14} {len(meta['rest'])} tensors {len(sections['r']):>39,}")
-    typer.echo(f"{'(meta)':<14} {'':<48} {len(sections['m']):>8,}")
+    info = codec.describe(sections)
+    reasons: dict[str, str] = {}
+    if info.task in builtin_task_names():  # why each raw tensor was kept raw, from the task's model
+        reasons = kept_raw(get_task(info.task).build_model())
+    typer.echo(f"{container}: task {info.task}, {container.stat().st_size:,} bytes, {len(sections)} sections")
+    width = max([len(t.key) for t in info.tensors] + [14])
+    typer.echo(f"{'tensor':<{width}} {'shape':<16} {'entries':>8} {'clusters':>8} {'idx bits':>8} {'order':<14} {'bytes':>8}")
+    for t in info.tensors:
+        shape = "x".join(map(str, t.shape))
+        if t.coded:
+            typer.echo(f"{t.key:<{width}} {shape:<16} {t.entries:>8,} {t.clusters or '-':>8} {t.index_bits or '-':>8} {t.order:<14} {t.bytes:>8,}")
+        else:
+            typer.echo(f"{t.key:<{width}} {shape:<16} raw {t.dtype}: {reasons.get(t.key, 'not pruned or shared by the recipe')}")
+    typer.echo(f"{'(raw section)':<{width}} {'':<58} {info.raw_bytes:>8,}")
+    typer.echo(f"{'(meta)':<{width}} {'':<58} {info.meta_bytes:>8,}")
 
 
 @app.command("evaluate")
@@ -158,7 +134,7 @@ def evaluate_cmd(
 ) -> None:
     """Decode a container and print its model's accuracy."""
     from squeezetune.compression.finetune import evaluate
-    from squeezetune.compression.pipeline import decode_file
+    from squeezetune.compression import decode_file
     from squeezetune.tasks import get_task
 
     t = get_task(task) if task else None
@@ -179,7 +155,7 @@ def decode_cmd(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task (default: the one recorded in the file)."),
 ) -> None:
     """Decode a container into dense safetensors weights."""
-    from squeezetune.compression.pipeline import decode_file, save_weights
+    from squeezetune.compression import decode_file, save_weights
     from squeezetune.tasks import get_task
 
     _check_out(out, ".safetensors")

@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from squeezetune.compression.pipeline import compress, decode_file
-from squeezetune.compression.recipes import Recipe
+from squeezetune.compression import Recipe, compress, decode_file
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import Split, Task
 
@@ -56,12 +55,12 @@ def test_structured_recipe_shrinks_the_decoded_model(tmp_path, cache_dir, method
     decoded = decode_file(out, task=TASK)
     assert decoded.conv1.weight.shape == (6, 8, 3, 3) and decoded.bn1.num_features == 6
     assert decoded.conv2.weight.shape == (8, 6, 3, 3)
-    assert report["params"] < report["dense_params"] and report["macs"] < report["dense_macs"]
-    assert report["params"] == sum(p.numel() for p in decoded.parameters())
+    assert report.params < report.dense_params and report.macs < report.dense_macs
+    assert report.params == sum(p.numel() for p in decoded.parameters())
     for key in ("dense_latency_ms_b1", "dense_latency_ms_b64", "latency_ms_b1", "latency_ms_b64"):
-        assert report[key] > 0
-    assert [s["stage"] for s in report["stages"]][:3] == ["dense", "structured", "structured_finetune"]
-    assert json.loads(out.with_name("tiny.report.json").read_text())["macs"] == report["macs"]
+        assert report.latency[key] > 0
+    assert [s.stage for s in report.stages][:3] == ["dense", "structured", "structured_finetune"]
+    assert json.loads(out.with_name("tiny.report.json").read_text())["macs"] == report.macs
 
 
 def test_removing_every_channel_is_a_one_line_error(tmp_path, cache_dir):
@@ -72,7 +71,7 @@ def test_removing_every_channel_is_a_one_line_error(tmp_path, cache_dir):
 
 
 def test_container_spec_cannot_grow_the_model(tmp_path, cache_dir):
-    from squeezetune.compression.pipeline import _apply_checked_spec
+    from squeezetune.compression.decode import _apply_checked_spec
     from squeezetune.compression.structured.shrink import shrunk_spec
 
     spec = shrunk_spec(TinyResNet())
@@ -83,13 +82,12 @@ def test_container_spec_cannot_grow_the_model(tmp_path, cache_dir):
 
 def test_a_group_named_by_any_member_merges_with_a_macs_target():
     """``conv2`` shares its output channels with ``stem`` (the residual add): one group, named by either."""
-    from squeezetune.compression.pipeline import structured_prune
-    from squeezetune.compression.recipes import StructuredConfig
+    from squeezetune.compression import Context, StructuredConfig, apply_stage
 
     torch.manual_seed(0)
     model = TinyResNet().eval()
     train, evaluate_on = _data(None)
     config = StructuredConfig.from_dict({"method": "l1", "macs_target": 0.7, "round_to": 1, "layers": {"conv2": {"keep": 5}}})
-    small = structured_prune(model, config, train, evaluate_on, device=torch.device("cpu"))
+    small = apply_stage(model, config, Context(teacher=model, example=train.x[:1], train=train, eval=evaluate_on))
     assert small.stem.out_channels == small.conv2.out_channels == 5  # the hand count won over the plan
     assert small.conv1.out_channels < 16  # the plan pruned the rest

@@ -1,45 +1,83 @@
 from __future__ import annotations
 
-import pytest
+import json
 
-from squeezetune.compression.unstructured.pruning import prunable_layers
+import pytest
+import torch
+from torch import nn
+
+from squeezetune.compression import FinetuneConfig, PruneConfig, ShareConfig, StructuredConfig, known_stages
 from squeezetune.compression.recipes import Recipe, deep_compression, load_recipe
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import get_task
 
 
-@pytest.mark.parametrize("task", ["lenet300-mnist", "lenet5-mnist"])
+@pytest.mark.parametrize("task", ["lenet300-mnist", "lenet5-mnist", "resnet20-mnist"])
 def test_deep_compression_round_trips_through_json(task):
     t = get_task(task)
-    recipe = deep_compression(t.model, prunable_layers(t.build_model()))
-    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    recipe = deep_compression(t.model, t.build_model())
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
 
 
 def test_paper_rates_for_lenet5():
     t = get_task("lenet5-mnist")
-    r = deep_compression(t.model, prunable_layers(t.build_model()))
-    assert {n: p.keep_fraction for n, p in r.prune.layers.items()} == {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19}
-    assert {n: s.k for n, s in r.share.layers.items()} == {"conv1": 256, "conv2": 256, "fc1": 32, "fc2": 32}
+    r = deep_compression(t.model, t.build_model())
+    prune, share = r.first("prune"), r.first("share")
+    assert {n: p.keep_fraction for n, p in prune.layers.items()} == {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19}
+    assert {n: s.k for n, s in share.layers.items()} == {"conv1": 256, "conv2": 256, "fc1": 32, "fc2": 32}
     assert r.encode.index_bits == 5
+    assert [s.label for s in r.steps] == ["prune", "finetune", "share", "finetune_centroids"]
 
 
 def test_generic_rule_covers_every_layer_of_another_model():
-    from torch import nn
-
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 32), nn.Linear(32, 10))
-    r = deep_compression("other", prunable_layers(model))
-    assert set(r.prune.layers) == {"0", "2", "3"}
-    assert r.prune.layers["0"].keep_fraction == 0.5 and r.share.layers["0"].bits == 8
-    assert r.prune.layers["3"].keep_fraction == 0.25
+    r = deep_compression("other", model)
+    prune, share = r.first("prune"), r.first("share")
+    assert set(prune.layers) == {"0", "2", "3"}
+    assert prune.layers["0"].keep_fraction == 0.5 and share.layers["0"].bits == 8
+    assert prune.layers["3"].keep_fraction == 0.25
+    assert share.fit  # cluster counts fit what each tensor keeps
+    r.validate(model, torch.zeros(1, 1, 28, 28))  # conv 0 keeps 18 weights: 256 clusters is capped, not an error
 
 
-def test_yaml_recipe_file(tmp_path):
+def test_generic_rule_covers_attention_recurrent_and_embedding_tensors():
+    model = nn.ModuleDict({"emb": nn.Embedding(100, 16), "attn": nn.MultiheadAttention(16, 2), "rnn": nn.GRU(16, 8), "head": nn.Linear(8, 3)})
+    prune = deep_compression("other", model).first("prune")
+    assert set(prune.layers) == {"emb", "attn.in_proj_weight", "attn.out_proj", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "head"}
+
+
+def test_yaml_recipe_file_classic_form(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("prune:\n  default: {keep_fraction: 0.2}\nshare:\n  init: forgy\n  default: {clusters: 8}\nencode: {coder: ans}\n")
-    r = load_recipe(path, "lenet300", {})
-    assert r.prune.for_layer("fc9").keep_fraction == 0.2
-    assert r.share.for_layer("fc1").k == 8 and r.share.init.value == "forgy"
+    path.write_text("prune:\n  default: {keep_fraction: 0.2}\nshare:\n  init: forgy\n  default: {clusters: 8}\nencode: {coder: ans}\nfinetune: {lr: 1e-3}\n")
+    r = load_recipe(path, "lenet300", nn.Linear(2, 2))
+    assert r.first("prune").for_layer("fc9").keep_fraction == 0.2
+    assert r.first("share").for_layer("fc1").k == 8 and r.first("share").init.value == "forgy"
+    assert r.first("finetune").lr == 1e-3
     assert r.encode.coder.value == "ans"
+    assert [s.label for s in r.steps] == ["prune", "finetune", "share"]
+
+
+def test_list_form_runs_stages_in_the_given_order_with_labels():
+    r = Recipe.from_dict(
+        {
+            "name": "twice",
+            "stages": [
+                {"prune": {"default": {"keep_fraction": 0.5}}},
+                {"finetune": {"epochs": 1}},
+                {"prune": {"default": {"keep_fraction": 0.2}}},
+                {"finetune": {"epochs": 2}, "label": "recover"},
+            ],
+        }
+    )
+    assert [(s.label, s.stage) for s in r.steps] == [("prune", "prune"), ("finetune", "finetune"), ("prune_2", "prune"), ("recover", "finetune")]
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert "label" not in r.to_dict()["stages"][2] and r.to_dict()["stages"][3]["label"] == "recover"
+
+
+def test_classic_form_and_list_form_mean_the_same_recipe():
+    classic = Recipe.from_dict({"prune": {"default": {"keep_fraction": 0.1}}, "finetune": {"epochs": 2}, "share": {"default": {"bits": 4}}, "finetune_centroids": {"epochs": 1}})
+    assert Recipe.from_dict(classic.to_dict()) == classic
+    assert classic.to_dict()["stages"][3] == {"finetune": FinetuneConfig(epochs=1).to_dict(), "label": "finetune_centroids"}
 
 
 @pytest.mark.parametrize(
@@ -47,11 +85,20 @@ def test_yaml_recipe_file(tmp_path):
     [
         ({"prune": {"granularity": "row"}}, r"prune.granularity='row' is not known"),
         ({"prune": {"layers": {"fc1": {"keep": 3, "quality": 1.0}}}}, r"exactly one of keep, keep_fraction, quality"),
+        ({"prune": {"default": {"keep": 100}}}, r"prune.default.keep=100: a default for every layer takes keep_fraction or quality"),
         ({"share": {"default": {"bitz": 4}}}, r"unknown key 'bitz' in share.default"),
         ({"encode": {"index_bits": 0}}, r"index_bits=0 must be an integer in \[1, 16\] or 'auto'"),
         ({"encode": {"index_bits": "best"}}, r"index_bits='best' must be an integer in \[1, 16\] or 'auto'"),
-        ({"finetune": {"lr": -1}}, r"lr=-1 must be > 0"),
-        ({"stages": []}, r"unknown key 'stages' in recipe"),
+        ({"finetune": {"lr": -1}}, r"lr=-1.0 must be > 0"),
+        ({"finetune": {"lr": "fast"}}, r"finetune.lr='fast': expected a finite number"),
+        ({"finetune": {"distill": "maybe"}}, r"finetune.distill='maybe': expected true or false"),
+        ({"finetune": {"epochs": 2.5}}, r"finetune.epochs=2.5: expected an integer"),
+        ({"stages": [{"prnue": {}}]}, r"unknown stage 'prnue': expected one of \['finetune', 'prune', 'share', 'structured'"),
+        ({"stages": [{"prune": {}, "share": {}}]}, r"stages\[0\] names 2 stages"),
+        ({"stages": [{"encode": {}}]}, r"put encode at the recipe's top level"),
+        ({"stages": [{"finetune": {}}, {"finetune": {}, "label": "finetune"}]}, r"two stages labelled 'finetune'"),
+        ({"stages": [], "prune": {}}, r"unknown key 'prune' in recipe: a recipe with a stages list takes only"),
+        ({"prnue": {}}, r"unknown key 'prnue' in recipe"),
     ],
 )
 def test_bad_recipes_say_what_is_wrong(data, message):
@@ -61,38 +108,41 @@ def test_bad_recipes_say_what_is_wrong(data, message):
 
 def test_unknown_recipe_name():
     with pytest.raises(SqueezeError, match=r"recipe 'nope' is neither a built-in"):
-        load_recipe("nope", "lenet300", {})
+        load_recipe("nope", "lenet300", nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("name,method", [("filter-pruning", "l1"), ("channel-pruning", "lasso")])
 def test_structured_builtins_take_a_macs_target(name, method):
-    r = load_recipe(name, "resnet20", {})
-    assert r.name == name and r.structured.method.value == method
-    assert r.structured.macs_target == 0.5 and r.structured.allocation.value == "uniform"
-    assert r.prune is None and r.share is None and r.structured.finetune.distill
-    r = load_recipe(name, "resnet20", {}, macs_target=0.25, allocation="sensitivity")
-    assert r.structured.macs_target == 0.25 and r.structured.allocation.value == "sensitivity"
+    model = get_task("resnet20-mnist").build_model()
+    r = load_recipe(name, "resnet20", model)
+    s = r.first("structured")
+    assert r.name == name and s.method.value == method
+    assert s.macs_target == 0.5 and s.allocation.value == "uniform"
+    assert r.first("prune") is None and r.first("share") is None and r.step("structured_finetune").config.distill
+    r = load_recipe(name, "resnet20", model, macs_target=0.25, allocation="sensitivity")
+    assert r.first("structured").macs_target == 0.25 and r.first("structured").allocation.value == "sensitivity"
     assert Recipe.from_dict(r.to_dict()) == r
 
 
 def test_macs_target_needs_a_structured_stage():
+    model = get_task("resnet20-mnist").build_model()
     with pytest.raises(SqueezeError, match=r"recipe 'deep-compression' has no structured stage"):
-        load_recipe("deep-compression", "lenet300", {}, macs_target=0.5)
+        load_recipe("deep-compression", "lenet300", model, macs_target=0.5)
     with pytest.raises(SqueezeError, match=r"macs_target=1.5 must be in \(0, 1\]"):
-        load_recipe("channel-pruning", "resnet20", {}, macs_target=1.5)
+        load_recipe("channel-pruning", "resnet20", model, macs_target=1.5)
 
 
 def test_a_yaml_list_is_not_a_recipe(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("- prune\n")
     with pytest.raises(SqueezeError, match=r"holds a list: expected a mapping"):
-        load_recipe(path, "lenet300", {})
+        load_recipe(path, "lenet300", nn.Linear(2, 2))
 
 
 def test_structured_round_to_is_checked_and_kept():
     r = Recipe.from_dict({"structured": {"macs_target": 0.5, "round_to": 4}})
-    assert r.structured.round_to == 4 and Recipe.from_dict(r.to_dict()) == r
-    assert Recipe.from_dict({"structured": {"macs_target": 0.5}}).structured.round_to == 8
+    assert r.first("structured").round_to == 4 and Recipe.from_dict(r.to_dict()) == r
+    assert Recipe.from_dict({"structured": {"macs_target": 0.5}}).first("structured").round_to == 8
     with pytest.raises(SqueezeError, match=r"structured.round_to=0 must be an integer >= 1"):
         Recipe.from_dict({"structured": {"macs_target": 0.5, "round_to": 0}})
 
@@ -101,16 +151,39 @@ def test_allocation_needs_a_macs_target(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("structured: {method: l1, layers: {conv1: {keep: 8}}}\n")
     with pytest.raises(SqueezeError, match=r"--allocation 'sensitivity' needs a macs_target"):
-        load_recipe(path, "resnet20", {}, allocation="sensitivity")
+        load_recipe(path, "resnet20", nn.Linear(2, 2), allocation="sensitivity")
 
 
 def test_a_binary_file_is_not_a_recipe(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_bytes(b"\x89SQZ\xff\xfe\x00")
     with pytest.raises(SqueezeError, match=r"is not UTF-8 text: expected a YAML file"):
-        load_recipe(path, "lenet300", {})
+        load_recipe(path, "lenet300", nn.Linear(2, 2))
 
 
 def test_auto_index_bits_round_trips():
     r = Recipe.from_dict({"encode": {"index_bits": "auto"}})
     assert r.encode.index_bits == "auto" and Recipe.from_dict(r.to_dict()) == r
+
+
+@pytest.mark.parametrize("config", [PruneConfig(), ShareConfig(fit=True), FinetuneConfig(epochs=3, distill=True), StructuredConfig(macs_target=0.5)])
+def test_every_stage_config_round_trips_through_json(config):
+    assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_every_registered_stage_reads_its_own_defaults():
+    for name, config in known_stages().items():
+        if name == "structured":
+            continue  # needs a target: checked above
+        assert config.from_dict({}) == config()
+
+
+def test_validation_names_the_layer_and_its_limit_before_any_work():
+    model = get_task("lenet300-mnist").build_model()
+    recipe = Recipe.from_dict({"prune": {"layers": {"fc3": {"keep": 100}}}, "share": {"layers": {"fc3": {"bits": 8}}}})
+    with pytest.raises(SqueezeError, match=r"k=256 clusters for layer 'fc3' must be an integer in \[2, 100\]"):
+        recipe.validate(model, torch.zeros(1, 1, 28, 28))
+    with pytest.raises(SqueezeError, match=r"unknown layer 'fc9' in prune.layers: expected one of \['fc1', 'fc2', 'fc3'\]"):
+        Recipe.from_dict({"prune": {"layers": {"fc9": {"keep": 1}}}}).validate(model, torch.zeros(1, 1, 28, 28))
+    with pytest.raises(SqueezeError, match=r"keep=5000 for layer 'fc3' must be an integer in \[1, 1000\]"):
+        Recipe.from_dict({"prune": {"layers": {"fc3": {"keep": 5000}}}}).validate(model, torch.zeros(1, 1, 28, 28))

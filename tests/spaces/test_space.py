@@ -6,9 +6,11 @@ import optuna
 import pytest
 from torch import nn
 
-from squeezetune.compression.recipes import Recipe
+from squeezetune.compression import Recipe, compressible
+from squeezetune.compression.recipes import deep_compression
+from squeezetune.compression.structured.stage import LayerChannels
 from squeezetune.errors import SqueezeError
-from squeezetune.spaces import Choice, Fixed, IntRange, derive_space
+from squeezetune.spaces import Choice, Fixed, FloatRange, IntRange, derive_space
 from squeezetune.tasks.models import LeNet5, LeNet300
 
 
@@ -20,20 +22,18 @@ class Tiny(nn.Module):
 
 
 @pytest.mark.parametrize("model", [LeNet300(), LeNet5(), Tiny()], ids=["lenet300", "lenet5", "tiny"])
-def test_every_prunable_layer_gets_keep_and_cluster_knobs(model):
-    from squeezetune.compression.unstructured.pruning import prunable_layers
-
+def test_every_compressible_tensor_gets_keep_and_cluster_knobs(model):
     space = derive_space(model)
-    layers = prunable_layers(model)
-    for name, layer in layers.items():
-        keep = space.knob(f"prune.{name}.keep")
-        assert isinstance(keep.domain, IntRange) and 1 <= keep.domain.low <= keep.domain.high <= layer.weight.numel()
+    layers = compressible(model)
+    for name in layers:
+        keep = space.knob(f"prune.{name}.keep_fraction")
+        assert keep.domain == FloatRange(0.02, 0.6, log=True)
         assert isinstance(space.knob(f"share.{name}.bits").domain, IntRange)
     for name in ("share.init", "finetune.epochs", "finetune.distill"):
         assert space.knob(name).searched
     for name in ("encode.coder", "encode.index_bits"):  # "auto" already keeps the smallest of every choice
         assert space.knob(name).domain == Fixed("auto")
-    assert space.layers == {n: m.weight.numel() for n, m in layers.items()}
+    assert space.layers == {n: t.numel for n, t in layers.items()}
 
 
 @pytest.mark.parametrize("model", [LeNet300(), LeNet5(), Tiny()], ids=["lenet300", "lenet5", "tiny"])
@@ -47,8 +47,8 @@ def test_define_by_run_suggestions_stay_in_domain_and_make_valid_recipes(model):
         assert set(trial.params) == {k.name for k in space.searched}
         recipe = space.recipe(params)
         assert Recipe.from_dict(recipe.to_dict()) == recipe
-        for name, setting in recipe.share.layers.items():
-            assert setting.k <= recipe.prune.layers[name].keep  # clusters capped at kept weights
+        assert recipe.first("share").fit  # clusters capped at kept weights
+        recipe.validate(model, (1, 1, 28, 28))
         study.tell(trial, [0.5, 1000.0])
 
 
@@ -64,8 +64,8 @@ def test_fix_narrow_exclude():
         },
     )
     assert space.knob("prune.fc1.keep").domain == IntRange(1000, 2000, log=True)
-    assert space.knob("prune.fc2.keep").domain == Fixed(3000)
-    assert "prune.fc3.keep" not in {k.name for k in space.knobs}
+    assert space.knob("prune.fc2.keep_fraction").domain == Fixed(0.1)
+    assert "prune.fc3.keep_fraction" not in {k.name for k in space.knobs}
     assert space.knob("share.init").domain == Fixed("density")
     assert space.knob("share.fc1.bits").domain == IntRange(3, 5)
     assert space.knob("share.fc2.clusters").domain == IntRange(4, 40, log=True)
@@ -77,15 +77,15 @@ def test_fix_narrow_exclude():
     assert derive_space(LeNet300(), {"encode": {"index_bits": "auto"}}).knob("encode.index_bits").domain == Fixed("auto")
     assert "finetune_centroids" not in space.stages
     recipe = space.recipe(space.corner())
-    assert recipe.finetune_centroids is None and "fc3" not in recipe.prune.layers
-    assert recipe.share.layers["fc2"].clusters == 4
+    assert recipe.step("finetune_centroids") is None and "fc3" not in recipe.first("prune").layers
+    assert recipe.first("share").layers["fc2"].clusters == 4
 
 
 def test_share_and_prune_off():
     space = derive_space(LeNet300(), {"share": False, "prune": False, "finetune": False, "finetune_centroids": False})
     assert {k.name for k in space.knobs} == {"encode.coder", "encode.index_bits"}
     recipe = space.recipe(space.corner())
-    assert recipe.prune is None and recipe.share is None
+    assert recipe.first("prune") is None and recipe.first("share") is None
 
 
 @pytest.mark.parametrize(
@@ -116,15 +116,14 @@ def test_bad_space_is_one_line_error(config, message):
 
 
 def test_structured_knobs_follow_the_channel_groups():
-    from squeezetune.compression.recipes import LayerChannels
     space = derive_space(LeNet5(), {"structured": {"method": ["lasso", "l1"], "layers": {"conv2": {"keep_channels": [10, 40]}, "fc1": {"lambda": [0.05, 0.5]}, "conv1": False}}})
     assert space.knob("structured.method").domain == Choice(("lasso", "l1"))
     assert space.knob("structured.conv2.keep_channels").domain == IntRange(10, 40)
     assert space.knob("structured.fc1.lambda").domain.low == 0.05
     assert "structured.conv1.keep_channels" not in {k.name for k in space.knobs}
     recipe = space.recipe(space.corner())
-    assert recipe.structured.method.value == "lasso"
-    assert recipe.structured.layers == {"conv2": LayerChannels(keep=10), "fc1": LayerChannels(lam=0.05)}
+    assert recipe.first("structured").method.value == "lasso"
+    assert recipe.first("structured").layers == {"conv2": LayerChannels(keep=10), "fc1": LayerChannels(lam=0.05)}
     default = derive_space(LeNet300(), {"structured": {}})
     assert {k.name for k in default.knobs if k.name.startswith("structured.")} == {"structured.method", "structured.fc1.keep_channels", "structured.fc2.keep_channels"}
     with pytest.raises(SqueezeError, match="unknown layer 'conv9'"):
@@ -135,27 +134,40 @@ def test_structured_knobs_follow_the_channel_groups():
 
 @pytest.mark.parametrize("model, name", [(LeNet300(), "lenet300"), (LeNet5(), "lenet5"), (Tiny(), "tiny")], ids=["lenet300", "lenet5", "tiny"])
 def test_project_puts_a_hand_recipe_inside_the_space(model, name):
-    from squeezetune.compression.unstructured.pruning import prunable_layers
-    from squeezetune.compression.recipes import deep_compression
-
     space = derive_space(model, {"finetune": {"epochs": [1, 2]}, "share": {"default": {"bits": [3, 5]}}})
-    hand = deep_compression(name, prunable_layers(model))
+    hand = deep_compression(name, model)
     params = space.project(hand)
     assert space.contains(params)
-    for layer, setting in hand.prune.layers.items():
-        knob = space.knob(f"prune.{layer}.keep").domain
-        wanted = setting.resolve(space.layers[layer])["keep"]
-        assert params[f"prune.{layer}.keep"] == min(max(wanted, knob.low), knob.high)
-    for layer, setting in hand.share.layers.items():
+    for layer, setting in hand.first("prune").layers.items():
+        knob = space.knob(f"prune.{layer}.keep_fraction").domain
+        assert params[f"prune.{layer}.keep_fraction"] == min(max(setting.keep_fraction, knob.low), knob.high)
+    for layer, setting in hand.first("share").layers.items():
         assert params[f"share.{layer}.bits"] == min(max(setting.bits, 3), 5)
-    assert params["finetune.epochs"] == min(hand.finetune.epochs, 2)
+    assert params["finetune.epochs"] == min(hand.first("finetune").epochs, 2)
 
 
 def test_project_keeps_every_channel_a_recipe_does_not_prune():
-    from squeezetune.compression.unstructured.pruning import prunable_layers
-    from squeezetune.compression.recipes import deep_compression
-
     space = derive_space(LeNet5(), {"structured": {"layers": {"conv2": {"keep_channels": [10, 40]}}}})
-    params = space.project(deep_compression("lenet5", prunable_layers(LeNet5())))
+    params = space.project(deep_compression("lenet5", LeNet5()))
     assert params["structured.conv2.keep_channels"] == 40
     assert space.project(Recipe.from_dict({"structured": {"layers": {"conv2": {"keep": 12}}}}))["structured.conv2.keep_channels"] == 12
+
+
+def test_prune_knobs_are_fractions_of_the_layer_structured_pruning_leaves():
+    """Structured pruning shrinks the layers first, so kept amounts are fractions of what is left:
+    every sampled recipe is valid on the shrunk model, and a count of dense weights is refused."""
+    from squeezetune.compression.structured.shrink import shrink
+
+    space = derive_space(LeNet5(), {"structured": {}})
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(10):
+        trial = study.ask()
+        recipe = space.recipe(space.suggest(trial))
+        structured = recipe.first("structured")
+        small = shrink(LeNet5(), {n: range(c.keep, space.knob(f"structured.{n}.keep_channels").corners()[1]) for n, c in structured.layers.items()})
+        for step in recipe.steps:  # every later stage fits the shrunk model
+            if step.stage != "structured":
+                step.config.validate(small, (1, 1, 28, 28))
+        study.tell(trial, [0.5, 1000.0])
+    with pytest.raises(SqueezeError, match=r"space knob 'prune.conv2.keep' counts weights of the dense layer, but structured pruning runs first"):
+        derive_space(LeNet5(), {"structured": {}, "prune": {"layers": {"conv2": {"keep": [100, 1000]}}}})

@@ -1,0 +1,65 @@
+"""Compression of a trained PyTorch model: the techniques, as stages a recipe puts in order.
+
+The data path: a model and its task's data -> the recipe's stages (:mod:`.stages`; structured
+channel pruning in :mod:`.structured`, pruning and weight sharing in :mod:`.unstructured`,
+fine-tuning in :mod:`.finetune`) -> the coding into a ``.sqz`` container (:mod:`.coding`) -> the
+decoded model, measured (:mod:`.measure`) into a :class:`Report`.
+
+>>> from squeezetune.compression import Recipe, known_stages
+>>> sorted(known_stages())
+['finetune', 'prune', 'share', 'structured']
+
+This package needs torch and numpy alone; Ray, Optuna and MLflow belong to :mod:`squeezetune.search`.
+"""
+
+from squeezetune.compression.baseline import dense_bytes, dense_model, load_weights, save_weights, train_dense
+from squeezetune.compression.coding.codec import CoderChoice, EncodeConfig
+from squeezetune.compression.decode import decode_bytes, decode_file
+from squeezetune.compression.finetune import FinetuneConfig, evaluate, pick_device, train
+from squeezetune.compression.pipeline import compress, report_path
+from squeezetune.compression.recipes import BUILTIN_RECIPES, Recipe, Step, load_recipe
+from squeezetune.compression.report import OUTCOME, Report, StageRecord, TensorRecord
+from squeezetune.compression.stages import Context, EpochEvent, StageConfig, apply_stage, known_stages, register_stage, stage_config
+from squeezetune.compression.structured.stage import StructuredConfig
+from squeezetune.compression.tensors import Target, compressible
+from squeezetune.compression.unstructured.pruning import Granularity, PruneConfig
+from squeezetune.compression.unstructured.sharing import ShareConfig
+
+__all__ = [
+    "BUILTIN_RECIPES",
+    "OUTCOME",
+    "CoderChoice",
+    "Context",
+    "EncodeConfig",
+    "EpochEvent",
+    "FinetuneConfig",
+    "Granularity",
+    "PruneConfig",
+    "Recipe",
+    "Report",
+    "ShareConfig",
+    "StageConfig",
+    "StageRecord",
+    "Step",
+    "StructuredConfig",
+    "Target",
+    "TensorRecord",
+    "apply_stage",
+    "compress",
+    "compressible",
+    "decode_bytes",
+    "decode_file",
+    "dense_bytes",
+    "dense_model",
+    "evaluate",
+    "known_stages",
+    "load_recipe",
+    "load_weights",
+    "pick_device",
+    "register_stage",
+    "report_path",
+    "save_weights",
+    "stage_config",
+    "train",
+    "train_dense",
+]

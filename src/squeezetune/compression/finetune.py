@@ -10,13 +10,14 @@ members' gradients.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from squeezetune.compression.stages import Context, StageConfig, register_stage
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks.data import Split
 
@@ -31,12 +32,15 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(StageConfig):
     """SGD with momentum and a cosine learning-rate decay; ``distill`` adds a teacher's soft targets.
 
     With distillation the loss is ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE``.
+    The ``finetune`` stage trains whatever the model holds: pruned weights stay zero, shared
+    weights move only through their centroids.
     """
 
+    stage: ClassVar[str] = "finetune"
     epochs: int = 10
     lr: float = 0.01
     momentum: float = 0.9
@@ -47,20 +51,24 @@ class FinetuneConfig:
     alpha: float = 0.7
     seed: int = 0
 
+    def is_noop(self) -> bool:
+        return self.epochs == 0
+
     def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 0:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise SqueezeError(f"epochs={self.epochs!r} must be an integer >= 0")
         if not self.lr > 0:
             raise SqueezeError(f"lr={self.lr!r} must be > 0")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if not 0 <= self.momentum < 1:
+            raise SqueezeError(f"momentum={self.momentum!r} must be in [0, 1)")
+        if not self.weight_decay >= 0:
+            raise SqueezeError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise SqueezeError(f"batch_size={self.batch_size!r} must be an integer >= 1")
         if not self.temperature > 0:
             raise SqueezeError(f"temperature={self.temperature!r} must be > 0")
         if not 0.0 <= self.alpha <= 1.0:
             raise SqueezeError(f"alpha={self.alpha!r} must be in [0, 1]")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @torch.no_grad()
@@ -86,12 +94,13 @@ def train(
     device: torch.device | None = None,
     progress: Progress | None = None,
     after_step: Callable[[], None] | None = None,
+    epoch_end: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``data``; returns it.
 
     ``teacher`` is needed when ``config.distill`` is set; its logits over the training set are
     computed once. ``after_step`` runs after every optimizer step (structured pruning uses it
-    to hold zeroed channels). Raises :class:`SqueezeError` if the loss becomes NaN or infinite.
+    to hold zeroed channels); ``epoch_end(epoch, mean loss)`` after every epoch. Raises :class:`SqueezeError` if the loss becomes NaN or infinite.
     """
     if config.epochs == 0 or len(data) == 0:
         return model
@@ -131,5 +140,23 @@ def train(
             total += loss.item() * len(idx)
         if progress is not None:
             progress(f"epoch {epoch + 1}/{config.epochs} loss {total / len(data):.4f}")
+        if epoch_end is not None:
+            epoch_end(epoch + 1, total / len(data))
     model.eval()
     return model
+
+
+@register_stage(FinetuneConfig)
+def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Module:
+    """Fine-tune ``model`` on the training split, distilling from the dense teacher if asked."""
+    if config.epochs == 0:
+        return model
+    return train(
+        model,
+        ctx.need_train("finetune"),
+        config,
+        teacher=ctx.teacher,
+        device=ctx.device,
+        progress=lambda m: ctx.progress(f"{ctx.label} {m}"),
+        epoch_end=lambda epoch, loss: ctx.epoch_end(model, epoch, config.epochs, loss),
+    )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
+from squeezetune.compression.report import OUTCOME
 from squeezetune.search.config import SearchConfig, default_max_concurrent
 from squeezetune.search.pareto import Point
 from squeezetune.spaces import Constraints, Space, derive_space
@@ -81,13 +82,12 @@ def load_saved_config(uri: str, experiment: str, name: str) -> SearchConfig:
 
 def warm_start_params(space: Space, task, recipes: tuple[str, ...]) -> list[dict[str, Any]]:
     """The searched knobs' values of each warm-start recipe, projected into ``space``."""
-    from squeezetune.compression.unstructured.pruning import prunable_layers
-    from squeezetune.compression.recipes import load_recipe
+    from squeezetune.compression import load_recipe
 
-    layers = prunable_layers(task.build_model())
+    model = task.build_model()
     out = []
     for spec in recipes:
-        params = space.project(load_recipe(spec, task.model, layers))
+        params = space.project(load_recipe(spec, task.model, model))
         out.append({k.name: params[k.name] for k in space.searched})
     return out
 
@@ -102,7 +102,7 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
     """
     smallest = None
     if constraints.max_bytes is not None:
-        from squeezetune.compression.pipeline import compress
+        from squeezetune.compression import compress
 
         overrides: dict[str, Any] = {k.name: 0 for k in space.knobs if k.name.endswith(".epochs")}
         coder = space.knob("encode.coder")
@@ -112,8 +112,8 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
             for cd in coders:
                 for b in bits:
                     params = space.corner(**overrides, **{"encode.coder": cd, "encode.index_bits": b})
-                    report = compress(task, space.recipe(params, name="probe"), out=Path(tmp) / "probe.sqz", dense=dense, splits=splits, seed=seed)
-                    smallest = report["compressed_bytes"] if smallest is None else min(smallest, report["compressed_bytes"])
+                    report = compress(task, space.recipe(params, name="probe"), out=Path(tmp) / "probe.sqz", dense=dense, splits=splits, seed=seed, latency=False)
+                    smallest = report.compressed_bytes if smallest is None else min(smallest, report.compressed_bytes)
         progress(f"most compressed corner of the space: {smallest:,} bytes")
         if smallest > constraints.max_bytes:
             raise SqueezeError(
@@ -127,34 +127,6 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
     return smallest
 
 
-def check_structured_applied(space: Space, *, task, dense, splits, seed: int) -> None:
-    """Fail before any trial if the pipeline does not act on the recipe's ``structured`` entry.
-
-    Runs the space's corner (no fine-tuning) and looks for what channel pruning reports (MACs).
-    Without this, structured knobs would be searched with no effect on the outcome.
-    """
-    from squeezetune.compression.pipeline import compress
-
-    params = space.corner(**{k.name: 0 for k in space.knobs if k.name.endswith(".epochs")})
-    with tempfile.TemporaryDirectory(prefix="squeezetune-probe-") as tmp:
-        report = compress(task, space.recipe(params, name="probe"), out=Path(tmp) / "probe.sqz", dense=dense, splits=splits, seed=seed)
-    if "macs" not in report and "structured" not in report:
-        raise SqueezeError(
-            "space.structured: this version of the compression pipeline does not apply the recipe's structured entry yet (no MACs in its report); remove structured from the space"
-        )
-
-
-def dense_macs_of(model) -> int | None:
-    try:
-        from squeezetune.compression.structured.shrink import macs
-    except ImportError:
-        return None
-    try:
-        return int(macs(model))
-    except Exception:
-        return None
-
-
 def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress = _quiet) -> SearchOutcome:
     """Run (or, with ``resume``, continue) the search ``config.name`` to ``config.trials`` finished trials."""
     started = time.perf_counter()
@@ -163,17 +135,19 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     uri = tracking.resolve_tracking_uri(config.tracking_uri)
     tracking.probe(uri)
 
-    from squeezetune.compression.finetune import evaluate
-    from squeezetune.compression.pipeline import dense_bytes as count_dense_bytes
-    from squeezetune.compression.pipeline import dense_model
-    from squeezetune.tasks import get_task
+    from squeezetune.compression import dense_model, evaluate
+    from squeezetune.compression import dense_bytes as count_dense_bytes
+    from squeezetune.compression.measure import macs
+    from squeezetune.tasks import example_input, get_task
 
     task = get_task(config.task)
-    space = derive_space(task.build_model(), config.space)
-    warm_starts = warm_start_params(space, task, config.warm_start)
-    progress(f"search {config.name!r}: {len(space.searched)} knobs searched, {len(space.knobs) - len(space.searched)} fixed, {config.trials} trials, sampler {config.sampler.value}")
     if task.needs_data_dir and config.data_dir is None:
         raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
+    splits = task.load_data(Path(config.data_dir) if config.data_dir else None)
+    example = example_input(task, splits[0])
+    space = derive_space(task.build_model(), config.space, example)
+    warm_starts = warm_start_params(space, task, config.warm_start)
+    progress(f"search {config.name!r}: {len(space.searched)} knobs searched, {len(space.knobs) - len(space.searched)} fixed, {config.trials} trials, sampler {config.sampler.value}")
 
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(c, config.experiment, uri)
@@ -185,14 +159,11 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     storage = config.study_storage or default_study_storage(uri)
     config = config.replace(study_storage=storage, tracking_uri=uri)
 
-    splits = task.load_data(Path(config.data_dir) if config.data_dir else None)
     dense = dense_model(task, splits, dense=config.dense, seed=config.seed, progress=progress)
     dense_accuracy = evaluate(dense, splits[1])
     d_bytes = count_dense_bytes(dense)
     progress(f"dense baseline: accuracy {dense_accuracy:.4f}, {d_bytes:,} bytes")
-    check_constraints(space, config.constraints, task=task, dense=dense, splits=splits, dense_macs=dense_macs_of(dense), seed=config.seed, progress=progress)
-    if "structured" in space.stages:
-        check_structured_applied(space, task=task, dense=dense, splits=splits, seed=config.seed)
+    check_constraints(space, config.constraints, task=task, dense=dense, splits=splits, dense_macs=macs(dense, example), seed=config.seed, progress=progress)
 
     import optuna
 
@@ -327,7 +298,7 @@ def _settle_interrupted(study, c, progress: Progress, constraints: OutcomeConstr
         m = run.data.metrics if run is not None else {}
         storage = study._storage
         if run is not None and run.info.status == "FINISHED" and math.isfinite(m.get("accuracy", math.nan)) and "bytes" in m:
-            for key in ("accuracy", "bytes", "ratio", "macs"):
+            for key in OUTCOME:
                 if key in m:
                     storage.set_trial_user_attr(t._trial_id, key, m[key])
             if constraints is not None:

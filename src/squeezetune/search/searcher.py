@@ -26,12 +26,14 @@ from typing import Any, Callable, Mapping
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from squeezetune.compression.report import OUTCOME
 from squeezetune.spaces import Constraints
 
 logger = logging.getLogger(__name__)
 
 RUN_ATTR = "mlflow_run_id"
-OUTCOME_ATTRS = ("accuracy", "bytes", "ratio", "macs", "pipeline_seconds", "trial_seconds", "mlflow_seconds")
+OUTCOME_ATTRS = (*OUTCOME, "pipeline_seconds", "trial_seconds", "mlflow_seconds")
+"""What a trial's result leaves on its Optuna trial as user attributes."""
 INTERRUPTED_ATTR = "interrupted"
 REQUEUES_ATTR = "requeues"
 """How often a trial's parameters were queued again after it ended without a result."""

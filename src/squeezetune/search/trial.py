@@ -45,32 +45,15 @@ def knob_params(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def metrics_of(report: dict[str, Any], constraints: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of one pipeline report: outcome, per-stage and per-layer figures, MACs."""
+def metrics_of(report, constraints: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of one pipeline report (:meth:`Report.metrics`), and whether it is feasible."""
     from squeezetune.spaces import Constraints
 
-    m: dict[str, float] = {
-        "accuracy": report["accuracy"],
-        "dense_accuracy": report["dense_accuracy"],
-        "accuracy_drop_points": 100.0 * (report["dense_accuracy"] - report["accuracy"]),
-        "bytes": report["compressed_bytes"],
-        "dense_bytes": report["dense_bytes"],
-        "ratio": report["ratio"],
-        "pipeline_seconds": report["seconds"],
-    }
-    for key in ("macs", "dense_macs", "latency_ms"):
-        if isinstance(report.get(key), (int, float)):
-            m[key] = report[key]
-    for s in report.get("stages", []):
-        for key in ("accuracy", "bytes", "seconds"):
-            m[f"stage.{s['stage']}.{key}"] = s[key]
-    for layer in report.get("layers", []):
-        m[f"layer.{layer['name']}.kept"] = layer["kept"]
-        m[f"layer.{layer['name']}.coded_bytes"] = layer["coded_bytes"]
+    m = report.metrics()
     c = Constraints.from_dict(constraints)
     if c:
-        m["feasible"] = float(c.feasible(accuracy=report["accuracy"], bytes=report["compressed_bytes"], dense_accuracy=report["dense_accuracy"], macs=report.get("macs")))
-    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        m["feasible"] = float(c.feasible(accuracy=report.accuracy, bytes=report.compressed_bytes, dense_accuracy=report.dense_accuracy, macs=report.macs))
+    return m
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, np.ndarray], data: tuple[np.ndarray, ...]) -> None:
@@ -95,17 +78,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, 
     out: dict[str, Any] = {"run_id": run_id, "trial": number, "node": node}
     try:
         report, device = _compress(config, params, setup, dense_state, data, c, run_id)
-        if not math.isfinite(report["accuracy"]):
-            raise ValueError(f"the decoded model's accuracy is {report['accuracy']}")
-        out.update(
-            accuracy=float(report["accuracy"]),
-            bytes=float(report["compressed_bytes"]),
-            ratio=float(report["ratio"]),
-            pipeline_seconds=float(report["seconds"]),
-            device=device,
-        )
-        if isinstance(report.get("macs"), (int, float)):
-            out["macs"] = float(report["macs"])
+        if not math.isfinite(report.accuracy):
+            raise ValueError(f"the decoded model's accuracy is {report.accuracy}")
+        out.update(report.outcome(), pipeline_seconds=float(report.seconds), device=device)
         t0 = time.perf_counter()
         tracking.retry(lambda: c.log_batch(run_id, metrics=tracking.metrics_batch(metrics_of(report, setup.constraints)), tags=[RunTag("squeezetune.device", device)]))
         tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
@@ -123,30 +98,27 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, 
     tune.report(out)
 
 
-def _compress(config, params, setup: TrialSetup, dense_state, data, c, run_id) -> tuple[dict[str, Any], str]:
+def _compress(config, params, setup: TrialSetup, dense_state, data, c, run_id):
     import torch
 
-    from squeezetune.compression.finetune import pick_device
-    from squeezetune.compression.pipeline import compress, report_path
+    from squeezetune.compression import compress, pick_device, report_path
     from squeezetune.spaces import derive_space
-    from squeezetune.tasks import Split, get_task
+    from squeezetune.tasks import Split, example_input, get_task
 
     task = get_task(setup.task)
     dense = task.build_model()
     dense.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in dense_state.items()})
     xt, yt, xe, ye = (torch.from_numpy(np.array(a)) for a in data)
     splits = (Split(xt, yt), Split(xe, ye))
-    space = derive_space(dense, setup.space)
+    space = derive_space(dense, setup.space, example_input(task, splits[0]))
     recipe = space.recipe(params, name=f"{setup.search}-trial-{config['_trial']}")
     device = pick_device(None)
     with tempfile.TemporaryDirectory(prefix="squeezetune-trial-") as tmp:
         out = Path(tmp) / "model.sqz"
         report = compress(task, recipe, out=out, dense=dense, splits=splits, device=device, seed=setup.seed)
-        t0 = time.perf_counter()
         import yaml
 
         (Path(tmp) / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         for path in (out, report_path(out), Path(tmp) / "recipe.yaml"):
             tracking.retry(lambda path=path: c.log_artifact(run_id, str(path)))
-        report["mlflow_artifact_seconds"] = time.perf_counter() - t0
     return report, str(device)

@@ -1,8 +1,8 @@
 """The search space of a model: knobs derived from its layers, narrowed by the user's YAML.
 
-Nothing here is written per model. :func:`derive_space` walks the model's prunable layers
-(:func:`~squeezetune.compression.unstructured.pruning.prunable_layers`) and gives each one a prune count (weights
-to keep) and a k-means cluster count; the recipe-level knobs (k-means init, coder, index bits,
+Nothing here is written per model. :func:`derive_space` walks the model's compressible tensors
+(:func:`~squeezetune.compression.tensors.compressible`: linear, convolutional, embedding, attention
+and recurrent weights) and gives each one a kept fraction and a k-means cluster count; the recipe-level knobs (k-means init, coder, index bits,
 fine-tune epochs and learning rate, distillation on/off) come once. Coder and index bits default to
 ``auto`` (every stream coded each way, the smallest kept), so they are searched only when asked. The user's ``space:`` mapping
 fixes, narrows or excludes any of them::
@@ -10,9 +10,9 @@ fixes, narrows or excludes any of them::
     space:
       prune:                          # false: no pruning stage at all
         granularity: weight
-        default: {keep_fraction: [0.02, 0.6]}   # every layer not named below
+        default: {keep_fraction: [0.02, 0.6]}   # every layer not named below (of the layer as it is then)
         layers:
-          fc1: {keep: [2000, 40000]}  # weights to keep (or keep_fraction: [a, b])
+          fc1: {keep: [2000, 40000]}  # weights to keep (or keep_fraction: [a, b]); counts need no structured stage
           fc3: false                  # left dense
       finetune: {epochs: [1, 3], distill: [true, false], lr: 0.01}   # false: no fine-tune
       share:                          # false: no weight sharing
@@ -24,8 +24,9 @@ fixes, narrows or excludes any of them::
 
 A space is Optuna define-by-run: :meth:`Space.suggest` asks a trial for each searched knob, so the
 number of parameters follows the model. :meth:`Space.recipe` turns the sampled values into a
-:class:`~squeezetune.compression.recipes.Recipe`; a layer's cluster count is capped at its kept
-weights (``bits: 8`` on a layer keeping 100 weights gives 100 clusters).
+:class:`~squeezetune.compression.recipes.Recipe`. Kept amounts are fractions of each tensor as it is
+when pruning runs (after any structured pruning), and a tensor's cluster count is capped at its
+kept weights (``bits: 8`` on a tensor keeping 100 weights gives 100 clusters: ``share.fit``).
 
 >>> from squeezetune.tasks.models import LeNet300
 >>> space = derive_space(LeNet300(), {"share": {"default": {"bits": [3, 5]}}})
@@ -40,10 +41,12 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from squeezetune.compression.coding.codec import CoderChoice
 from squeezetune.compression.finetune import FinetuneConfig
+from squeezetune.compression.recipes import Recipe
+from squeezetune.compression.tensors import compressible
 from squeezetune.compression.unstructured.kmeans import Init
-from squeezetune.compression.unstructured.pruning import Granularity, prunable_layers
-from squeezetune.compression.recipes import CoderChoice, Recipe
+from squeezetune.compression.unstructured.pruning import Granularity
 from squeezetune.errors import SqueezeError
 from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, check_setting_keys, parse_domain
 
@@ -63,7 +66,7 @@ _FINETUNE_DEFAULTS = {
 class Space:
     """The knobs of one model's search space, in a stable order.
 
-    ``layers`` maps every prunable layer to its weight count; ``stages`` lists the recipe stages
+    ``layers`` maps every compressible tensor to its weight count; ``stages`` lists the recipe stages
     the space turns on.
     """
 
@@ -113,7 +116,8 @@ class Space:
         low end (a categorical: its first choice), except a channel count, which keeps its high
         end: a recipe that prunes no channels of a group is nearest to keeping them all.
         """
-        data = recipe.to_dict()
+        data: dict[str, Any] = {step.label: step.config.to_dict() for step in recipe.steps}
+        data["encode"] = recipe.encode.to_dict()
         params = self.corner()
         for k in self.knobs:
             value = _lookup(data, k.target, self.layers)
@@ -139,7 +143,8 @@ class Space:
             for part in k.target[:-1]:
                 node = node.setdefault(part, {})
             node[k.target[-1]] = _plain(params[k.name])
-        _cap_clusters(data)
+        if "share" in data:
+            data["share"]["fit"] = True
         return data
 
     def recipe(self, params: Mapping[str, Any], name: str = "search-trial") -> Recipe:
@@ -170,6 +175,8 @@ def _lookup(data: Mapping[str, Any], target: tuple[str, ...], layers: Mapping[st
         return node[key]
     if key == "keep_channels" and "keep" in node:  # a recipe's structured count
         return node["keep"]
+    if key == "keep_fraction" and "keep" in node:
+        return node["keep"] / layers[target[2]]
     if key == "keep" and "keep_fraction" in node:
         return max(1, round(node["keep_fraction"] * layers[target[2]]))
     if key == "clusters" and "bits" in node:
@@ -191,26 +198,15 @@ def _clip(value: Any, knob: Knob) -> Any:
     return d.value
 
 
-def _cap_clusters(data: dict[str, Any]) -> None:
-    """A layer cannot have more clusters than kept weights: cap ``2**bits`` / ``clusters`` at ``keep``."""
-    kept = {name: v.get("keep") for name, v in data.get("prune", {}).get("layers", {}).items()}
-    layers = data.get("share", {}).get("layers", {})
-    for name, setting in list(layers.items()):
-        keep = kept.get(name)
-        k = 2 ** setting["bits"] if "bits" in setting else setting.get("clusters")
-        if keep is not None and k is not None and k > keep:
-            if keep >= 2:
-                layers[name] = {"clusters": keep}
-            else:  # a single kept weight is its own codebook
-                del layers[name]
-
-
 def _plain(value: Any) -> Any:
     return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)) else value
 
 
-def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None) -> Space:
+def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, example: Any = None) -> Space:
     """The search space of ``model``, with the user's ``space:`` settings applied.
+
+    ``example`` is the task's batch-1 example input (see :func:`squeezetune.tasks.example_input`),
+    which the structured knobs trace the model with.
 
     Raises a one-line :class:`SqueezeError` for an unknown stage, knob or layer, an empty range,
     or a value outside what the model allows (e.g. ``keep`` above a layer's weight count).
@@ -221,7 +217,7 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None) -> S
     unknown = sorted(set(config) - set(_STAGES))
     if unknown:
         raise SqueezeError(f"unknown key {unknown[0]!r} in space: expected one of {list(_STAGES)}")
-    layers = {name: m.weight.numel() for name, m in prunable_layers(model).items()}
+    layers = {name: t.numel for name, t in compressible(model).items()}
     knobs: list[Knob] = []
     stages: list[str] = []
 
@@ -270,7 +266,12 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None) -> S
         from squeezetune.spaces.structured import structured_knobs
 
         stages.append("structured")
-        knobs += structured_knobs(model, config["structured"])
+        knobs += structured_knobs(model, config["structured"], example)
+        counts = [k.name for k in knobs if k.target[0] == "prune" and k.target[-1] == "keep"]
+        if counts:
+            raise SqueezeError(
+                f"space knob {counts[0]!r} counts weights of the dense layer, but structured pruning runs first and shrinks it: give keep_fraction instead"
+            )
     return Space(tuple(knobs), layers, tuple(stages))
 
 
@@ -317,30 +318,25 @@ def _layer_knobs(stage: str, cfg: Mapping[str, Any], layers: Mapping[str, int], 
 
 
 def _keep_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:
+    """A tensor's kept fraction (of the tensor as pruning finds it), or a count of weights if the user asks."""
     where = f"space.prune.{'default' if from_default else 'layers.' + name}"
     check_setting_keys(setting, ("keep", "keep_fraction"), where)
     if len(setting) > 1:
         raise SqueezeError(f"{where} gives both keep and keep_fraction: expected one")
     if from_default and "keep" in setting:
         raise SqueezeError(f"{where}.keep: a default for every layer takes keep_fraction, not a weight count")
-    low, high = (max(1, round(f * n)) for f in KEEP_FRACTION)
-    base = IntRange(low, max(low, high), log=True)
-    target = ("prune", "layers", name, "keep")
-    if "keep_fraction" in setting:
-        frac = parse_domain(setting["keep_fraction"], FloatRange(*KEEP_FRACTION, log=True), f"{where}.keep_fraction")
-        lo, hi = _corners(frac)
-        for f in (lo, hi):
-            if not 0 < f <= 1:
-                raise SqueezeError(f"{where}.keep_fraction={f!r} must be in (0, 1]")
-        if isinstance(frac, Fixed):
-            return Knob(f"prune.{name}.keep", Fixed(max(1, round(lo * n))), target)
-        return Knob(f"prune.{name}.keep", IntRange(max(1, round(lo * n)), max(1, round(hi * n)), log=frac.log), target)
-    domain = parse_domain(setting["keep"], base, f"{where}.keep") if "keep" in setting else base
-    lo, hi = _corners(domain)
-    for v in (lo, hi):
-        if not 1 <= v <= n:
-            raise SqueezeError(f"{where}.keep={v!r} for layer {name!r} must be in [1, {n}]")
-    return Knob(f"prune.{name}.keep", domain, target)
+    if "keep" in setting:
+        domain = parse_domain(setting["keep"], IntRange(1, n, log=True), f"{where}.keep")
+        lo, hi = _corners(domain)
+        for v in (lo, hi):
+            if not 1 <= v <= n:
+                raise SqueezeError(f"{where}.keep={v!r} for layer {name!r} must be in [1, {n}]")
+        return Knob(f"prune.{name}.keep", domain, ("prune", "layers", name, "keep"))
+    frac = parse_domain(setting.get("keep_fraction", list(KEEP_FRACTION)), FloatRange(*KEEP_FRACTION, log=True), f"{where}.keep_fraction")
+    for f in _corners(frac):
+        if not 0 < f <= 1:
+            raise SqueezeError(f"{where}.keep_fraction={f!r} must be in (0, 1]")
+    return Knob(f"prune.{name}.keep_fraction", frac, ("prune", "layers", name, "keep_fraction"))
 
 
 def _share_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:

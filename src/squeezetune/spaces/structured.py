@@ -33,7 +33,7 @@ LAMBDA = (0.01, 1.0)
 METHODS = ("lasso", "l1")
 
 
-def structured_knobs(model: nn.Module, cfg: Any) -> list[Knob]:
+def structured_knobs(model: nn.Module, cfg: Any, example: Any = None) -> list[Knob]:
     """The ``structured.*`` knobs of ``model`` for the user's ``space.structured`` entry."""
     from squeezetune.compression.structured.shrink import prunable_layers as channel_groups
 
@@ -44,7 +44,7 @@ def structured_knobs(model: nn.Module, cfg: Any) -> list[Knob]:
     unknown = sorted(set(cfg) - {"method", "default", "layers", "macs_target"})
     if unknown:
         raise SqueezeError(f"unknown knob {unknown[0]!r} in space.structured: expected one of ['default', 'layers', 'macs_target', 'method']")
-    groups = {name: g.channels for name, g in channel_groups(model).items()}
+    groups = {name: g.channels for name, g in (channel_groups(model, example) if example is not None else channel_groups(model)).items()}
     if not groups:
         raise SqueezeError("space.structured: this model has no prunable channel groups")
     method = parse_domain(cfg["method"], Choice(METHODS), "space.structured.method", METHODS) if "method" in cfg else Fixed("lasso")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
+import torch
 from torch import nn
 
 from squeezetune.errors import SqueezeError
@@ -25,7 +26,7 @@ from squeezetune.tasks.cnn import MobileNetV2, ResNet20, VGGNet
 from squeezetune.tasks.data import Split, load_digits, load_mnist
 from squeezetune.tasks.models import LeNet5, LeNet300
 
-__all__ = ["Task", "Split", "get_task", "builtin_task_names"]
+__all__ = ["Task", "Split", "get_task", "builtin_task_names", "example_input"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Task:
 
     ``load_data(data_dir)`` returns ``(train, eval)`` splits; ``data_dir`` is ``None`` unless the
     user passed ``--data-dir``. ``model`` names the architecture; built-in recipes key on it.
+    ``example`` is one batch-1 input (a tensor of any shape and dtype, e.g. token ids) or a
+    callable returning one; without it the first training input is used (see :func:`example_input`).
+    Tracing, MACs, latency and export run on it.
     """
 
     name: str
@@ -45,6 +49,7 @@ class Task:
     lr: float = 0.05
     batch_size: int = 64
     weight_decay: float = 1e-4
+    example: Union[torch.Tensor, Callable[[], torch.Tensor], None] = None
 
 
 _BUILTIN: dict[str, Task] = {
@@ -66,9 +71,16 @@ def builtin_task_names() -> list[str]:
     return sorted(_BUILTIN)
 
 
-def register_task(task: Task) -> None:
-    """Add a task to the built-in table (used by modules that bring more models)."""
-    _BUILTIN[task.name] = task
+def example_input(task: Task, train: Split | None = None) -> torch.Tensor:
+    """The task's batch-1 example input: its own ``example``, else the first training input."""
+    example = task.example() if callable(task.example) else task.example
+    if example is None:
+        if train is None or len(train) == 0:
+            raise SqueezeError(f"task {task.name!r} has no example input and no training data to take one from: expected Task(example=...)")
+        example = train.x[:1]
+    if not isinstance(example, torch.Tensor) or example.dim() < 1 or len(example) < 1:
+        raise SqueezeError(f"task {task.name!r}: example input is {type(example).__name__}: expected a tensor with a batch dimension")
+    return example[:1].detach().cpu()
 
 
 def get_task(name: str) -> Task:

@@ -7,18 +7,8 @@ import torch
 from torch import nn
 
 from squeezetune.compression.structured._graph import StructureGraph
-from squeezetune.compression.structured.shrink import (
-    apply_spec,
-    compare_latency,
-    latency_ms,
-    layer_macs,
-    macs,
-    params,
-    plan_counts,
-    prunable_layers,
-    shrink,
-    shrunk_spec,
-)
+from squeezetune.compression.measure import compare_latency, latency_ms, layer_macs, macs, params
+from squeezetune.compression.structured.shrink import apply_spec, plan_counts, prunable_layers, shrink, shrunk_spec
 from squeezetune.errors import SqueezeError
 from tests.compression._models import randomise_norms
 from squeezetune.tasks.cnn import MobileNetV2, ResNet20, VGGNet

@@ -1,7 +1,8 @@
 """Model <-> container sections: the Deep Compression encoding (step 3) and its decoder.
 
-For every pruned or shared layer (``nn.Linear`` / ``nn.Conv2d`` carrying a mask or a shared
-codebook) the encoder writes up to three sections, named by the layer's position ``i``:
+For every pruned or shared tensor (any compressible tensor, see
+:mod:`squeezetune.compression.tensors`, carrying a mask or a shared codebook) the encoder writes
+up to three sections, named by the tensor's position ``i`` among the compressible ones:
 
 ``{i}p``  kept positions as relative index diffs with filler zeros (:mod:`.sparse`), entropy coded
           (absent when nothing is pruned);
@@ -24,45 +25,74 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from squeezetune.compression.coding.codebook import pack_codebook, sort_codebook, unpack_codebook
-from squeezetune.compression.coding.streams import Coder, StreamStats, decode_stream, encode_stream_with_stats
+from squeezetune.compression.coding.codebook import (
+    pack_codebook,
+    sort_codebook,
+    unpack_codebook,
+)
 from squeezetune.compression.coding.container import _varint, pack_sections
-from squeezetune.compression.unstructured.pruning import mask_of, plain_state_dict, prunable_layers
-from squeezetune.compression.unstructured.sharing import shared_of
 from squeezetune.compression.coding.positions import decode_positions, encode_positions
+from squeezetune.compression.coding.streams import (
+    Coder,
+    StreamStats,
+    decode_stream,
+    encode_stream_with_stats,
+)
+from squeezetune.compression.report import TensorRecord
+from squeezetune.compression.stages import StageConfig
+from squeezetune.compression.tensors import Target, compressible
+from squeezetune.compression.unstructured.pruning import mask_of, plain_state_dict
+from squeezetune.compression.unstructured.sharing import shared_of
 from squeezetune.errors import SqueezeError
+
+
+class CoderChoice(str, Enum):
+    HUFFMAN = "huffman"
+    ANS = "ans"
+    RAW = "raw"
+    AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class EncodeConfig(StageConfig):
+    """How the final model is coded into the container (the recipe's ``encode`` entry).
+
+    ``coder`` is ``huffman``, ``ans``, ``raw`` or ``auto`` (the smallest of the three, per stream);
+    ``index_bits`` the width of a relative-index symbol (1-16) or ``auto`` (per tensor, the width
+    whose position stream codes smallest); ``float_bits`` 32 or 16 for codebooks, kept values of
+    unshared tensors, biases and every other raw tensor (the model is rounded to match first, so
+    what is measured is what decodes).
+    """
+
+    stage: ClassVar[str] = "encode"
+    index_bits: int | str = 5
+    coder: CoderChoice = CoderChoice.AUTO
+    float_bits: int = 32
+
+    def __post_init__(self) -> None:
+        if self.index_bits != "auto" and (isinstance(self.index_bits, bool) or not isinstance(self.index_bits, int) or not 1 <= self.index_bits <= 16):
+            raise SqueezeError(f"index_bits={self.index_bits!r} must be an integer in [1, 16] or 'auto'")
+        if self.float_bits not in (16, 32):
+            raise SqueezeError(f"float_bits={self.float_bits!r} must be 16 or 32")
+
 
 _DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64, "i64": torch.int64, "i32": torch.int32, "u8": torch.uint8, "b": torch.bool}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 @dataclass
-class LayerReport:
-    """What one compressed layer costs in the file."""
-
-    name: str
-    shape: list[int]
-    weights: int
-    kept: int
-    clusters: int
-    index_bits: int
-    fillers: int
-    order: str
-    coded_bytes: int
-    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass
 class Encoded:
     sections: dict[str, bytes]
-    layers: list[LayerReport]
+    layers: list[TensorRecord]
+    """One record per coded (pruned or shared) tensor."""
     raw_bytes: int
     meta_bytes: int
 
@@ -113,11 +143,12 @@ def _positions(alive: np.ndarray, index_bits: int | str, coder: str) -> tuple[in
     return best
 
 
-def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int | str, coder: str, fdt: str) -> tuple[dict[str, bytes], dict, LayerReport] | None:
-    shared, mask = shared_of(layer), mask_of(layer)
+def _encode_layer(index: int, target: Target, index_bits: int | str, coder: str, fdt: str) -> tuple[dict[str, bytes], dict, TensorRecord] | None:
+    shared, mask = shared_of(target.module, target.attr), mask_of(target.module, target.attr)
     if shared is None and mask is None:
         return None
-    weight = layer.weight.detach().float().cpu()
+    name = target.name
+    weight = target.tensor.detach().float().cpu()
     best = None
     for order in (0, 1):
         alive = _flat(mask.cpu(), order).bool().numpy() if mask is not None else np.ones(weight.numel(), dtype=bool)
@@ -125,7 +156,9 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int | str
         streams: dict[str, dict] = {}
         dense = bool(alive.all())
         bits, fillers = 0, 0
-        meta: dict[str, Any] = {"n": name, "s": list(weight.shape), "o": order}
+        meta: dict[str, Any] = {"n": target.module_name, "s": list(weight.shape), "o": order}
+        if target.attr != "weight":
+            meta["a"] = target.attr
         if dense:
             # A dense layer has no position stream: its width is only range-checked on decoding.
             meta["b"], meta["e"] = 5 if index_bits == "auto" else index_bits, int(weight.numel())
@@ -150,9 +183,11 @@ def _encode_layer(index: int, name: str, layer: nn.Module, index_bits: int | str
             sections[f"{index}w"] = _flat(weight, order).numpy()[alive].astype(fdt).tobytes()
             meta["k"] = 0
         size = sum(len(v) for v in sections.values())
-        report = LayerReport(
+        report = TensorRecord(
             name=name,
+            kind=target.kind,
             shape=list(weight.shape),
+            action="pruned+shared" if shared is not None and mask is not None else "pruned" if mask is not None else "shared",
             weights=int(weight.numel()),
             kept=int(alive.sum()),
             clusters=meta["k"],
@@ -246,9 +281,9 @@ def encode_model(
     fdt = {32: "<f4", 16: "<f2"}[float_bits]
     sections: dict[str, bytes] = {}
     layers_meta, reports, covered = [], [], set()
-    for index, (name, layer) in enumerate(prunable_layers(model).items()):
+    for index, (name, target) in enumerate(compressible(model).items()):
         bits = index_bits.get(name, 5) if isinstance(index_bits, dict) else index_bits
-        encoded = _encode_layer(index, name, layer, bits, coder, fdt)
+        encoded = _encode_layer(index, target, bits, coder, fdt)
         if encoded is None:
             continue
         layer_sections, meta, report = encoded
@@ -256,7 +291,7 @@ def encode_model(
         sections.update(layer_sections)
         layers_meta.append(meta)
         reports.append(report)
-        covered.add(f"{name}.weight")
+        covered.add(target.key)
     rest, tensors = [], []
     for key, tensor in plain_state_dict(model).items():
         if key in covered or key.endswith("num_batches_tracked"):
@@ -285,12 +320,12 @@ def round_floats(model: nn.Module, float_bits: int = 16) -> nn.Module:
     """
     if float_bits == 32:
         return model
-    for layer in prunable_layers(model).values():
-        shared = shared_of(layer)
+    for t in compressible(model).values():
+        shared = shared_of(t.module, t.attr)
         if shared is not None:
             shared.codebook.copy_(shared.codebook.half().float())
-        elif mask_of(layer) is not None:
-            original = layer.parametrizations.weight.original
+        elif mask_of(t.module, t.attr) is not None:
+            original = t.module.parametrizations[t.attr].original
             original.copy_(original.half().float())
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if ".parametrizations." not in name and tensor.dtype == torch.float32:
@@ -348,6 +383,12 @@ def _decode_layer(sections: dict[str, bytes], m: dict, fb: int) -> torch.Tensor:
     return (w.transpose(0, 1) if order else w).contiguous()
 
 
+def tensor_key(m: dict) -> str:
+    """The state-dict key of a coded tensor's meta entry (``weight`` of module ``n`` unless ``a`` names another)."""
+    name, attr = str(m["n"]), str(m.get("a", "weight"))
+    return f"{name}.{attr}" if name else attr
+
+
 def _check_shape(key: str, shape: list, expected: dict[str, torch.Tensor]) -> None:
     if key not in expected:
         raise SqueezeError(f"container holds tensor {key!r} that the task's model lacks: expected one of {sorted(expected)[:8]}...")
@@ -364,11 +405,11 @@ def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
     try:
         # Shapes are checked against the model before any stream is decoded, so what a file can
         # make the decoder allocate is bounded by the model it is decoded into.
-        declared = [(f"{m['n']}.weight", m["s"]) for m in meta["layers"]] + [(key, shape) for key, _, shape in meta["rest"]]
+        declared = [(tensor_key(m), m["s"]) for m in meta["layers"]] + [(key, shape) for key, _, shape in meta["rest"]]
         for key, shape in declared:
             _check_shape(key, shape, expected)
         for m in meta["layers"]:
-            state[f"{m['n']}.weight"] = _decode_layer(sections, m, meta.get("fb", 32))
+            state[tensor_key(m)] = _decode_layer(sections, m, meta.get("fb", 32))
         state.update(_unpack_planes(sections["r"], meta["rest"], meta["rc"]))
     except SqueezeError:
         raise
@@ -379,6 +420,58 @@ def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
         raise SqueezeError(f"container lacks tensor {missing[0]!r} of the task's model")
     model.load_state_dict(state, strict=False)
     return model.eval()
+
+
+@dataclass
+class CodedTensor:
+    """One tensor as a container holds it (see :func:`describe`)."""
+
+    key: str
+    shape: list[int]
+    coded: bool
+    """True for a pruned or shared tensor with its own sections; False for one in the raw section."""
+    dtype: str = "f32"
+    entries: int = 0
+    clusters: int = 0
+    index_bits: int = 0
+    order: str = ""
+    bytes: int = 0
+
+
+@dataclass
+class ContainerInfo:
+    task: str
+    float_bits: int
+    tensors: list[CodedTensor]
+    raw_bytes: int
+    meta_bytes: int
+    spec: dict | None
+
+
+def describe(sections: dict[str, bytes]) -> ContainerInfo:
+    """What a container holds, tensor by tensor, without decoding any stream."""
+    meta = read_meta(sections)
+    tensors = []
+    try:
+        for m in meta["layers"]:
+            i = m["i"]
+            tensors.append(
+                CodedTensor(
+                    key=tensor_key(m),
+                    shape=[int(d) for d in m["s"]],
+                    coded=True,
+                    entries=int(m["e"]),
+                    clusters=int(m["k"]),
+                    index_bits=int(m["b"]) if "cp" in m else 0,
+                    order="inputs-first" if m["o"] else "outputs-first",
+                    bytes=sum(len(sections.get(f"{i}{s}", b"")) for s in "pwc"),
+                )
+            )
+        for key, dtype, shape in meta["rest"]:
+            tensors.append(CodedTensor(key=str(key), shape=[int(d) for d in shape], coded=False, dtype=str(dtype)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SqueezeError(f"container meta is malformed: {type(exc).__name__}: {exc}") from None
+    return ContainerInfo(str(meta["task"]), int(meta.get("fb", 32)), tensors, len(sections.get("r", b"")), len(sections["m"]), meta.get("spec"))
 
 
 def transcode(sections: dict[str, bytes], coder: str) -> dict[str, bytes]:

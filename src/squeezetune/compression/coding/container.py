@@ -49,13 +49,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import zlib
 from collections.abc import Mapping
-from pathlib import Path
-from typing import BinaryIO
 
 from squeezetune.errors import SqueezeError
 
@@ -118,23 +114,10 @@ def write_container(path: str | os.PathLike[str], sections: Mapping[str, bytes])
     replace ``path`` in one step, so ``path`` is either untouched or complete. On any failure
     the temporary file is removed.
     """
+    from squeezetune._io import atomic_write_bytes
+
     data = pack_sections(sections)
-    target = Path(path)
-    tmp: Path | None = None
-    try:
-        f, tmp = _create_temp(target)
-        with f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as e:
-        raise SqueezeError(f"cannot write container {str(target)!r}: {e.strerror or e}") from e
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    atomic_write_bytes(path, data)
     return len(data)
 
 
@@ -243,12 +226,3 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-def _create_temp(target: Path) -> tuple[BinaryIO, Path]:
-    """Create and open a fresh hidden file next to ``target`` (mode 0o666 minus the umask)."""
-    for _ in range(100):
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        with contextlib.suppress(FileExistsError):
-            return open(tmp, "xb"), tmp
-    raise FileExistsError(f"no free temporary name next to {str(target)!r}")

@@ -20,9 +20,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example, as_example
 from squeezetune.errors import SqueezeError
-
-DEFAULT_INPUT_SHAPE = (1, 1, 28, 28)
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,12 @@ class StructureGraph:
     ('layer1.0.conv2',)
     """
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> None:
+    def __init__(self, model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> None:
         import torch_pruning as tp
 
         check_plain(model)
         self.model = model
-        self.input_shape = tuple(input_shape)
+        self.example_input = as_example(example, "cpu")
         self.names = {m: n for n, m in model.named_modules()}
         self.order = {n: i for i, n in enumerate(self.names.values())}
         self._tp = tp
@@ -104,7 +103,7 @@ class StructureGraph:
 
     def example(self) -> torch.Tensor:
         p = next(self.model.parameters(), None)
-        return torch.zeros(self.input_shape, device=p.device if p is not None else None)
+        return self.example_input.to(p.device if p is not None else "cpu")
 
     # -- groups -------------------------------------------------------------------------------
 

@@ -9,42 +9,20 @@ from __future__ import annotations
 import copy
 from typing import Iterable, Sequence
 
-import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from squeezetune.compression.structured._graph import DEFAULT_INPUT_SHAPE, StructureGraph
+from squeezetune.compression import measure
+from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
+from squeezetune.compression.structured._graph import StructureGraph
 from squeezetune.errors import SqueezeError
 
 METHODS = ("uniform", "sensitivity")
 
 
-def layer_macs(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> dict[str, int]:
-    """Multiply-accumulates of each conv and linear layer for one forward pass of ``input_shape``."""
-    counts: dict[str, int] = {}
-
-    def hook(name: str):
-        def fn(m: nn.Module, inputs, output: torch.Tensor) -> None:
-            if isinstance(m, _ConvNd):
-                per_out = (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
-            else:
-                per_out = m.in_features
-            counts[name] = counts.get(name, 0) + output.numel() * per_out
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (_ConvNd, nn.Linear))]
-    p = next(model.parameters(), None)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(tuple(input_shape), device=p.device if p is not None else None))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return counts
+def layer_macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict[str, int]:
+    """Multiply-accumulates of each conv and linear layer (the ones channel pruning resizes)."""
+    return {name: n for name, n in measure.layer_macs(model, example).items() if isinstance(model.get_submodule(name), (_ConvNd, nn.Linear))}
 
 
 class MacModel:
@@ -52,7 +30,7 @@ class MacModel:
 
     def __init__(self, graph: StructureGraph) -> None:
         self.groups = graph.groups
-        counts = layer_macs(graph.model, graph.input_shape)
+        counts = layer_macs(graph.model, graph.example())
         self.layers: dict[str, dict] = {}
         for name, total in counts.items():
             m = graph.get(name)
@@ -143,7 +121,7 @@ def plan_counts(
     *,
     layers: Iterable[str] | None = None,
     round_to: int = 1,
-    input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+    example: Example = DEFAULT_INPUT_SHAPE,
 ) -> dict[str, int]:
     """Channels to keep per layer so that MACs are at most ``macs_target`` x the model's MACs.
 
@@ -166,7 +144,7 @@ def plan_counts(
         raise SqueezeError("method='sensitivity' needs the result of sensitivity_analysis: expected sensitivity=...")
     if not isinstance(round_to, int) or round_to < 1:
         raise SqueezeError(f"round_to={round_to!r} must be an integer >= 1")
-    graph = StructureGraph(copy.deepcopy(model), input_shape)
+    graph = StructureGraph(copy.deepcopy(model), example)
     names = list(graph.groups) if layers is None else list(dict.fromkeys(graph.resolve(layer) for layer in layers))
     mac_model = MacModel(graph)
     dense = mac_model.macs({})

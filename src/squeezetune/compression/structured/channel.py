@@ -35,21 +35,28 @@ import copy
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from squeezetune.compression.structured import _lasso
-from squeezetune.compression.structured._graph import DEFAULT_INPUT_SHAPE, StructureGraph
-from squeezetune.compression.structured._sampling import add_partner, patches, run_until, sample_rows, trace
-from squeezetune.compression.structured.filters import _scores
 from squeezetune.compression.finetune import pick_device
+from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
+from squeezetune.compression.structured import _lasso
+from squeezetune.compression.structured._graph import StructureGraph
+from squeezetune.compression.structured._sampling import (
+    add_partner,
+    patches,
+    run_until,
+    sample_rows,
+    trace,
+)
+from squeezetune.compression.structured.filters import _scores
 from squeezetune.compression.structured.shrink import check_keep
 from squeezetune.errors import SqueezeError
 
-__all__ = ["Selection", "ChannelPruneConfig", "LayerReport", "channel_prune"]
+__all__ = ["Selection", "ChannelPruneConfig", "ChannelReport", "channel_prune"]
 
 
 class Selection(str, Enum):
@@ -101,7 +108,7 @@ class ChannelPruneConfig:
 
 
 @dataclass(frozen=True)
-class LayerReport:
+class ChannelReport:
     """What pruning one layer did. Errors are relative: squared error of the consumers' outputs
     (before their BatchNorm) over those outputs' variance, on the sampled points."""
 
@@ -119,12 +126,12 @@ class LayerReport:
 
 
 class _Pruner:
-    def __init__(self, model: nn.Module, x: torch.Tensor, config: ChannelPruneConfig, device: torch.device, input_shape: Sequence[int]) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, config: ChannelPruneConfig, device: torch.device, example: Example) -> None:
         self.config, self.device = config, device
         self.orig = copy.deepcopy(model).to(device).eval()
         self.work = copy.deepcopy(model).to(device).eval()
-        self.graph = StructureGraph(self.work, input_shape)
-        self.orig_graph = StructureGraph(self.orig, input_shape) if config.select is Selection.L1 else None
+        self.graph = StructureGraph(self.work, example)
+        self.orig_graph = StructureGraph(self.orig, example) if config.select is Selection.L1 else None
         self.gm_orig, self.gm_work = trace(self.orig), trace(self.work)
         gen = torch.Generator().manual_seed(config.seed)
         self.x = x[torch.randperm(len(x), generator=gen)[: config.images]].to(device)
@@ -196,7 +203,7 @@ class _Pruner:
         partners = {c: p for c in consumers if (p := add_partner(self.gm_work, c, norms[c])) is not None}
         return consumers, norms, partners
 
-    def prune_layer(self, name: str, keep: int | None, lam: float | None) -> "LayerReport":
+    def prune_layer(self, name: str, keep: int | None, lam: float | None) -> "ChannelReport":
         group = self.graph.groups[name]
         couplings = {c.module: c for c in group.couplings if c.role == "in"}
         consumers, norms, partners = self.consumers(name)
@@ -274,7 +281,7 @@ class _Pruner:
             pred = Xk @ sol[: len(cols)] + (sol[len(cols)] if intercept else 0.0)
             sse_after += float(((T - pred) ** 2).sum())
             self._write(c, sol, len(cols), intercept, norms[c])
-        return LayerReport(
+        return ChannelReport(
             layer=name, channels=G, kept=int(mask.sum()), lam=used, consumers=tuple(consumers),
             error_before=sse_before / max(denom, 1e-30), error_after=sse_after / max(denom, 1e-30), residual=tuple(sorted(partners)),
         )
@@ -300,10 +307,10 @@ def channel_prune(
     config: ChannelPruneConfig,
     *,
     device: str | torch.device | None = None,
-    input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+    example: Example = DEFAULT_INPUT_SHAPE,
     progress: Callable[[str], None] | None = None,
-) -> tuple[nn.Module, list[LayerReport]]:
-    """A channel-pruned copy of ``model`` and one :class:`LayerReport` per pruned layer.
+) -> tuple[nn.Module, list[ChannelReport]]:
+    """A channel-pruned copy of ``model`` and one :class:`ChannelReport` per pruned layer.
 
     ``x`` holds input images (e.g. the training split's); ``config.images`` of them are drawn
     with ``config.seed``. Layers are pruned one after another in module order. The input model
@@ -312,7 +319,7 @@ def channel_prune(
     p = next(model.parameters(), None)
     home = p.device if p is not None else torch.device("cpu")
     device = pick_device(device)
-    pruner = _Pruner(model, x, config, device, input_shape)
+    pruner = _Pruner(model, x, config, device, example)
     keep = check_keep(pruner.graph.groups, config.keep, pruner.graph)
     lams = {pruner.graph.resolve(layer): float(v) for layer, v in config.lam.items()}
     overlap = sorted(set(keep) & set(lams))

@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from squeezetune.compression.structured._graph import DEFAULT_INPUT_SHAPE, StructureGraph
+from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
+from squeezetune.compression.structured._graph import StructureGraph
 from squeezetune.compression.structured.shrink import check_keep, shrink
 from squeezetune.errors import SqueezeError
 
@@ -44,18 +45,18 @@ def _scores(graph: StructureGraph, name: str) -> torch.Tensor:
     return score
 
 
-def filter_scores(model: nn.Module, layer: str, *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> torch.Tensor:
+def filter_scores(model: nn.Module, layer: str, *, example: Example = DEFAULT_INPUT_SHAPE) -> torch.Tensor:
     """L1 norm of each output channel of ``layer``'s group (summed over coupled layers)."""
-    graph = StructureGraph(copy.deepcopy(model), input_shape)
+    graph = StructureGraph(copy.deepcopy(model), example)
     return _scores(graph, graph.resolve(layer))
 
 
-def l1_removals(model: nn.Module, keep: Mapping[str, int], *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> dict[str, list[int]]:
+def l1_removals(model: nn.Module, keep: Mapping[str, int], *, example: Example = DEFAULT_INPUT_SHAPE) -> dict[str, list[int]]:
     """Per layer, the channels L1 filter pruning removes to keep ``keep[layer]``.
 
     Li et al.'s "independent" strategy: every score is taken from the unpruned model.
     """
-    graph = StructureGraph(copy.deepcopy(model), input_shape)
+    graph = StructureGraph(copy.deepcopy(model), example)
     keep = check_keep(graph.groups, keep, graph)
     removals = {}
     for name, k in keep.items():
@@ -64,14 +65,14 @@ def l1_removals(model: nn.Module, keep: Mapping[str, int], *, input_shape: Seque
     return removals
 
 
-def filter_prune(model: nn.Module, keep: Mapping[str, int], *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> nn.Module:
+def filter_prune(model: nn.Module, keep: Mapping[str, int], *, example: Example = DEFAULT_INPUT_SHAPE) -> nn.Module:
     """A smaller copy of ``model`` keeping, per layer, the ``keep[layer]`` filters of largest L1 norm.
 
     ``keep`` maps a layer name (any member of a channel group) to the number of output channels
     to keep, in ``[1, channels]``; :func:`~squeezetune.compression.structured.shrink.plan_counts`
     produces such a mapping. Layers not listed are untouched.
     """
-    return shrink(model, l1_removals(model, keep, input_shape=input_shape), input_shape=input_shape)
+    return shrink(model, l1_removals(model, keep, example=example), example=example)
 
 
 # -- sensitivity ---------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def sensitivity_analysis(
     fractions: Sequence[float] = (0.25, 0.5, 0.75, 0.9),
     layers: Iterable[str] | None = None,
     *,
-    input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+    example: Example = DEFAULT_INPUT_SHAPE,
     progress: Callable[[str], None] | None = None,
 ) -> Sensitivity:
     """Prune each layer alone by each fraction (L1 filter pruning, no fine-tuning) and evaluate.
@@ -119,7 +120,7 @@ def sensitivity_analysis(
     fractions = tuple(float(f) for f in fractions)
     if not fractions or any(not 0.0 < f < 1.0 for f in fractions) or list(fractions) != sorted(set(fractions)):
         raise SqueezeError(f"fractions={list(fractions)} must be increasing, distinct and each in (0, 1)")
-    graph = StructureGraph(copy.deepcopy(model), input_shape)
+    graph = StructureGraph(copy.deepcopy(model), example)
     names = list(graph.groups) if layers is None else list(dict.fromkeys(graph.resolve(layer) for layer in layers))
     base = float(evaluate(model))
     accuracy: dict[str, tuple[float, ...]] = {}
@@ -129,7 +130,7 @@ def sensitivity_analysis(
         row = []
         for f in fractions:
             removed = min(n - 1, round(f * n))
-            row.append(base if removed == 0 else float(evaluate(filter_prune(model, {name: n - removed}, input_shape=input_shape))))
+            row.append(base if removed == 0 else float(evaluate(filter_prune(model, {name: n - removed}, example=example))))
         accuracy[name] = tuple(row)
         if progress is not None:
             progress(f"sensitivity {name}: " + " ".join(f"{f:.2f}->{a:.4f}" for f, a in zip(fractions, row)))

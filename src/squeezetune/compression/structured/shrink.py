@@ -12,8 +12,9 @@ selection with least-squares reconstruction (:mod:`.channel`). This module holds
 * :func:`shrink` -- remove given channels, returning a new, smaller model;
 * :func:`shrunk_spec` / :func:`apply_spec` -- describe a shrunk architecture as JSON-able data and
   rebuild it from the task's factory without replaying the pruning;
-* :func:`plan_counts` -- channels to keep per layer to reach a fraction of the dense MACs;
-* :func:`macs`, :func:`params`, :func:`latency_ms` -- what the shrinking bought.
+* :func:`plan_counts` -- channels to keep per layer to reach a fraction of the dense MACs.
+
+What the shrinking bought (MACs, parameters, latency) is measured by :mod:`squeezetune.compression.measure`.
 
 Every function leaves its input model untouched. After shrinking, build a new optimizer: the
 parameters are new tensors (``finetune.train`` builds its optimizer on every call).
@@ -21,26 +22,23 @@ parameters are new tensors (``finetune.train`` builds its optimizer on every cal
 >>> from squeezetune.tasks.cnn import ResNet20
 >>> dense = ResNet20()
 >>> small = shrink(dense, {"layer1.0.conv1": range(8)})
->>> small.layer1[0].conv1.weight.shape, params(small) < params(dense)
-(torch.Size([8, 16, 3, 3]), True)
+>>> small.layer1[0].conv1.weight.shape
+torch.Size([8, 16, 3, 3])
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import statistics
-import time
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
-import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from squeezetune.compression.structured._graph import DEFAULT_INPUT_SHAPE, ChannelGroup, StructureGraph
-from squeezetune.compression.structured._plan import layer_macs, plan_counts
-from squeezetune.compression.finetune import pick_device
+from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
+from squeezetune.compression.structured._graph import ChannelGroup, StructureGraph
+from squeezetune.compression.structured._plan import plan_counts
 from squeezetune.errors import SqueezeError
 
 __all__ = [
@@ -51,143 +49,23 @@ __all__ = [
     "shrunk_spec",
     "apply_spec",
     "plan_counts",
-    "macs",
-    "layer_macs",
-    "params",
-    "latency_ms",
-    "compare_latency",
     "SPEC_FORMAT",
 ]
 
 SPEC_FORMAT = "squeezetune.shrunk/1"
 
 
-# -- measuring -----------------------------------------------------------------------------------
-
-
-def params(model: nn.Module) -> int:
-    """Number of parameters (every element of every parameter tensor; buffers not counted)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def macs(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> int:
-    """Multiply-accumulates of the convs and linears for one forward pass of ``input_shape``.
-
-    BatchNorm, activations, pooling and adds are not counted (they are a few percent at most).
-
-    >>> from squeezetune.tasks.cnn import ResNet20
-    >>> macs(ResNet20()) > 30_000_000
-    True
-    """
-    return sum(layer_macs(model, input_shape).values())
-
-
-@torch.inference_mode()
-def latency_ms(
-    model: nn.Module,
-    batch: int = 64,
-    device: str | torch.device | None = None,
-    repeats: int = 30,
-    *,
-    input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE[1:],
-    warmup: int = 3,
-) -> float:
-    """Median wall time in milliseconds of one eval-mode forward pass over ``batch`` inputs.
-
-    ``input_shape`` is one input's shape (no batch dimension). Runs on ``device`` (CUDA when
-    present unless told otherwise) and synchronizes around each pass. The model is moved there.
-    """
-    if batch < 1 or repeats < 1:
-        raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
-    device = pick_device(device)
-    model = model.to(device).eval()
-    x = torch.randn((batch, *input_shape), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        model(x)
-        sync()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
-
-
-@torch.inference_mode()
-def compare_latency(
-    models: Mapping[str, nn.Module],
-    batch: int = 64,
-    device: str | torch.device | None = None,
-    repeats: int = 50,
-    *,
-    input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE[1:],
-    warmup: int = 3,
-    layouts: Sequence[str] = ("contiguous", "channels_last"),
-) -> dict[str, float]:
-    """Median milliseconds per forward pass of several models, timed in turns.
-
-    One pass of each model in turn, ``repeats`` rounds: load from other processes then hits every
-    model alike, which a model-after-model timing (:func:`latency_ms` on each) does not ensure.
-    With image inputs (``input_shape`` of 3 dims) each model is timed in every memory layout of
-    ``layouts`` (``contiguous`` NCHW, ``channels_last`` NHWC, on a copy) within the same rounds,
-    and its faster layout's median is reported: a pruned net with few channels often runs best
-    in a different layout than its dense original, and each is served in the layout that suits it.
-    A layout a model cannot run in (a ``view`` that needs NCHW memory) is skipped for that model.
-    """
-    if batch < 1 or repeats < 1:
-        raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
-    unknown = [layout for layout in layouts if layout not in _LAYOUTS]
-    if unknown or not layouts:
-        raise SqueezeError(f"layouts={list(layouts)!r}: expected some of {list(_LAYOUTS)}")
-    device = pick_device(device)
-    x = torch.randn((batch, *input_shape), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    runs = []  # (model name, module, input)
-    for name, model in models.items():
-        model = model.to(device).eval()
-        for layout in layouts if x.dim() == 4 else ("contiguous",):
-            fmt = _LAYOUTS[layout]
-            variant = model if fmt is torch.contiguous_format else copy.deepcopy(model).to(memory_format=fmt)
-            inp = x.contiguous(memory_format=fmt)
-            try:
-                for _ in range(warmup):
-                    variant(inp)
-            except RuntimeError:
-                # a model written for NCHW (``x.view(n, -1)`` after a conv, say) may refuse another layout
-                if fmt is torch.contiguous_format or len(layouts) == 1:
-                    raise
-                continue
-            runs.append((name, variant, inp))
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for i, (_, m, inp) in enumerate(runs):
-            sync()
-            t0 = time.perf_counter()
-            m(inp)
-            sync()
-            times[i].append((time.perf_counter() - t0) * 1000.0)
-    best: dict[str, float] = {}
-    for (name, _, _), t in zip(runs, times):
-        best[name] = min(best.get(name, math.inf), statistics.median(t))
-    return best
-
-
-_LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
 # -- groups and shrinking ------------------------------------------------------------------------
 
 
-def prunable_layers(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> dict[str, ChannelGroup]:
+def prunable_layers(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict[str, ChannelGroup]:
     """The model's prunable channel groups by name (the first member in module order).
 
     Each :class:`ChannelGroup` lists its ``members`` (layers whose filters go), ``consumers``
     (layers whose input channels go) and its current ``channels``. The classifier whose outputs
     are the model's outputs is not prunable.
     """
-    return StructureGraph(copy.deepcopy(model), input_shape).groups
+    return StructureGraph(copy.deepcopy(model), example).groups
 
 
 def check_keep(groups: Mapping[str, ChannelGroup], keep: Mapping[str, int], graph: StructureGraph) -> dict[str, int]:
@@ -208,7 +86,7 @@ def check_keep(groups: Mapping[str, ChannelGroup], keep: Mapping[str, int], grap
     return resolved
 
 
-def shrink(model: nn.Module, remove: Mapping[str, Iterable[int]], *, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> nn.Module:
+def shrink(model: nn.Module, remove: Mapping[str, Iterable[int]], *, example: Example = DEFAULT_INPUT_SHAPE) -> nn.Module:
     """A copy of ``model`` without the given output channels, and everything coupled to them.
 
     ``remove`` maps a layer (any member of a group) to channel indices in that group's first
@@ -217,7 +95,7 @@ def shrink(model: nn.Module, remove: Mapping[str, Iterable[int]], *, input_shape
     the forward pass (a dependency DepGraph cannot follow).
     """
     work = copy.deepcopy(model)
-    graph = StructureGraph(work, input_shape)
+    graph = StructureGraph(work, example)
     plan: dict[str, list[int]] = {}
     for layer, idxs in remove.items():
         name = graph.resolve(layer)
@@ -227,7 +105,7 @@ def shrink(model: nn.Module, remove: Mapping[str, Iterable[int]], *, input_shape
     for name, idxs in plan.items():
         graph.prune(name, idxs, check=False)
     if graph.runs() is not None:  # find which layer broke it, checking after each one
-        graph = StructureGraph(copy.deepcopy(model), input_shape)
+        graph = StructureGraph(copy.deepcopy(model), example)
         for name, idxs in plan.items():
             graph.prune(name, idxs, check=True)
     return work
@@ -247,11 +125,11 @@ def shrunk_spec(model: nn.Module) -> dict:
     modules: dict[str, dict] = {}
     for name, m in model.named_modules():
         if isinstance(m, _ConvNd):
-            modules[name] = {"type": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
+            modules[name] = {"type": parametrize.type_before_parametrizations(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
         elif isinstance(m, nn.Linear):
-            modules[name] = {"type": type(m).__name__, "in_features": m.in_features, "out_features": m.out_features}
+            modules[name] = {"type": parametrize.type_before_parametrizations(m).__name__, "in_features": m.in_features, "out_features": m.out_features}
         elif isinstance(m, _BatchNorm):
-            modules[name] = {"type": type(m).__name__, "num_features": m.num_features}
+            modules[name] = {"type": parametrize.type_before_parametrizations(m).__name__, "num_features": m.num_features}
     return {"format": SPEC_FORMAT, "modules": modules}
 
 

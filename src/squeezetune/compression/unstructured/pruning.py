@@ -1,20 +1,25 @@
 """Magnitude pruning with masks that hold through fine-tuning (Deep Compression, step 1).
 
-Each prunable layer (every ``nn.Linear`` and ``nn.Conv2d``) is pruned by the magnitude of its
-weight groups. The amount is a count of weights to keep (what a search samples) or Deep
-Compression's threshold ``quality * std(weights)``. The granularity sets the group:
+Every compressible tensor (:mod:`squeezetune.compression.tensors`: the weights of linear,
+convolutional, embedding, attention and recurrent layers, and any other weight matrix) is pruned by
+the magnitude of its weight groups. The amount is a count of weights to keep, a fraction, or Deep
+Compression's threshold ``quality * std(weights)``. The granularity sets the group, read on the
+tensor's first two axes (outputs, inputs) and its kernel:
 
 ========  ====================================================
 weight    one weight
-vector    one kernel row, ``w[o, i, r, :]`` (a single weight for ``nn.Linear``)
-kernel    one k x k kernel, ``w[o, i]`` (a single weight for ``nn.Linear``)
-filter    one output filter, ``w[o]`` (an output row for ``nn.Linear``)
+vector    one kernel row, ``w[o, i, ..., :]`` (a single weight for a matrix)
+kernel    one whole kernel, ``w[o, i]`` (a single weight for a matrix)
+filter    one output filter, ``w[o]`` (an output row for a matrix)
 ========  ====================================================
 
-A pruned layer carries a :class:`Mask` parametrization (``torch.nn.utils.parametrize``): the
-stored original has its pruned entries set to zero, the layer's ``weight`` is ``original * mask``,
-so pruned weights are exactly zero, get zero gradient, and no optimizer (momentum, weight decay)
-can revive them. :func:`bake` removes the parametrizations and leaves plain tensors.
+A pruned tensor carries a :class:`Mask` parametrization (``torch.nn.utils.parametrize``): the
+stored original has its pruned entries set to zero, the tensor is ``original * mask``, so pruned
+weights are exactly zero, get zero gradient, and no optimizer (momentum, weight decay) can
+revive them. :func:`bake` removes the parametrizations and leaves plain tensors.
+
+The ``prune`` stage (:class:`PruneConfig`) prunes each tensor a recipe names, or every tensor with
+its ``default``.
 
 >>> from torch import nn
 >>> layer = nn.Linear(10, 4)
@@ -26,12 +31,16 @@ can revive them. :func:`bake` removes the parametrizations and leaves plain tens
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from squeezetune.compression.stages import Context, StageConfig, register_stage
+from squeezetune.compression.tensors import compressible
 from squeezetune.errors import SqueezeError
 
 
@@ -53,21 +62,12 @@ class Mask(nn.Module):
         return original * self.mask
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` by qualified name, in definition order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The prunable layer ``name`` of ``model``; a :class:`SqueezeError` names the choices otherwise."""
-    layers = prunable_layers(model)
-    if name not in layers:
-        raise SqueezeError(f"unknown layer {name!r}: expected one of {list(layers)}")
-    return layers[name]
-
-
 def _as_4d(weight: torch.Tensor) -> torch.Tensor:
-    return weight.reshape(weight.shape[0], weight.shape[1], *(weight.shape[2:] or (1, 1)))
+    """``weight`` as (outputs, inputs, kernel rows, kernel row length); a matrix as (o, i, 1, 1)."""
+    shape = weight.shape
+    if weight.dim() <= 2:
+        return weight.reshape(shape[0], shape[1] if weight.dim() == 2 else 1, 1, 1)
+    return weight.reshape(shape[0], shape[1], -1, shape[-1])
 
 
 def _group_scores(weight: torch.Tensor, granularity: Granularity) -> tuple[torch.Tensor, int]:
@@ -114,57 +114,127 @@ def magnitude_mask(
     return group_mask.expand(_as_4d(weight).shape).reshape(weight.shape).contiguous()
 
 
-def mask_of(layer: nn.Module) -> torch.Tensor | None:
-    """The layer's pruning mask (a 0/1 float tensor), or ``None`` if it is not pruned."""
-    if not parametrize.is_parametrized(layer, "weight"):
+def mask_of(module: nn.Module, attr: str = "weight") -> torch.Tensor | None:
+    """The pruning mask (a 0/1 float tensor) on ``module.<attr>``, or ``None`` if it is not pruned."""
+    if not parametrize.is_parametrized(module, attr):
         return None
-    for p in layer.parametrizations.weight:
+    for p in module.parametrizations[attr]:
         if hasattr(p, "mask"):
             return p.mask
     return None
 
 
-def apply_mask(layer: nn.Module, mask: torch.Tensor) -> None:
-    """Hold ``mask`` on ``layer.weight`` from now on (replacing any earlier parametrization)."""
-    if mask.shape != layer.weight.shape:
-        raise SqueezeError(f"mask shape {tuple(mask.shape)} must equal the weight shape {tuple(layer.weight.shape)}")
-    if parametrize.is_parametrized(layer, "weight"):
-        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+def apply_mask(module: nn.Module, mask: torch.Tensor, attr: str = "weight") -> None:
+    """Hold ``mask`` on ``module.<attr>`` from now on (replacing any earlier parametrization)."""
+    weight = getattr(module, attr)
+    if mask.shape != weight.shape:
+        raise SqueezeError(f"mask shape {tuple(mask.shape)} must equal the weight shape {tuple(weight.shape)}")
+    if parametrize.is_parametrized(module, attr):
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     with torch.no_grad():
-        layer.weight.mul_(mask.to(layer.weight.dtype))
-    parametrize.register_parametrization(layer, "weight", Mask(mask.to(layer.weight.device)))
+        getattr(module, attr).mul_(mask.to(weight.dtype))
+    parametrize.register_parametrization(module, attr, Mask(mask.to(weight.device)))
 
 
 def prune_layer(
-    layer: nn.Module,
+    module: nn.Module,
     *,
     keep: int | None = None,
     quality: float | None = None,
     granularity: Granularity | str = Granularity.WEIGHT,
     name: str = "layer",
+    attr: str = "weight",
 ) -> torch.Tensor:
-    """Magnitude-prune one layer in place and hold the mask; returns the mask."""
-    mask = magnitude_mask(layer.weight, keep=keep, quality=quality, granularity=granularity, name=name)
-    apply_mask(layer, mask)
+    """Magnitude-prune ``module.<attr>`` in place and hold the mask; returns the mask."""
+    mask = magnitude_mask(getattr(module, attr), keep=keep, quality=quality, granularity=granularity, name=name)
+    apply_mask(module, mask, attr)
     return mask
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """Replace every weight parametrization (masks, shared weights) by its plain current value."""
-    for layer in prunable_layers(model).values():
-        if parametrize.is_parametrized(layer, "weight"):
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    """Replace every parametrization (masks, shared weights) by its plain current value."""
+    for t in compressible(model).values():
+        if parametrize.is_parametrized(t.module, t.attr):
+            parametrize.remove_parametrizations(t.module, t.attr, leave_parametrized=True)
     return model
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with parametrized weights shown as their current plain values."""
-    state = {}
-    for key, value in model.state_dict().items():
-        if ".parametrizations." in key:
-            continue
-        state[key] = value
-    for name, layer in prunable_layers(model).items():
-        if parametrize.is_parametrized(layer, "weight"):
-            state[f"{name}.weight" if name else "weight"] = layer.weight.detach()
+    """The model's state dict with parametrized tensors shown as their current plain values."""
+    state = {key: value for key, value in model.state_dict().items() if ".parametrizations." not in key}
+    for t in compressible(model).values():
+        if parametrize.is_parametrized(t.module, t.attr):
+            state[t.key] = t.tensor.detach()
     return state
+
+
+# -- the prune stage -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerPrune:
+    """How much of one tensor to keep: exactly one of a weight count, a fraction or a quality."""
+
+    keep: int | None = None
+    keep_fraction: float | None = None
+    quality: float | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("keep", "keep_fraction", "quality") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise SqueezeError(f"a layer's prune setting needs exactly one of keep, keep_fraction, quality; got {given or 'none'}")
+        if self.keep is not None and self.keep < 1:
+            raise SqueezeError(f"keep={self.keep!r} weights must be an integer >= 1")
+        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
+            raise SqueezeError(f"keep_fraction={self.keep_fraction!r} must be in (0, 1]")
+        if self.quality is not None and self.quality < 0:
+            raise SqueezeError(f"quality={self.quality!r} must be >= 0 (a multiple of the weights' std)")
+
+    def resolve(self, n: int) -> dict[str, Any]:
+        """Arguments for :func:`prune_layer` on a tensor of ``n`` weights."""
+        if self.keep_fraction is not None:
+            return {"keep": max(1, round(self.keep_fraction * n))}
+        return {"keep": self.keep} if self.keep is not None else {"quality": self.quality}
+
+
+@dataclass(frozen=True)
+class PruneConfig(StageConfig):
+    """Magnitude pruning of the named tensors (``layers``), and of every other one by ``default``.
+
+    ``default`` takes ``keep_fraction`` or ``quality`` (a count would mean the same number of
+    weights in tensors of any size); ``layers`` may also give ``keep``, a count of weights.
+    """
+
+    stage: ClassVar[str] = "prune"
+    granularity: Granularity = Granularity.WEIGHT
+    default: LayerPrune | None = None
+    layers: dict[str, LayerPrune] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.default is not None and self.default.keep is not None:
+            raise SqueezeError(f"prune.default.keep={self.default.keep!r}: a default for every layer takes keep_fraction or quality, not a count of weights")
+
+    def for_layer(self, name: str) -> LayerPrune | None:
+        return self.layers.get(name, self.default)
+
+    def validate(self, model: nn.Module, example: torch.Tensor, *, exact: bool = True) -> None:
+        targets = compressible(model)
+        for name in self.layers:
+            if name not in targets:
+                raise SqueezeError(f"unknown layer {name!r} in prune.layers: expected one of {list(targets)}")
+        if not exact:
+            return
+        for name, setting in self.layers.items():
+            n = targets[name].numel
+            if setting.keep is not None and not 1 <= setting.keep <= n:
+                raise SqueezeError(f"keep={setting.keep!r} for layer {name!r} must be an integer in [1, {n}]")
+
+
+@register_stage(PruneConfig)
+def prune(model: nn.Module, config: PruneConfig, ctx: Context) -> nn.Module:
+    """Prune every tensor the config covers by magnitude, holding the masks."""
+    for name, t in compressible(model).items():
+        setting = config.for_layer(name)
+        if setting is not None:
+            prune_layer(t.module, granularity=config.granularity, name=name, attr=t.attr, **setting.resolve(t.numel))
+    return model

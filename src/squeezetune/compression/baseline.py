@@ -1,0 +1,106 @@
+"""The dense baseline a compression starts from, and plain weight files.
+
+:func:`dense_model` loads the baseline from a safetensors file, else from the cache
+(``~/.cache/squeezetune`` or ``$SQUEEZETUNE_CACHE``, keyed by task, data and seed), else trains it
+once from a fixed seed and caches it. Weight files are safetensors, written atomically; no pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from squeezetune.compression.finetune import FinetuneConfig, train
+from squeezetune.compression.unstructured.pruning import plain_state_dict
+from squeezetune._io import atomic_write_bytes
+from squeezetune.errors import SqueezeError
+from squeezetune.tasks import Split, Task
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """fp32 bytes of every floating-point parameter and buffer that inference needs."""
+    return sum(4 * t.numel() for t in plain_state_dict(model).values() if t.is_floating_point())
+
+
+def _fingerprint(split: Split) -> str:
+    h = hashlib.sha1(split.x.numpy().tobytes())
+    h.update(split.y.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SQUEEZETUNE_CACHE", Path.home() / ".cache" / "squeezetune"))
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``model``'s plain state dict as safetensors, atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in plain_state_dict(model).items()}
+    atomic_write_bytes(path, save(state, metadata=metadata))
+
+
+def load_weights(task: Task, path: str | Path) -> nn.Module:
+    """The task's model with weights from a safetensors file; a mismatch is a one-line error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise SqueezeError(f"weights file {str(path)!r} does not exist: expected a .safetensors file")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SqueezeError(f"{str(path)!r} is not a readable safetensors file: {exc}") from None
+    model = task.build_model()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise SqueezeError(f"weights in {str(path)!r} do not fit task {task.name!r}: {first}") from None
+    return model.eval()
+
+
+def train_dense(task: Task, train_split: Split, *, device: torch.device | None = None, seed: int = 0, progress: Progress = _quiet) -> nn.Module:
+    """Train the task's dense baseline from a fixed seed."""
+    torch.manual_seed(seed)
+    model = task.build_model()
+    config = FinetuneConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size, weight_decay=task.weight_decay, seed=seed)
+    return train(model, train_split, config, device=device, progress=lambda m: progress(f"dense {m}"))
+
+
+def dense_model(
+    task: Task,
+    splits: tuple[Split, Split],
+    *,
+    dense: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: torch.device | None = None,
+    seed: int = 0,
+    progress: Progress = _quiet,
+) -> nn.Module:
+    """The dense baseline: loaded from ``dense``, else from the cache, else trained and cached."""
+    if dense is not None:
+        return load_weights(task, dense)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"{task.name.replace(':', '_').replace('/', '_')}-{_fingerprint(splits[0])}-s{seed}.safetensors"
+    if path.is_file():
+        progress(f"dense baseline from cache {path}")
+        return load_weights(task, path)
+    progress(f"training dense baseline for {task.name} ({task.epochs} epochs)")
+    model = train_dense(task, splits[0], device=device, seed=seed, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(model, path, metadata={"task": task.name})
+    progress(f"dense baseline cached at {path}")
+    return model

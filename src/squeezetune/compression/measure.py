@@ -1,0 +1,237 @@
+"""Measuring a model: parameters, multiply-accumulates and latency, on the task's example input.
+
+Everything here takes an *example*: one batch-1 input of the task (images, token ids, any dtype)
+or, for convenience, the shape of a float one. Nothing assumes 28x28 images.
+
+* :func:`params` -- parameter count;
+* :func:`layer_macs` / :func:`macs` -- multiply-accumulates of one forward pass, per layer: linear
+  and convolutional layers (transposed too), multi-head attention (projections and the two
+  attention products), recurrent layers (every gate, every step); norms, activations, pooling,
+  adds and embedding look-ups are not counted;
+* :func:`latency_ms` / :func:`compare_latency` -- wall time of forward passes.
+
+>>> from squeezetune.tasks.cnn import ResNet20
+>>> macs(ResNet20(), (1, 1, 28, 28)) > 30_000_000
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from typing import Mapping, Sequence, Union
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from squeezetune.compression.finetune import pick_device
+from squeezetune.errors import SqueezeError
+
+DEFAULT_INPUT_SHAPE = (1, 1, 28, 28)
+
+Example = Union[torch.Tensor, Sequence[int]]
+"""A batch-1 example input of the model (a tensor of any dtype: images, token ids), or the shape of a
+float one (zeros)."""
+
+
+def as_example(example: Example, device: torch.device | str | None = None) -> torch.Tensor:
+    """``example`` as a tensor on ``device`` (a shape becomes zeros of that shape)."""
+    if isinstance(example, torch.Tensor):
+        return example.detach().to(device) if device is not None else example.detach()
+    return torch.zeros(tuple(int(d) for d in example), device=device)
+
+
+def batch_of(example: Example, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """A batch of ``batch`` inputs like ``example``: its first item repeated (a shape: random normal)."""
+    if isinstance(example, torch.Tensor):
+        one = example.detach()[:1].to(device)
+        return one.expand(batch, *one.shape[1:]).contiguous()
+    return torch.randn((batch, *tuple(example)[1:]), device=device)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def params(model: nn.Module) -> int:
+    """Number of parameters (every element of every parameter tensor; buffers not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _rnn_macs(m: nn.RNNBase, inputs: tuple) -> int:
+    x = inputs[0]
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        steps = int(x.data.shape[0])
+    else:
+        steps = int(x.numel() // x.shape[-1])  # time steps x batch
+    gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+    hidden = m.proj_size or m.hidden_size
+    dirs = 2 if m.bidirectional else 1
+    total = 0
+    for layer in range(m.num_layers):
+        width = m.input_size if layer == 0 else hidden * dirs
+        total += dirs * steps * gates * m.hidden_size * (width + hidden)
+        if m.proj_size:
+            total += dirs * steps * m.hidden_size * m.proj_size
+    return total
+
+
+def _attention_macs(m: nn.MultiheadAttention, inputs: tuple) -> int:
+    q, k = inputs[0], inputs[1]
+    e = m.embed_dim
+    lq = q.numel() // q.shape[-1]  # query tokens x batch
+    lk = k.numel() // k.shape[-1]
+    seq_k = k.shape[1] if m.batch_first and k.dim() == 3 else k.shape[0]
+    return lq * e * e + lk * (m.kdim + m.vdim) * e + 2 * lq * seq_k * e + lq * e * e
+
+
+def layer_macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict[str, int]:
+    """Multiply-accumulates of each linear, convolutional, attention and recurrent layer for one
+    forward pass of ``example``, by module name (see the module doc for what counts)."""
+    counts: dict[str, int] = {}
+
+    def hook(name: str):
+        def fn(m: nn.Module, inputs, output) -> None:
+            if isinstance(m, _ConvNd):
+                kernel = int(torch.tensor(m.kernel_size).prod())
+                if m.transposed:  # every input element meets out_channels/groups x kernel weights
+                    n = inputs[0].numel() * (m.out_channels // m.groups) * kernel
+                else:
+                    n = output.numel() * (m.in_channels // m.groups) * kernel
+            elif isinstance(m, nn.Linear):
+                n = output.numel() * m.in_features
+            elif isinstance(m, nn.MultiheadAttention):
+                n = _attention_macs(m, inputs)
+            else:
+                n = _rnn_macs(m, inputs)
+            counts[name] = counts.get(name, 0) + int(n)
+
+        return fn
+
+    kinds = (_ConvNd, nn.Linear, nn.MultiheadAttention, nn.RNNBase)
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, kinds) and not _inside_attention(name, model):
+            handles.append(m.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(as_example(example, _device_of(model)))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return counts
+
+
+def _inside_attention(name: str, model: nn.Module) -> bool:
+    """An attention's ``out_proj`` is counted with the attention (its forward never calls the module)."""
+    parent, _, attr = name.rpartition(".")
+    return attr == "out_proj" and isinstance(model.get_submodule(parent), nn.MultiheadAttention)
+
+
+def macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> int:
+    """Multiply-accumulates of one forward pass of ``example`` (the sum of :func:`layer_macs`)."""
+    return sum(layer_macs(model, example).values())
+
+
+@torch.inference_mode()
+def latency_ms(
+    model: nn.Module,
+    batch: int = 64,
+    device: str | torch.device | None = None,
+    repeats: int = 30,
+    *,
+    example: Example = DEFAULT_INPUT_SHAPE,
+    warmup: int = 3,
+) -> float:
+    """Median wall time in milliseconds of one eval-mode forward pass over ``batch`` inputs.
+
+    ``example`` is one batch-1 input (repeated to ``batch``) or its shape. Runs on ``device`` (CUDA when
+    present unless told otherwise) and synchronizes around each pass. The model is moved there.
+    """
+    if batch < 1 or repeats < 1:
+        raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
+    device = pick_device(device)
+    model = model.to(device).eval()
+    x = batch_of(example, batch, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        model(x)
+        sync()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    batch: int = 64,
+    device: str | torch.device | None = None,
+    repeats: int = 50,
+    *,
+    example: Example = DEFAULT_INPUT_SHAPE,
+    warmup: int = 3,
+    layouts: Sequence[str] = ("contiguous", "channels_last"),
+) -> dict[str, float]:
+    """Median milliseconds per forward pass of several models, timed in turns.
+
+    One pass of each model in turn, ``repeats`` rounds: load from other processes then hits every
+    model alike, which a model-after-model timing (:func:`latency_ms` on each) does not ensure.
+    With image inputs (4-D batches) each model is timed in every memory layout of
+    ``layouts`` (``contiguous`` NCHW, ``channels_last`` NHWC, on a copy) within the same rounds,
+    and its faster layout's median is reported: a pruned net with few channels often runs best
+    in a different layout than its dense original, and each is served in the layout that suits it.
+    A layout a model cannot run in (a ``view`` that needs NCHW memory) is skipped for that model.
+    """
+    if batch < 1 or repeats < 1:
+        raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
+    unknown = [layout for layout in layouts if layout not in _LAYOUTS]
+    if unknown or not layouts:
+        raise SqueezeError(f"layouts={list(layouts)!r}: expected some of {list(_LAYOUTS)}")
+    device = pick_device(device)
+    x = batch_of(example, batch, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    runs = []  # (model name, module, input)
+    for name, model in models.items():
+        model = model.to(device).eval()
+        for layout in layouts if x.dim() == 4 else ("contiguous",):
+            fmt = _LAYOUTS[layout]
+            variant = model if fmt is torch.contiguous_format else copy.deepcopy(model).to(memory_format=fmt)
+            inp = x.contiguous(memory_format=fmt)
+            try:
+                for _ in range(warmup):
+                    variant(inp)
+            except RuntimeError:
+                # a model written for NCHW (``x.view(n, -1)`` after a conv, say) may refuse another layout
+                if fmt is torch.contiguous_format or len(layouts) == 1:
+                    raise
+                continue
+            runs.append((name, variant, inp))
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, (_, m, inp) in enumerate(runs):
+            sync()
+            t0 = time.perf_counter()
+            m(inp)
+            sync()
+            times[i].append((time.perf_counter() - t0) * 1000.0)
+    best: dict[str, float] = {}
+    for (name, _, _), t in zip(runs, times):
+        best[name] = min(best.get(name, math.inf), statistics.median(t))
+    return best
+
+
+_LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
