@@ -121,7 +121,7 @@ def test_damaged_files_are_one_line_errors(compressed, tmp_path, capsys, kind, c
         (["compress", "--task", "lenet300-mnist", "--data-dir", "/nonexistent/mnist"], "data dir '/nonexistent/mnist' does not exist"),
         (["compress", "--recipe", "RECIPE:prune: {layers: {fc9: {keep: 3}}}"], "unknown layer 'fc9'"),
         (["compress", "--recipe", "RECIPE:prune: {layers: {fc3: {keep: 1001}}}"], r"keep=1001 for layer 'fc3' must be an integer in [1, 1000]"),
-        (["compress", "--recipe", "RECIPE:share: {layers: {fc3: {clusters: 1}}}"], "k=1 clusters for layer 'fc3' must be an integer in [2, 1000]"),
+        (["compress", "--recipe", "RECIPE:share: {layers: {fc3: {clusters: 1}}}"], "clusters=1 must be an integer in [2, 65536]"),
         (["compress", "--recipe", "RECIPE:prune: {layers: {fc3: {keep: 10}}}\nshare: {layers: {fc3: {clusters: 11}}}"], "k=11 clusters for layer 'fc3' must be an integer in [2, 10]"),
         (["compress", "--macs-target", "0.5"], "recipe 'deep-compression' has no structured stage"),
         (["compress", "--recipe", "channel-pruning", "--macs-target", "0"], "macs_target=0.0 must be in (0, 1]"),

@@ -25,6 +25,16 @@ from squeezetune.errors import SqueezeError
 from squeezetune.tasks.cnn import MobileNetV2, ResNet20, VGGNet
 from squeezetune.tasks.data import Split, load_digits, load_mnist
 from squeezetune.tasks.models import LeNet5, LeNet300
+from squeezetune.tasks.shapes import (
+    Conv1dNet,
+    RGBNet,
+    RowLSTM,
+    TinyTransformer,
+    load_digits_1d,
+    load_digits_rgb32,
+    load_digits_rows,
+    load_digits_tokens,
+)
 
 __all__ = ["Task", "Split", "get_task", "builtin_task_names", "example_input"]
 
@@ -64,6 +74,11 @@ _BUILTIN: dict[str, Task] = {
     "resnet20-digits": Task("resnet20-digits", "resnet20", ResNet20, load_digits, epochs=20, lr=0.1, weight_decay=5e-4),
     "vgg-digits": Task("vgg-digits", "vgg", VGGNet, load_digits, epochs=20, lr=0.05, weight_decay=5e-4),
     "mobilenetv2-digits": Task("mobilenetv2-digits", "mobilenetv2", MobileNetV2, load_digits, epochs=25, lr=0.1, weight_decay=4e-5),
+    # Other input shapes and layer types, see squeezetune.tasks.shapes.
+    "conv1d-digits": Task("conv1d-digits", "conv1d", Conv1dNet, load_digits_1d, epochs=30, lr=0.05),
+    "transformer-digits": Task("transformer-digits", "transformer", TinyTransformer, load_digits_tokens, epochs=30, lr=0.05),
+    "lstm-digits": Task("lstm-digits", "lstm", RowLSTM, load_digits_rows, epochs=40, lr=0.1),
+    "cnn32-digits": Task("cnn32-digits", "cnn32", RGBNet, load_digits_rgb32, epochs=20, lr=0.05),
 }
 
 

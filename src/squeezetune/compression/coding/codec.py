@@ -328,7 +328,7 @@ def round_floats(model: nn.Module, float_bits: int = 16) -> nn.Module:
             original = t.module.parametrizations[t.attr].original
             original.copy_(original.half().float())
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if ".parametrizations." not in name and tensor.dtype == torch.float32:
+        if "parametrizations" not in name.split(".") and tensor.dtype == torch.float32:
             tensor.copy_(tensor.half().float())
     return model
 

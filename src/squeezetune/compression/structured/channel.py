@@ -35,6 +35,7 @@ import copy
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from types import SimpleNamespace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -125,6 +126,18 @@ class ChannelReport:
         return asdict(self)
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d)
+"""The convolutions whose input patches LASSO channel selection can sample."""
+
+
+def _as_2d(m: nn.Module, inp: torch.Tensor, out: torch.Tensor):
+    """A Conv1d seen as a Conv2d of height 1 (its geometry, input and output), for :func:`patches`."""
+    if not isinstance(m, nn.Conv1d):
+        return m, inp, out
+    view = SimpleNamespace(padding=(0, m.padding[0]), stride=(1, m.stride[0]), dilation=(1, m.dilation[0]), kernel_size=(1, m.kernel_size[0]))
+    return view, inp.unsqueeze(2), out.unsqueeze(2)
+
+
 class _Pruner:
     def __init__(self, model: nn.Module, x: torch.Tensor, config: ChannelPruneConfig, device: torch.device, example: Example) -> None:
         self.config, self.device = config, device
@@ -146,7 +159,7 @@ class _Pruner:
 
     def _kept(self, name: str) -> list[int]:
         m = self.orig.get_submodule(name)
-        n = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        n = m.out_channels if isinstance(m, _CONVS) else m.out_features
         return self.kept_out.setdefault(name, list(range(n)))
 
     @torch.no_grad()
@@ -158,9 +171,10 @@ class _Pruner:
             m = self.work.get_submodule(c)
             inp, out = ins[c], self.cache[c]
             extra = {}
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, _CONVS):
                 if not all(isinstance(p, int) for p in (m.padding if isinstance(m.padding, tuple) else (m.padding,))) or m.padding_mode != "zeros":
                     raise SqueezeError(f"layer {c!r} uses padding={m.padding!r} mode {m.padding_mode!r}: channel pruning expects integer zero padding")
+                m, inp, out = _as_2d(m, inp, out)
                 B, L = out.shape[0], out.shape[2] * out.shape[3]
                 pos = torch.randint(L, (B, self.config.points), generator=self.gen).to(self.device)
                 X = patches(inp, m, (out.shape[2], out.shape[3]), pos)
@@ -172,7 +186,7 @@ class _Pruner:
                 if c in partners:
                     extra = {k: v["fx:" + partners[c]].reshape(-1, out.shape[-1]) for k, v in (("orig", self.cache), ("work", ins))}
             else:
-                raise SqueezeError(f"layer {c!r} is a {type(m).__name__}: channel pruning supports Conv2d and Linear consumers")
+                raise SqueezeError(f"layer {c!r} is a {type(m).__name__}: channel pruning supports Conv1d, Conv2d and Linear consumers")
             data[c] = {"X": X.double(), "Y": Y.double(), **{k: v.double() for k, v in extra.items()}}
         return data
 
@@ -197,8 +211,8 @@ class _Pruner:
         """A group's consumers, the BatchNorm after each, and the add partner of each that has one."""
         consumers = list(self.graph.groups[name].consumers)
         for c in consumers:
-            if not isinstance(self.work.get_submodule(c), (nn.Conv2d, nn.Linear)):
-                raise SqueezeError(f"layer {c!r} is a {type(self.work.get_submodule(c)).__name__}: channel pruning supports Conv2d and Linear consumers")
+            if not isinstance(self.work.get_submodule(c), (*_CONVS, nn.Linear)):
+                raise SqueezeError(f"layer {c!r} is a {type(self.work.get_submodule(c)).__name__}: channel pruning supports Conv1d, Conv2d and Linear consumers")
         norms = {c: self.graph.norm_after(c) for c in consumers}
         partners = {c: p for c in consumers if (p := add_partner(self.gm_work, c, norms[c])) is not None}
         return consumers, norms, partners

@@ -121,15 +121,13 @@ class StructuredConfig(StageConfig):
 
 
 def _check_lasso_layers(graph) -> None:
-    """LASSO samples its consumers' input patches, written for Conv2d and Linear layers."""
-    from torch.nn.modules.conv import _ConvNd
-
+    """LASSO samples its consumers' input patches, written for Conv1d, Conv2d and Linear layers."""
     for g in graph.groups.values():
         for name in g.consumers:
             m = graph.get(name)
-            if isinstance(m, _ConvNd) and not isinstance(m, nn.Conv2d):
+            if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 raise SqueezeError(
-                    f"structured.method='lasso' cannot reconstruct layer {name!r} ({type(m).__name__}): expected Conv2d or Linear consumers; use method: l1"
+                    f"structured.method='lasso' cannot reconstruct layer {name!r} ({type(m).__name__}): expected Conv1d, Conv2d or Linear consumers; use method: l1"
                 )
 
 

@@ -161,7 +161,7 @@ def bake(model: nn.Module) -> nn.Module:
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict with parametrized tensors shown as their current plain values."""
-    state = {key: value for key, value in model.state_dict().items() if ".parametrizations." not in key}
+    state = {key: value for key, value in model.state_dict().items() if "parametrizations" not in key.split(".")}
     for t in compressible(model).values():
         if parametrize.is_parametrized(t.module, t.attr):
             state[t.key] = t.tensor.detach()

@@ -1,0 +1,123 @@
+"""Any model: every layer type's weights are pruned, shared, coded and decoded bit-exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from squeezetune.compression import Context, PruneConfig, ShareConfig, apply_stage, compressible
+from squeezetune.compression.coding import codec
+from squeezetune.compression.tensors import kept_raw
+from squeezetune.compression.unstructured.pruning import bake, plain_state_dict
+
+
+class Bare(nn.Module):
+    """A module whose weight matrix is a bare Parameter used in forward (the generic path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(12, 6))
+        self.scale = nn.Parameter(torch.ones(6))
+
+    def forward(self, x):
+        return (x @ self.table) * self.scale
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.out = nn.Linear(8, 10, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, t):
+        return self.out(self.embed(t))
+
+
+class Recurrent(nn.Module):
+    def __init__(self, kind) -> None:
+        super().__init__()
+        self.rnn = kind(6, 8, num_layers=2, batch_first=True, bidirectional=kind is nn.GRU)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def _cases():
+    return {
+        "Linear": (nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)), torch.randn(3, 20), ["0", "2"]),
+        "Conv1d": (nn.Sequential(nn.Conv1d(3, 8, 5), nn.ReLU(), nn.Conv1d(8, 4, 3)), torch.randn(2, 3, 30), ["0", "2"]),
+        "Conv2d": (nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)), torch.randn(2, 3, 12, 12), ["0", "2"]),
+        "Conv3d": (nn.Sequential(nn.Conv3d(2, 6, 3), nn.ReLU(), nn.Conv3d(6, 3, 2)), torch.randn(2, 2, 6, 6, 6), ["0", "2"]),
+        "ConvTranspose1d": (nn.Sequential(nn.ConvTranspose1d(4, 6, 3)), torch.randn(2, 4, 10), ["0"]),
+        "ConvTranspose2d": (nn.Sequential(nn.ConvTranspose2d(4, 6, 3, stride=2)), torch.randn(2, 4, 5, 5), ["0"]),
+        "Embedding": (nn.Sequential(nn.Embedding(50, 12)), torch.randint(0, 50, (3, 7)), ["0"]),
+        "MultiheadAttention": (Attention(), torch.randn(2, 5, 16), ["attn.in_proj_weight", "attn.out_proj"]),
+        "LSTM": (Recurrent(nn.LSTM), torch.randn(2, 7, 6), [f"rnn.weight_{k}_l{i}" for i in range(2) for k in ("ih", "hh")]),
+        "GRU": (Recurrent(nn.GRU), torch.randn(2, 7, 6), [f"rnn.weight_{k}_l{i}{s}" for i in range(2) for s in ("", "_reverse") for k in ("ih", "hh")]),
+        "RNN": (Recurrent(nn.RNN), torch.randn(2, 7, 6), [f"rnn.weight_{k}_l{i}" for i in range(2) for k in ("ih", "hh")]),
+        "generic": (Bare(), torch.randn(3, 12), ["table"]),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_every_layer_type_is_pruned_shared_and_decoded_bit_exactly(kind):
+    torch.manual_seed(0)
+    model, x, names = CASES[kind]
+    model = copy.deepcopy(model).eval()
+    assert list(compressible(model)) == names
+    ctx = Context(teacher=model, example=x[:1])
+    apply_stage(model, PruneConfig.from_dict({"default": {"keep_fraction": 0.4}}), ctx)
+    apply_stage(model, ShareConfig.from_dict({"default": {"bits": 3}, "fit": True}), ctx)
+    for name, t in compressible(model).items():
+        weight = t.tensor.detach()
+        assert int((weight != 0).sum()) <= round(0.4 * weight.numel()), name
+        assert len(torch.unique(weight[weight != 0])) <= 8, name
+    with torch.no_grad():
+        expected = model(x)
+    encoded = codec.encode_model(model, task="t", index_bits="auto", coder="auto")
+    assert {t.name for t in encoded.layers} == set(names)
+    fresh = copy.deepcopy(CASES[kind][0])
+    decoded = codec.decode_sections(encoded.sections, fresh)
+    state = plain_state_dict(model)
+    for key, value in decoded.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert not any(parametrize.is_parametrized(m) for m in decoded.modules())  # plain tensors, fast paths intact
+    baked = bake(copy.deepcopy(model))
+    with torch.no_grad():
+        assert torch.equal(decoded(x), baked(x))
+        # the masked/shared model computes the same weights through another memory path
+        torch.testing.assert_close(decoded(x), expected, rtol=0, atol=1e-6)
+
+
+def test_tied_and_one_dimensional_parameters_are_kept_raw_with_the_reason():
+    model = Tied()
+    assert list(compressible(model)) == []
+    assert kept_raw(model) == {"embed.weight": "tied to another module's parameter", "out.weight": "tied to another module's parameter"}
+    reasons = kept_raw(Bare())
+    assert reasons == {"scale": "1-D (bias or norm): kept raw"}
+
+
+def test_tiny_tensors_are_capped_not_refused():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    ctx = Context(teacher=model, example=torch.zeros(1, 3))
+    apply_stage(model, PruneConfig.from_dict({"default": {"keep_fraction": 0.2}}), ctx)  # keeps 1 of 6 and 1 of 4
+    apply_stage(model, ShareConfig.from_dict({"default": {"bits": 8}, "fit": True}), ctx)
+    encoded = codec.encode_model(model, task="t")
+    assert [(t.name, t.kept, t.clusters) for t in encoded.layers] == [("0", 1, 0), ("1", 1, 0)]  # a single weight stays unshared
