@@ -26,7 +26,6 @@ from _report import machine, markdown_table, write_section  # noqa: E402
 from squeezetune.compression.coding import codec  # noqa: E402
 from squeezetune.compression.coding.container import pack_sections, read_container  # noqa: E402
 from squeezetune.compression.pipeline import compress  # noqa: E402
-from squeezetune.compression.unstructured.pruning import prunable_layers  # noqa: E402
 from squeezetune.compression.recipes import deep_compression  # noqa: E402
 from squeezetune.tasks import get_task  # noqa: E402
 
@@ -76,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.tasks:
             task = get_task(name)
-            recipe = deep_compression(task.model, prunable_layers(task.build_model()))
+            recipe = deep_compression(task.model, task.build_model())
             t0 = time.perf_counter()
             out = Path(tmp) / f"{name}.sqz"
             report = compress(task, recipe, out=out, data_dir=args.data_dir, progress=lambda m: print(f"  {m}", flush=True))

@@ -72,7 +72,6 @@ def run_method(method: str, args, workdir: Path) -> dict:
 
 def run_hand(args, workdir: Path) -> dict:
     from squeezetune.compression.pipeline import compress, dense_model, save_weights
-    from squeezetune.compression.unstructured.pruning import prunable_layers
     from squeezetune.compression.recipes import Recipe, deep_compression
     from squeezetune.tasks import get_task
 
@@ -80,7 +79,7 @@ def run_hand(args, workdir: Path) -> dict:
     splits = task.load_data(args.data_dir)
     dense = dense_model(task, splits, seed=0)
     save_weights(dense, workdir / "dense.safetensors", metadata={"task": task.name})
-    recipe = deep_compression("lenet300", prunable_layers(dense)).to_dict()
+    recipe = deep_compression("lenet300", dense).to_dict()
     out = {}
     short = dict(recipe, finetune=dict(recipe["finetune"], epochs=FINETUNE_EPOCHS), finetune_centroids=dict(recipe["finetune_centroids"], epochs=CENTROID_EPOCHS))
     # The search's default space codes at the smallest index width per layer ("auto"); this run

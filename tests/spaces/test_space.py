@@ -171,3 +171,27 @@ def test_prune_knobs_are_fractions_of_the_layer_structured_pruning_leaves():
         study.tell(trial, [0.5, 1000.0])
     with pytest.raises(SqueezeError, match=r"space knob 'prune.conv2.keep' counts weights of the dense layer, but structured pruning runs first"):
         derive_space(LeNet5(), {"structured": {}, "prune": {"layers": {"conv2": {"keep": [100, 1000]}}}})
+
+
+@pytest.mark.parametrize("by, expected", [("kind", {"@Conv2d", "@Linear"}), ("block", {"@conv1", "@layer1.0", "@layer1.1", "@layer1.2", "@layer2.0", "@layer2.1", "@layer2.2", "@layer3.0", "@layer3.1", "@layer3.2", "@fc"})])
+def test_a_deep_model_can_ask_for_a_compact_space(by, expected):
+    """ResNet-20 has 22 compressible tensors: grouped, a handful of knobs cover all of them."""
+    from squeezetune.tasks.cnn import ResNet20
+
+    model = ResNet20()
+    space = derive_space(model, {"group": by, "prune": {"layers": {"fc": {"keep_fraction": 0.5}}}})
+    assert set(space.groups) == expected
+    prune_knobs = {k.name for k in space.knobs if k.name.startswith("prune.") and k.name != "prune.granularity"}
+    shared = {g for g, members in space.groups.items() if set(members) - {"fc"}}
+    assert prune_knobs == {f"prune.{g}.keep_fraction" for g in shared} | {"prune.fc.keep_fraction"}
+    params = space.suggest(optuna.create_study(directions=["maximize", "minimize"]).ask())
+    recipe = space.recipe(params)
+    prune = recipe.first("prune")
+    assert set(prune.layers) == set(compressible(model))  # every tensor is covered
+    assert prune.layers["fc"].keep_fraction == 0.5
+    for group in shared:
+        assert {prune.layers[m].keep_fraction for m in space.groups[group] if m != "fc"} == {params[f"prune.{group}.keep_fraction"]}
+    hand = deep_compression("resnet20", model)
+    assert space.contains(space.project(hand))
+    with pytest.raises(SqueezeError, match=r"space.group='layer' is not known: expected one of \['tensor', 'kind', 'block'\]"):
+        derive_space(model, {"group": "layer"})

@@ -8,6 +8,8 @@ fine-tune epochs and learning rate, distillation on/off) come once. Coder and in
 fixes, narrows or excludes any of them::
 
     space:
+      group: tensor                   # one knob per tensor; kind: one per layer type; block: one per block
+      group_depth: 2                  # with group: block, the module-name parts that make a block
       prune:                          # false: no pruning stage at all
         granularity: weight
         default: {keep_fraction: [0.02, 0.6]}   # every layer not named below (of the layer as it is then)
@@ -36,7 +38,7 @@ kept weights (``bits: 8`` on a tensor keeping 100 weights gives 100 clusters: ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from torch import nn
@@ -56,6 +58,10 @@ BITS = (2, 8)
 """Default range of k-means bits per layer (2**bits clusters)."""
 
 _STAGES = ("prune", "finetune", "share", "finetune_centroids", "encode", "structured")
+_OPTIONS = ("group", "group_depth")
+GROUPINGS = ("tensor", "kind", "block")
+"""How per-tensor knobs are shared: one per ``tensor``, one per layer ``kind`` (``Conv2d``, ``Linear``,
+``LSTM``, ...), or one per ``block`` (the first ``group_depth`` parts of the module name)."""
 _FINETUNE_DEFAULTS = {
     "finetune": {"epochs": IntRange(1, 3), "distill": Choice((True, False)), "lr": FloatRange(0.01, 0.01, log=True)},
     "finetune_centroids": {"epochs": IntRange(0, 2), "lr": FloatRange(0.002, 0.002, log=True)},
@@ -73,6 +79,8 @@ class Space:
     knobs: tuple[Knob, ...]
     layers: dict[str, int]
     stages: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """With ``group: kind`` or ``block``: each group's name (``@Conv2d``, ``@layer1.0``) and its tensors."""
 
     def __post_init__(self) -> None:
         names = [k.name for k in self.knobs]
@@ -120,12 +128,20 @@ class Space:
         data["encode"] = recipe.encode.to_dict()
         params = self.corner()
         for k in self.knobs:
-            value = _lookup(data, k.target, self.layers)
+            value = self._lookup(data, k.target)
             if value is not None:
                 params[k.name] = _clip(value, k)
             elif k.target[0] == "structured" and k.target[-1] == "keep_channels":
                 params[k.name] = k.corners()[1]
         return params
+
+    def _lookup(self, data: Mapping[str, Any], target: tuple[str, ...]) -> Any:
+        """The recipe's value for a knob; for a group's knob, the mean over the group's tensors."""
+        members = self.groups.get(target[2]) if len(target) == 4 else None
+        if not members:
+            return _lookup(data, target, self.layers)
+        values = [v for m in members if isinstance(v := _lookup(data, (*target[:2], m, target[3]), self.layers), (int, float))]
+        return sum(values) / len(values) if values else None
 
     def contains(self, params: Mapping[str, Any]) -> bool:
         return set(params) == {k.name for k in self.knobs} and all(k.domain.contains(params[k.name]) for k in self.knobs)
@@ -143,6 +159,12 @@ class Space:
             for part in k.target[:-1]:
                 node = node.setdefault(part, {})
             node[k.target[-1]] = _plain(params[k.name])
+        for stage in ("prune", "share"):
+            layers = data.get(stage, {}).get("layers", {})
+            for group in [g for g in layers if g in self.groups]:
+                setting = layers.pop(group)
+                for member in self.groups[group]:
+                    layers.setdefault(member, dict(setting))
         if "share" in data:
             data["share"]["fit"] = True
         return data
@@ -211,13 +233,15 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
     Raises a one-line :class:`SqueezeError` for an unknown stage, knob or layer, an empty range,
     or a value outside what the model allows (e.g. ``keep`` above a layer's weight count).
     """
+    if config is not None and not isinstance(config, Mapping):
+        raise SqueezeError(f"space is {type(config).__name__}: expected a mapping with keys {list(_STAGES + _OPTIONS)}")
     config = dict(config or {})
-    if not isinstance(config, dict):
-        raise SqueezeError(f"space is {type(config).__name__}: expected a mapping with keys {list(_STAGES)}")
-    unknown = sorted(set(config) - set(_STAGES))
+    unknown = sorted(set(config) - set(_STAGES + _OPTIONS))
     if unknown:
-        raise SqueezeError(f"unknown key {unknown[0]!r} in space: expected one of {list(_STAGES)}")
-    layers = {name: t.numel for name, t in compressible(model).items()}
+        raise SqueezeError(f"unknown key {unknown[0]!r} in space: expected one of {list(_STAGES + _OPTIONS)}")
+    targets = compressible(model)
+    layers = {name: t.numel for name, t in targets.items()}
+    groups = _groups(targets, config.get("group", "tensor"), config.get("group_depth", 2))
     knobs: list[Knob] = []
     stages: list[str] = []
 
@@ -225,7 +249,7 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
     if prune is not None:
         stages.append("prune")
         knobs.append(_recipe_knob("prune.granularity", prune.get("granularity"), Fixed(Granularity.WEIGHT.value), ("prune", "granularity"), tuple(g.value for g in Granularity)))
-        knobs += _layer_knobs("prune", prune, layers, _keep_domain)
+        knobs += _layer_knobs("prune", prune, layers, _keep_domain, groups)
 
     for stage in ("finetune", "finetune_centroids"):
         ft = _stage(config, stage, tuple(f.name for f in fields(FinetuneConfig)))
@@ -248,7 +272,7 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
         knobs.append(_recipe_knob("share.init", share.get("init"), Choice(tuple(i.value for i in Init)), ("share", "init"), tuple(i.value for i in Init)))
         if "max_iter" in share:
             knobs.append(_recipe_knob("share.max_iter", share["max_iter"], IntRange(20, 20), ("share", "max_iter")))
-        knobs += _layer_knobs("share", share, layers, _share_domain)
+        knobs += _layer_knobs("share", share, layers, _share_domain, groups)
 
     encode = _stage(config, "encode", ("coder", "index_bits"), allow_off=False)
     stages.append("encode")
@@ -272,7 +296,22 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
             raise SqueezeError(
                 f"space knob {counts[0]!r} counts weights of the dense layer, but structured pruning runs first and shrinks it: give keep_fraction instead"
             )
-    return Space(tuple(knobs), layers, tuple(stages))
+    return Space(tuple(knobs), layers, tuple(stages), groups)
+
+
+def _groups(targets: Mapping[str, Any], by: Any, depth: Any) -> dict[str, tuple[str, ...]]:
+    """The tensors sharing each knob, by group name; empty for one knob per tensor."""
+    if by not in GROUPINGS:
+        raise SqueezeError(f"space.group={by!r} is not known: expected one of {list(GROUPINGS)}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise SqueezeError(f"space.group_depth={depth!r}: expected an integer >= 1 (module-name parts that make a block)")
+    if by == "tensor":
+        return {}
+    out: dict[str, list[str]] = {}
+    for name, t in targets.items():
+        key = t.kind if by == "kind" else ".".join(t.module_name.split(".")[:depth]) or t.name
+        out.setdefault(f"@{key}", []).append(name)
+    return {g: tuple(members) for g, members in out.items()}
 
 
 def _stage(config: Mapping[str, Any], stage: str, keys: tuple[str, ...], allow_off: bool = True) -> dict[str, Any] | None:
@@ -294,7 +333,7 @@ def _recipe_knob(name: str, raw: Any, default, target: tuple[str, ...], allowed:
     return Knob(name, domain, target)
 
 
-def _layer_knobs(stage: str, cfg: Mapping[str, Any], layers: Mapping[str, int], domain_of) -> list[Knob]:
+def _layer_knobs(stage: str, cfg: Mapping[str, Any], layers: Mapping[str, int], domain_of, groups: Mapping[str, tuple[str, ...]]) -> list[Knob]:
     named = cfg.get("layers") or {}
     if not isinstance(named, Mapping):
         raise SqueezeError(f"space.{stage}.layers is {type(named).__name__}: expected a mapping of layer name to settings")
@@ -304,8 +343,14 @@ def _layer_knobs(stage: str, cfg: Mapping[str, Any], layers: Mapping[str, int], 
     default = cfg.get("default")
     if default is not None and default is not False and not isinstance(default, Mapping):
         raise SqueezeError(f"space.{stage}.default={default!r}: expected a mapping, or false to leave unnamed layers alone")
+    # a named layer has its own knob; every other one shares its group's (or has its own, ungrouped)
+    units: dict[str, int] = {name: n for name, n in layers.items() if name in named or not groups}
+    for group, members in groups.items():
+        rest = [m for m in members if m not in named]
+        if rest:
+            units[group] = sum(layers[m] for m in rest)
     knobs = []
-    for name, n in layers.items():
+    for name, n in units.items():
         setting = named.get(name, default if default is not None else {})
         if setting is False:
             continue

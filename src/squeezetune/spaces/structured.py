@@ -12,7 +12,7 @@ entry (channel pruning is opt-in: it changes the architecture, so a search shoul
           fc1: {lambda: [0.05, 0.5]}           # a fixed-lambda LASSO instead of a count
           conv1: false                         # left whole
 
-The groups come from :func:`squeezetune.compression.structured.shrink.prunable_layers` (DepGraph), so
+The groups come from :func:`squeezetune.compression.structured.shrink.channel_groups` (DepGraph), so
 coupled layers share one knob. The values land in the recipe's reserved ``structured`` entry as
 ``{method, layers: {name: {keep_channels | lambda}}}``.
 """
@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from squeezetune.compression.structured.stage import StructuredMethod
 from squeezetune.errors import SqueezeError
 from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, check_setting_keys, parse_domain
 
@@ -30,12 +31,11 @@ KEEP_CHANNELS = (0.25, 1.0)
 """Default range of the fraction of each group's channels a trial keeps."""
 LAMBDA = (0.01, 1.0)
 """Default LASSO lambda range (dimensionless, log-scaled) when a group is given ``lambda``."""
-METHODS = ("lasso", "l1")
 
 
 def structured_knobs(model: nn.Module, cfg: Any, example: Any = None) -> list[Knob]:
     """The ``structured.*`` knobs of ``model`` for the user's ``space.structured`` entry."""
-    from squeezetune.compression.structured.shrink import prunable_layers as channel_groups
+    from squeezetune.compression.structured.shrink import channel_groups
 
     if cfg is True or cfg is None:
         cfg = {}
@@ -47,7 +47,8 @@ def structured_knobs(model: nn.Module, cfg: Any, example: Any = None) -> list[Kn
     groups = {name: g.channels for name, g in (channel_groups(model, example) if example is not None else channel_groups(model)).items()}
     if not groups:
         raise SqueezeError("space.structured: this model has no prunable channel groups")
-    method = parse_domain(cfg["method"], Choice(METHODS), "space.structured.method", METHODS) if "method" in cfg else Fixed("lasso")
+    methods = tuple(m.value for m in StructuredMethod)
+    method = parse_domain(cfg["method"], Choice(methods), "space.structured.method", methods) if "method" in cfg else Fixed("lasso")
     knobs = [Knob("structured.method", method, ("structured", "method"))]
     if "macs_target" in cfg:
         knobs.append(Knob("structured.macs_target", parse_domain(cfg["macs_target"], FloatRange(0.1, 1.0), "space.structured.macs_target"), ("structured", "macs_target")))

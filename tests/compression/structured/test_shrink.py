@@ -8,7 +8,7 @@ from torch import nn
 
 from squeezetune.compression.structured._graph import StructureGraph
 from squeezetune.compression.measure import compare_latency, latency_ms, layer_macs, macs, params
-from squeezetune.compression.structured.shrink import apply_spec, plan_counts, prunable_layers, shrink, shrunk_spec
+from squeezetune.compression.structured.shrink import apply_spec, plan_counts, channel_groups, shrink, shrunk_spec
 from squeezetune.errors import SqueezeError
 from tests.compression._models import randomise_norms
 from squeezetune.tasks.cnn import MobileNetV2, ResNet20, VGGNet
@@ -42,7 +42,7 @@ def _zero_channels(model: nn.Module, layer: str, channels: list[int]) -> None:
 )
 def test_removing_zeroed_channels_keeps_the_function(factory, layer):
     model = randomise_norms(factory())
-    n = prunable_layers(model)[StructureGraph(model).resolve(layer)].channels
+    n = channel_groups(model)[StructureGraph(model).resolve(layer)].channels
     gone = list(range(1, n, 3))
     _zero_channels(model, layer, gone)
     x = torch.randn(4, 1, 28, 28)
@@ -87,7 +87,7 @@ def test_depthwise_groups_stay_consistent_on_mobilenetv2():
 def test_spec_round_trip_rebuilds_the_shrunk_model(factory):
     dense = randomise_norms(factory())
     keep = plan_counts(dense, 0.4)
-    groups = prunable_layers(dense)
+    groups = channel_groups(dense)
     small = shrink(dense, {n: range(k, groups[n].channels) for n, k in keep.items()})
     spec = json.loads(json.dumps(shrunk_spec(small)))
     rebuilt = apply_spec(factory(), spec)
@@ -128,7 +128,7 @@ def test_macs_counts_convs_and_linears():
 def test_plan_counts_hits_the_macs_target(factory, target, round_to):
     dense = factory()
     keep = plan_counts(dense, target, round_to=round_to)
-    groups = prunable_layers(dense)
+    groups = channel_groups(dense)
     assert set(keep) == set(groups)
     if round_to > 1:
         assert all(k % round_to == 0 or k == groups[n].channels for n, k in keep.items())
@@ -142,14 +142,14 @@ def test_plan_counts_by_sensitivity_spares_the_sensitive_layer():
     from squeezetune.compression.structured.filters import Sensitivity
 
     dense = VGGNet()
-    names = list(prunable_layers(dense))
+    names = list(channel_groups(dense))
     fractions = (0.25, 0.5, 0.75)
     accuracy = {n: (0.99, 0.98, 0.97) for n in names}
     accuracy["features.14"] = (0.6, 0.3, 0.1)
     sens = Sensitivity(0.99, fractions, accuracy)
     keep = plan_counts(dense, 0.5, "sensitivity", sens)
     assert keep["features.14"] > keep["features.10"] * 2  # 128 vs 64 channels: spared more than its size
-    groups = prunable_layers(dense)
+    groups = channel_groups(dense)
     small = shrink(dense, {n: range(k, groups[n].channels) for n, k in keep.items()})
     assert macs(small) <= 0.5 * macs(dense)
 

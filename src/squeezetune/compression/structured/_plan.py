@@ -15,9 +15,11 @@ from torch.nn.modules.conv import _ConvNd
 from squeezetune.compression import measure
 from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
 from squeezetune.compression.structured._graph import StructureGraph
+from squeezetune.compression.structured.stage import Allocation
 from squeezetune.errors import SqueezeError
 
-METHODS = ("uniform", "sensitivity")
+ALLOCATIONS = tuple(a.value for a in Allocation)
+"""How :func:`plan_counts` spreads the cut (the structured stage's ``allocation``)."""
 
 
 def layer_macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict[str, int]:
@@ -138,8 +140,8 @@ def plan_counts(
     """
     if not isinstance(macs_target, (int, float)) or not 0.0 < macs_target <= 1.0:
         raise SqueezeError(f"macs_target={macs_target!r} must be a fraction of the dense MACs in (0, 1]")
-    if method not in METHODS:
-        raise SqueezeError(f"method={method!r} is unknown: expected one of {list(METHODS)}")
+    if method not in ALLOCATIONS:
+        raise SqueezeError(f"method={method!r} is unknown: expected one of {list(ALLOCATIONS)}")
     if method == "sensitivity" and sensitivity is None:
         raise SqueezeError("method='sensitivity' needs the result of sensitivity_analysis: expected sensitivity=...")
     if not isinstance(round_to, int) or round_to < 1:

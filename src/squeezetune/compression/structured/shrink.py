@@ -8,7 +8,7 @@ smaller weight tensors, fewer MACs and a lower latency -- no masks.
 Which channels go is chosen elsewhere: by filter L1 norm (:mod:`.filters`) or by LASSO channel
 selection with least-squares reconstruction (:mod:`.channel`). This module holds what they share:
 
-* :func:`prunable_layers` -- the channel groups, by name;
+* :func:`channel_groups` -- the channel groups, by name;
 * :func:`shrink` -- remove given channels, returning a new, smaller model;
 * :func:`shrunk_spec` / :func:`apply_spec` -- describe a shrunk architecture as JSON-able data and
   rebuild it from the task's factory without replaying the pruning;
@@ -43,7 +43,7 @@ from squeezetune.errors import SqueezeError
 
 __all__ = [
     "ChannelGroup",
-    "prunable_layers",
+    "channel_groups",
     "shrink",
     "check_keep",
     "shrunk_spec",
@@ -58,7 +58,7 @@ SPEC_FORMAT = "squeezetune.shrunk/1"
 # -- groups and shrinking ------------------------------------------------------------------------
 
 
-def prunable_layers(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict[str, ChannelGroup]:
+def channel_groups(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict[str, ChannelGroup]:
     """The model's prunable channel groups by name (the first member in module order).
 
     Each :class:`ChannelGroup` lists its ``members`` (layers whose filters go), ``consumers``
