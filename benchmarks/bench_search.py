@@ -181,7 +181,7 @@ def main() -> None:
     rows, raw = [], {"hand": {}, "seeds": seeds, "ref": REF}
     hand_rows = (
         (f"Deep Compression, same fine-tune budget ({FINETUNE_EPOCHS}+{CENTROID_EPOCHS} epochs)", hand["short"]),
-        (f"Deep Compression, same budget, index_bits auto (as the search codes)", hand["short-auto"]),
+        ("Deep Compression, same budget, index_bits auto (as the search codes)", hand["short-auto"]),
         (f"Deep Compression, full schedule ({full_epochs} epochs)", hand["full"]),
     )
     for label, h in hand_rows:

@@ -10,8 +10,8 @@ model decoder, which must then reject them with a ``SqueezeError`` or decode the
 
 from __future__ import annotations
 
-from squeezetune.compression.coding.container import pack_sections
 from squeezetune.compression import decode_bytes
+from squeezetune.compression.coding.container import pack_sections
 from squeezetune.errors import SqueezeError
 
 

@@ -133,8 +133,8 @@ def evaluate_cmd(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Decode a container and print its model's accuracy."""
-    from squeezetune.compression.finetune import evaluate
     from squeezetune.compression import decode_file
+    from squeezetune.compression.finetune import evaluate
     from squeezetune.tasks import get_task
 
     t = get_task(task) if task else None

@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from squeezetune._io import atomic_write_bytes
 from squeezetune.compression.finetune import FinetuneConfig, train
 from squeezetune.compression.unstructured.pruning import plain_state_dict
-from squeezetune._io import atomic_write_bytes
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import Split, Task
 

@@ -16,7 +16,7 @@ import optuna
 
 from squeezetune.search import present, tracking
 from squeezetune.search.pareto import Point, pareto_front
-from squeezetune.search.searcher import INTERRUPTED_ATTR, RUN_ATTR
+from squeezetune.search.searcher import INTERRUPTED_ATTR, OUTCOME_ATTRS, RUN_ATTR
 from squeezetune.spaces import Constraints
 
 PARETO_TAG = "pareto"
@@ -30,7 +30,7 @@ def points_of(study: optuna.Study, constraints: Constraints, dense_accuracy: flo
         if "accuracy" not in a or "bytes" not in a:
             continue
         feasible = constraints.feasible(accuracy=a["accuracy"], bytes=int(a["bytes"]), dense_accuracy=dense_accuracy, macs=a.get("macs"))
-        extra = {k: a[k] for k in ("ratio", "macs", "wall_seconds", "pipeline_seconds", "trial_seconds", "mlflow_seconds", "node") if k in a}
+        extra = {k: a[k] for k in (*OUTCOME_ATTRS, "wall_seconds", "node") if k in a and k not in ("accuracy", "bytes")}
         out.append(Point(t.number, float(a["accuracy"]), int(a["bytes"]), a.get(RUN_ATTR), feasible, extra))
     return out
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
-from squeezetune.compression.report import OUTCOME
 from squeezetune.search.config import SearchConfig, default_max_concurrent
 from squeezetune.search.pareto import Point
 from squeezetune.spaces import Constraints, Space, derive_space
@@ -135,8 +135,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     uri = tracking.resolve_tracking_uri(config.tracking_uri)
     tracking.probe(uri)
 
-    from squeezetune.compression import dense_model, evaluate
     from squeezetune.compression import dense_bytes as count_dense_bytes
+    from squeezetune.compression import dense_model, evaluate
     from squeezetune.compression.measure import macs
     from squeezetune.tasks import example_input, get_task
 

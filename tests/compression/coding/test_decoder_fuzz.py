@@ -13,9 +13,9 @@ import zlib
 import pytest
 import torch
 
+from squeezetune.compression import decode_bytes
 from squeezetune.compression.coding import codec
 from squeezetune.compression.coding.container import pack_sections, unpack_sections
-from squeezetune.compression import decode_bytes
 from squeezetune.compression.unstructured.pruning import prune_layer
 from squeezetune.compression.unstructured.sharing import share_layer
 from squeezetune.errors import SqueezeError

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from squeezetune.compression.coding import streams as coding, huffman
+from squeezetune.compression.coding import huffman
+from squeezetune.compression.coding import streams as coding
 from squeezetune.compression.coding.streams import (
     Coder,
     best_coder,

@@ -11,8 +11,8 @@ from squeezetune.compression.structured import _lasso
 from squeezetune.compression.structured.channel import ChannelPruneConfig, channel_prune
 from squeezetune.compression.structured.filters import filter_prune
 from squeezetune.errors import SqueezeError
-from tests.compression._models import randomise_norms
 from squeezetune.tasks.cnn import ResNet20, VGGNet
+from tests.compression._models import randomise_norms
 
 
 def _problem(p: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

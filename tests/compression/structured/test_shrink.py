@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from squeezetune.compression.structured._graph import StructureGraph
 from squeezetune.compression.measure import compare_latency, latency_ms, layer_macs, macs, params
-from squeezetune.compression.structured.shrink import apply_spec, plan_counts, channel_groups, shrink, shrunk_spec
+from squeezetune.compression.structured._graph import StructureGraph
+from squeezetune.compression.structured.shrink import apply_spec, channel_groups, plan_counts, shrink, shrunk_spec
 from squeezetune.errors import SqueezeError
-from tests.compression._models import randomise_norms
 from squeezetune.tasks.cnn import MobileNetV2, ResNet20, VGGNet
+from tests.compression._models import randomise_norms
 
 
 def _zero_channels(model: nn.Module, layer: str, channels: list[int]) -> None:

@@ -32,9 +32,9 @@ import copy
 from typing import Iterable, Mapping
 
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.utils import parametrize
 
 from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
 from squeezetune.compression.structured._graph import ChannelGroup, StructureGraph

@@ -135,6 +135,7 @@ def _check_lasso_layers(graph) -> None:
 def structured(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.Module:
     """Physically shrink ``model`` by channel pruning as ``config`` says; returns the smaller model."""
     from squeezetune.compression.finetune import evaluate
+    from squeezetune.compression.measure import macs
     from squeezetune.compression.structured._graph import StructureGraph
     from squeezetune.compression.structured.channel import (
         ChannelPruneConfig,
@@ -144,7 +145,6 @@ def structured(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.M
         filter_prune,
         sensitivity_analysis,
     )
-    from squeezetune.compression.measure import macs
     from squeezetune.compression.structured.shrink import plan_counts
 
     example = ctx.example
