@@ -212,6 +212,8 @@ def decode_cmd(
 
 
 def _register_optional() -> None:
+    if "search" in _command_names():  # main() ran before in this process
+        return
     try:
         from squeezetune.search.commands import register
     except ImportError:

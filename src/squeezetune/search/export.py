@@ -66,11 +66,7 @@ def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], lis
 
 def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, trial: int | None = None, max_bytes: int | None = None, max_drop: float | None = None) -> Point:
     """The trial to export; exactly one selector must be given."""
-    given = [k for k, v in (("--trial", trial), ("--max-bytes", max_bytes), ("--max-drop", max_drop)) if v is not None]
-    if len(given) != 1:
-        raise SqueezeError(f"give exactly one of --trial, --max-bytes, --max-drop; got {given or 'none'}")
-    if max_drop is not None and not (math.isfinite(max_drop) and 0 <= max_drop <= 100):
-        raise SqueezeError(f"--max-drop {max_drop}: expected accuracy points in [0, 100] (0.5 = half a point)")
+    check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop)
     if not points:
         raise SqueezeError("the search has no finished trial to export")
     if trial is not None:
@@ -88,6 +84,19 @@ def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, tria
         best = max(front, key=lambda p: p.accuracy)
         raise SqueezeError(f"--max-drop {max_drop}: no front point loses that little; the most accurate loses {100.0 * (dense_accuracy - best.accuracy):.2f} points")
     return min(ok, key=lambda p: (p.bytes, -p.accuracy))
+
+
+def check_selectors(*, trial: int | None, max_bytes: int | None, max_drop: float | None) -> None:
+    """Exactly one of ``trial``, ``max_bytes``, ``max_drop``, each in its range."""
+    given = [k for k, v in (("--trial", trial), ("--max-bytes", max_bytes), ("--max-drop", max_drop)) if v is not None]
+    if len(given) != 1:
+        raise SqueezeError(f"give exactly one of --trial, --max-bytes, --max-drop; got {given or 'none'}")
+    if max_drop is not None and not (math.isfinite(max_drop) and 0 <= max_drop <= 100):
+        raise SqueezeError(f"--max-drop {max_drop}: expected accuracy points in [0, 100] (0.5 = half a point)")
+    if max_bytes is not None and max_bytes < 1:
+        raise SqueezeError(f"--max-bytes {max_bytes}: expected a number of bytes >= 1")
+    if trial is not None and trial < 0:
+        raise SqueezeError(f"--trial {trial}: expected a trial number >= 0")
 
 
 @dataclass
@@ -157,6 +166,7 @@ def export_trial(
     from squeezetune.tasks import get_task
 
     out = Path(out)
+    check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop)
     registered = model_name if model_name is not None else f"squeezetune-{name}"
     check_registry_names(registered, alias)
     check_out_folder(out, force=force)
