@@ -500,6 +500,8 @@ def connect_ray(config: SearchConfig, progress: Progress = _quiet) -> bool:
         return False
     # result.json loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): outcomes live in Optuna + MLflow
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # on Ctrl-C Tune suggests Tuner.restore of its scratch folder, which is removed: --resume is the way
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     address = _cluster_address(config)
     if address:
