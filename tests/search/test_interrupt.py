@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
+
+from tests.search._driver import study_states, wait_for_finished_and_running
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,6 @@ CONFIG = {
     "warm_start": [],
     "space": {"finetune": {"epochs": 2}, "finetune_centroids": {"epochs": 1}},
 }
-
-
-def _states(db) -> list[str]:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return [s for (s,) in con.execute("select state from trials order by number")]
-    except sqlite3.Error:
-        return []
 
 
 def _store(workdir):
@@ -95,15 +87,7 @@ def interrupted(workdir):
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                states = _states(workdir / "optuna.db")
-                if states.count("COMPLETE") >= 1 and "RUNNING" in states:
-                    break
-                assert driver.poll() is None, err.read_text()[-3000:]
-                time.sleep(0.2)
-            else:
-                pytest.fail("the search never had a finished trial and a running one")
+            wait_for_finished_and_running(driver, workdir / "optuna.db", err)
             os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
             code = driver.wait(120)
         finally:
@@ -118,7 +102,7 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(interrupted, workdir):
     assert err.strip().splitlines()[-1] == "interrupted"
     assert "squeezetune search --resume ctrlc" in out
     assert "Tuner.restore" not in err  # Tune's own hint points at a folder that is removed
-    assert _states(workdir / "optuna.db").count("COMPLETE") < CONFIG["trials"]
+    assert study_states(workdir / "optuna.db").count("COMPLETE") < CONFIG["trials"]
 
 
 @pytest.fixture(scope="module")
