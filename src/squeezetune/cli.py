@@ -179,18 +179,20 @@ def evaluate_cmd(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Decode a container and print its model's accuracy."""
+    from squeezetune.compression.coding import codec
+    from squeezetune.compression.coding.container import read_container
     from squeezetune.compression.finetune import evaluate
     from squeezetune.compression.pipeline import decode_file
     from squeezetune.tasks import get_task
 
     _check_device(device)
+    made_for = codec.read_meta(read_container(container))["task"]
     t = get_task(task) if task else None
     model = decode_file(container, task=t)
     if t is None:
-        from squeezetune.compression.coding import codec
-        from squeezetune.compression.coding.container import read_container
-
-        t = get_task(codec.read_meta(read_container(container))["task"])
+        t = get_task(made_for)
+    elif t.name != made_for:
+        typer.echo(f"note: {container} was made for task {made_for!r}; measuring it on {t.name!r}", err=True)
     _, eval_split = _load(t, data_dir)
     typer.echo(f"{container}: accuracy {evaluate(model, eval_split, device=device):.4f} on {len(eval_split)} {t.name} images")
 
