@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, prog_name="squeezetune", standalone_mode=False)
     except SqueezeError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except Exception as exc:

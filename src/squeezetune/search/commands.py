@@ -19,6 +19,12 @@ ExperimentOpt = typer.Option("squeezetune", "--experiment", help="MLflow experim
 NameOpt = typer.Option(..., "--name", "-n", help="The search's name.")
 
 
+class NoTrialCompleted(SqueezeError):
+    """A search ran to its end and every trial failed: exit code 1, not 2 (the input may be fine)."""
+
+    exit_code = 1
+
+
 def _progress(message: str, _start: list[float] = [time.perf_counter()]) -> None:
     typer.echo(f"[{time.perf_counter() - _start[0]:7.1f}s] {message}", err=True)
 
@@ -86,8 +92,7 @@ def search_cmd(
         raise typer.Exit(130)
     if n["complete"] == 0:
         first = outcome.errors[0] if outcome.errors else "no error recorded"
-        typer.echo(f"error: no trial of search {outcome.name!r} completed ({n['failed']} failed; first error: {first})", err=True)
-        raise typer.Exit(1)
+        raise NoTrialCompleted(f"no trial of search {outcome.name!r} completed ({n['failed']} failed; first error: {first})")
 
 
 def pareto_cmd(
