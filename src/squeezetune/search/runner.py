@@ -210,10 +210,10 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
         if parent is None:
             _refuse_existing_study(storage, config.name)
             parent = _create_parent(c, exp_id, config, space, dense_accuracy, d_bytes)
+        base = _Baseline(task, space, dense, splits, dense_accuracy, d_bytes, warm_starts)
+        local = owns_ray and not _cluster_address(config)
         try:
-            return _search(
-                config, c, exp_id, parent, task, space, dense, splits, dense_accuracy, d_bytes, warm_starts, resume, prior_trials, owns_ray, uri, started, progress
-            )
+            return _search(config, c, exp_id, parent, base, resume=resume, prior_trials=prior_trials, local=local, started=started, progress=progress)
         except BaseException:  # Ctrl-C or a crash after the parent run exists: the search can be continued
             where = f" --tracking-uri {uri}" if uri != tracking.default_tracking_uri() else ""
             progress(f"search {config.name!r} stopped early; continue it with: squeezetune search --resume {config.name}{where}")
@@ -225,11 +225,25 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
             ray.shutdown()
 
 
-def _search(config, c, exp_id, parent, task, space, dense, splits, dense_accuracy, d_bytes, warm_starts, resume, prior_trials, owns_ray, uri, started, progress) -> SearchOutcome:
+@dataclass(frozen=True)
+class _Baseline:
+    """What a search prepares before its parent run exists: the task, its space, the dense model."""
+
+    task: Any
+    space: Space
+    dense: Any
+    splits: tuple
+    accuracy: float
+    bytes: int
+    warm_starts: list[dict[str, Any]]
+
+
+def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, resume: bool, prior_trials: int, local: bool, started: float, progress: Progress) -> SearchOutcome:
     """The part of :func:`run_search` that runs once the parent run exists."""
     import optuna
 
-    storage = config.study_storage
+    storage, uri = config.study_storage, config.tracking_uri
+    dense_accuracy, d_bytes = base.accuracy, base.bytes
     parent_id = parent.info.run_id
     tracking.retry(lambda: c.update_run(parent_id, status="RUNNING"))
 
@@ -270,11 +284,11 @@ def _search(config, c, exp_id, parent, task, space, dense, splits, dense_accurac
         progress(f"trial {frozen.number if frozen else '?'}: {what}  [{n['complete'] + n['failed']}/{config.trials} done, front {len(front)}]")
 
     searcher = TrackedOptunaSearch(
-        space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, reuse_run=reuse_run, on_told=told, constraints=constraints
+        base.space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, reuse_run=reuse_run, on_told=told, constraints=constraints
     )
     study = searcher.study
     if not resume:
-        for params in warm_starts:
+        for params in base.warm_starts:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     if resume:
         _settle_interrupted(study, c, progress, constraints)
@@ -288,7 +302,7 @@ def _search(config, c, exp_id, parent, task, space, dense, splits, dense_accurac
     finished = False
     try:
         if remaining > 0:
-            _run_tuner(config, searcher, task, dense, splits, dense_accuracy, remaining, uri, local=owns_ray and not _cluster_address(config))
+            _run_tuner(config, searcher, base.task, base.dense, base.splits, dense_accuracy, remaining, uri, local=local)
         n = counts(study)
         finished = n["complete"] + n["failed"] >= config.trials
     finally:
