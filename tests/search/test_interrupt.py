@@ -132,6 +132,8 @@ def test_resume_without_a_cluster_is_refused_and_local_overrides_the_address(res
     assert code == 0, err
     assert "resuming: 3 of 4 trials done, 1 to run" in err
     _check_no_configuration_ran_twice(workdir, 4)
+    code, _, err = cli(["search", "--resume", "ctrlc"])  # a plain resume now finishes the 4 asked for last
+    assert code == 0 and "resuming: 4 of 4 trials done, 0 to run" in err, err
 
 
 def test_a_search_refused_for_want_of_a_cluster_leaves_its_name_free(cli, workdir, monkeypatch):

@@ -246,6 +246,8 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
     dense_accuracy, d_bytes = base.accuracy, base.bytes
     parent_id = parent.info.run_id
     tracking.retry(lambda: c.update_run(parent_id, status="RUNNING"))
+    if resume:
+        _record_requested_trials(c, parent_id, config)
 
     from squeezetune.search.front import FrontLogger, counts
     from squeezetune.search.searcher import OutcomeConstraints, TrackedOptunaSearch, make_sampler, resumed_seed
@@ -334,6 +336,14 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
         nodes=nodes,
         errors=errors,
     )
+
+
+def _record_requested_trials(c, parent_id: str, config: SearchConfig) -> None:
+    """A resume that asks for more trials updates the saved config, so a later plain ``--resume``
+    finishes those, not the first request (the rest of the saved config stays as started)."""
+    saved = load_saved_config(config.tracking_uri, config.experiment, config.name)
+    if saved.trials != config.trials:
+        tracking.log_json(c, parent_id, saved.replace(trials=config.trials).to_dict(), tracking.CONFIG_ARTIFACT)
 
 
 def _check_resumable(storage: str, config: SearchConfig) -> int:
