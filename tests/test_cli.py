@@ -153,3 +153,10 @@ def test_console_script_shows_no_traceback(tmp_path):
     proc = subprocess.run([str(exe), "inspect", str(tmp_path / "missing.sqz")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_evaluate_on_another_task_than_the_files_says_so(compressed, mnist_dir, capsys):
+    assert main(["evaluate", str(compressed), "--task", "lenet300-mnist", "--data-dir", str(mnist_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "was made for task 'lenet300-digits'; measuring it on 'lenet300-mnist'" in err
+    assert "on 2000 lenet300-mnist images" in out

@@ -6,6 +6,7 @@ Every user error ends in one line on stderr (``error: ...``) and exit code 2, ne
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,12 +31,31 @@ def _progress(message: str, _start: list[float] = [time.perf_counter()]) -> None
     typer.echo(f"[{time.perf_counter() - _start[0]:7.1f}s] {message}", err=True)
 
 
+SeedOpt = typer.Option(0, "--seed", min=0, help="Random seed (an integer >= 0).")
+
+
 def _check_out(out: Path, suffix: str) -> Path:
+    """Refuse, before any work, an output path that is misnamed or whose folder cannot take a file."""
     if out.suffix != suffix:
         raise SqueezeError(f"--out {str(out)!r} must end in {suffix}")
-    if out.parent and not out.parent.exists():
-        raise SqueezeError(f"--out directory {str(out.parent)!r} does not exist")
+    if out.is_dir():
+        raise SqueezeError(f"--out {str(out)!r} is a folder: expected a file name ending in {suffix}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise SqueezeError(f"--out directory {str(folder)!r} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise SqueezeError(f"--out directory {str(folder)!r} cannot take a new file: {exc.strerror or exc}") from None
     return out
+
+
+def _check_device(device: Optional[str]) -> None:
+    if device is not None:
+        from squeezetune.compression.finetune import pick_device
+
+        pick_device(device)
 
 
 @app.command("train")
@@ -43,7 +63,7 @@ def train_cmd(
     task: str = TaskOpt,
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the dense weights (.safetensors)."),
     data_dir: Optional[Path] = DataDirOpt,
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = SeedOpt,
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Train a task's dense baseline and write its weights."""
@@ -52,6 +72,7 @@ def train_cmd(
 
     t = get_task(task)
     _check_out(out, ".safetensors")
+    _check_device(device)
     train_split, eval_split = _load(t, data_dir)
     model = train_dense(t, train_split, device=device, seed=seed, progress=_progress)
     save_weights(model, out, metadata={"task": t.name})
@@ -79,7 +100,7 @@ def compress_cmd(
     allocation: Optional[str] = typer.Option(
         None, "--allocation", help="Per-layer channel counts for --macs-target: uniform or sensitivity."
     ),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = SeedOpt,
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Compress a task's model with a recipe; write F.sqz and F.report.json."""
@@ -89,6 +110,7 @@ def compress_cmd(
 
     t = get_task(task)
     _check_out(out, ".sqz")
+    _check_device(device)
     if allocation is not None and allocation not in ("uniform", "sensitivity"):
         raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity")
     splits = _load(t, data_dir)
@@ -134,16 +156,19 @@ def evaluate_cmd(
 ) -> None:
     """Decode a container and print its model's accuracy."""
     from squeezetune.compression import decode_file
+    from squeezetune.compression.coding import codec
+    from squeezetune.compression.coding.container import read_container
     from squeezetune.compression.finetune import evaluate
     from squeezetune.tasks import get_task
 
+    _check_device(device)
+    made_for = codec.read_meta(read_container(container))["task"]
     t = get_task(task) if task else None
     model = decode_file(container, task=t)
     if t is None:
-        from squeezetune.compression.coding import codec
-        from squeezetune.compression.coding.container import read_container
-
-        t = get_task(codec.read_meta(read_container(container))["task"])
+        t = get_task(made_for)
+    elif t.name != made_for:
+        typer.echo(f"note: {container} was made for task {made_for!r}; measuring it on {t.name!r}", err=True)
     _, eval_split = _load(t, data_dir)
     typer.echo(f"{container}: accuracy {evaluate(model, eval_split, device=device):.4f} on {len(eval_split)} {t.name} images")
 
@@ -165,6 +190,8 @@ def decode_cmd(
 
 
 def _register_optional() -> None:
+    if "search" in _command_names():  # main() ran before in this process
+        return
     try:
         from squeezetune.search.commands import register
     except ImportError:
@@ -172,30 +199,91 @@ def _register_optional() -> None:
     register(app)
 
 
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""Exit codes: done; a search that completed no trial (or an internal error); bad input; interrupted."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the CLI, turning user errors into one line and exit code 2."""
+    """Console entry point, and the CLI's one error boundary.
+
+    Whatever a command or the argument parser raises ends here as one line on stderr and an exit
+    code: bad input (a :class:`SqueezeError`, a parser error of whichever click the installed
+    typer uses, an OS error such as a read-only folder) ``error: ...`` and 2; Ctrl-C 130; anything
+    else ``error: internal error ...`` and 1 (``SQUEEZETUNE_DEBUG=1`` shows the traceback).
+    """
     _register_optional()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="squeezetune", standalone_mode=False)
     except SqueezeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return 2
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        return _fail_unexpected(exc, sys.argv[1:] if argv is None else list(argv))
+    code = code if isinstance(code, int) and not isinstance(code, bool) else EXIT_OK
+    if code == EXIT_INTERRUPTED:
         typer.echo("interrupted", err=True)
-        return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except Exception as exc:  # click usage errors
-        import click
+    return code
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            return 1
-        raise
-    return 0
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return code
+
+
+def _fail_unexpected(exc: Exception, argv: list[str]) -> int:
+    """An exception that is not a :class:`SqueezeError`: a parser error, Ctrl-C in a prompt, an OS error, or a bug."""
+    usage = _parser_error(exc, argv)
+    if usage is not None:
+        return _fail(usage)
+    if type(exc).__name__ == "Abort" and type(exc).__module__.split(".")[0] in ("click", "typer"):
+        typer.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror}{where}")
+    import os
+
+    if os.environ.get("SQUEEZETUNE_DEBUG"):
+        raise exc
+    return _fail(f"internal error {type(exc).__name__}: {exc} (SQUEEZETUNE_DEBUG=1 shows the traceback)", EXIT_FAILED)
+
+
+def _parser_error(exc: Exception, argv: list[str]) -> str | None:
+    """The one-line message of a command-line parser error, else ``None``.
+
+    typer 0.29 vendors click as ``typer._click``, older typers raise ``click``'s own exceptions;
+    both are recognised by what they are (an exception from click or typer with an integer
+    ``exit_code`` and ``format_message()``), not by the module they come from.
+    """
+    if type(exc).__module__.split(".")[0] not in ("click", "typer"):
+        return None
+    if not isinstance(getattr(exc, "exit_code", None), int) or not callable(getattr(exc, "format_message", None)):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "squeezetune"
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``squeezetune``: show the help, then say what is missing
+        text = exc.format_message()
+        if text.strip():
+            typer.echo(text)
+        return f"missing command: expected one of {', '.join(_command_names())} (squeezetune --help lists them)"
+    given = _given_value(argv, getattr(getattr(exc, "param", None), "opts", None) or [])
+    return f"{exc.format_message()}{f' (got {given!r})' if given is not None else ''} (see {path} --help)"
+
+
+def _given_value(argv: list[str], opts: list[str]) -> str | None:
+    """The value the command line gave option ``opts`` (``--trials three`` or ``--trials=three``)."""
+    for i, arg in enumerate(argv):
+        for opt in opts:
+            if arg == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if opt.startswith("--") and arg.startswith(opt + "="):
+                return arg[len(opt) + 1 :]
+    return None
+
+
+def _command_names() -> list[str]:
+    return [c.name for c in app.registered_commands if c.name]
 
 
 if __name__ == "__main__":

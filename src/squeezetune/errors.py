@@ -12,5 +12,8 @@ from __future__ import annotations
 class SqueezeError(ValueError):
     """A user-facing error whose message is one line naming the bad value and what was expected."""
 
+    exit_code: int = 2
+    """The CLI's exit code for it: 2, bad input, unless a subclass says otherwise."""
+
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))

@@ -55,3 +55,31 @@ def test_missing_and_broken_yaml(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(SqueezeError, match="not valid YAML"):
         SearchConfig.from_yaml(bad)
+
+
+def test_relative_paths_in_a_config_file_are_read_against_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    (folder / "data").mkdir(parents=True)
+    (folder / "mine.yaml").write_text("name: mine\n")
+    (folder / "s.yaml").write_text(
+        "data_dir: data\ndense: dense.safetensors\nwarm_start: [deep-compression, mine.yaml]\n"
+        "tracking_uri: sqlite:///runs/mlflow.db\nstudy_storage: sqlite:///runs/optuna.db\n"
+    )
+    monkeypatch.chdir(tmp_path)  # another folder than the config's
+    c = SearchConfig.from_yaml("configs/s.yaml")
+    assert c.data_dir == str((folder / "data").resolve()) and c.dense == str((folder / "dense.safetensors").resolve())
+    assert c.warm_start == ("deep-compression", str((folder / "mine.yaml").resolve()))
+    assert c.tracking_uri == f"sqlite:///{(folder / 'runs' / 'mlflow.db').resolve()}"
+    assert c.study_storage == f"sqlite:///{(folder / 'runs' / 'optuna.db').resolve()}"
+    assert SearchConfig.from_dict({"data_dir": "data"}).data_dir == str((tmp_path / "data").resolve())  # flags: the working folder
+
+
+@pytest.mark.parametrize("address", ["local", "auto", "10.0.0.5:6379", "head-node:6379", "ray://head:10001"])
+def test_ray_addresses(address):
+    assert SearchConfig.from_dict({"ray_address": address}).ray_address == address
+
+
+@pytest.mark.parametrize("address", ["my cluster", "http://head:8265", "head", 6379])
+def test_bad_ray_addresses(address):
+    with pytest.raises(SqueezeError, match="expected local, auto, host:port or ray://host:port"):
+        SearchConfig.from_dict({"ray_address": address})

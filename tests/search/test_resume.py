@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,20 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.search._driver import study_states, wait_for_finished_and_running
+
 pytestmark = pytest.mark.slow
 
 TRIALS = 5
 SQUEEZETUNE = Path(sys.executable).with_name("squeezetune")
-
-
-def _states(db: Path) -> list[str]:
-    if not db.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return [s for (s,) in con.execute("select state from trials")]
-    except sqlite3.Error:
-        return []
 
 
 def _session_pids(sid: int) -> list[tuple[int, str]]:
@@ -54,20 +45,12 @@ def test_resume_after_the_driver_is_killed(cli, workdir):
     log = (workdir / "driver.log").open("w")
     driver = subprocess.Popen([str(SQUEEZETUNE), "search", "--config", "k.yaml"], cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            states = _states(workdir / "optuna.db")
-            if states.count("COMPLETE") >= 1 and "RUNNING" in states:
-                break
-            assert driver.poll() is None, (workdir / "driver.log").read_text()[-3000:]
-            time.sleep(0.2)
-        else:
-            pytest.fail("the driver never had a finished trial and a running one")
+        wait_for_finished_and_running(driver, workdir / "optuna.db", workdir / "driver.log", timeout=240)
     finally:
         driver.kill()  # SIGKILL to the driver alone: no handler runs
         driver.wait(30)
         log.close()
-    states = _states(workdir / "optuna.db")
+    states = study_states(workdir / "optuna.db")
     assert states.count("COMPLETE") < TRIALS and "RUNNING" in states
     running = [n for n, s in enumerate(states) if s == "RUNNING"]  # trial numbers follow insertion order
     for _ in range(150):  # the trial workers go down with the driver: nothing keeps logging to a run

@@ -63,3 +63,23 @@ def test_unknown_sampler_is_refused():
 
     with pytest.raises(SqueezeError, match=r"sampler='cmaes' is not known: expected one of \['nsga2', 'tpe', 'gp', 'random'\]"):
         SearchConfig.from_dict({"sampler": "cmaes"})
+
+
+@pytest.mark.parametrize("kind", ["random", "nsga2", "tpe"])
+def test_a_resumed_sampler_does_not_replay_the_configurations_tried(kind, tmp_path):
+    """What --resume does: a new sampler on the stored study, seeded from (seed, trials so far)."""
+    from squeezetune.search.searcher import resumed_seed
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def objective(trial):
+        return trial.suggest_float("x", 0.0, 1.0), trial.suggest_int("k", 1, 10**6)
+
+    first = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"], sampler=make_sampler(kind, seed=3, population=4))
+    first.optimize(objective, n_trials=3)
+    assert resumed_seed(3, 0) == 3 and resumed_seed(3, 3) == resumed_seed(3, 3) != 3
+    again = optuna.load_study(study_name="s", storage=storage, sampler=make_sampler(kind, seed=resumed_seed(3, len(first.trials)), population=4))
+    again.optimize(objective, n_trials=3)
+    params = [tuple(sorted(t.params.items())) for t in again.trials]
+    assert len(set(params)) == 6

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,57 @@ def test_export_writes_every_format_and_remeasures(store, tmp_path, cli):
     assert acc["onnx"] == pytest.approx(acc["container"], abs=0.003)
     assert "re-measured" in out
     version = c.get_model_version_by_alias("squeezetune-e2e", "exported")
-    assert version.run_id == summary["run_id"]
+    assert version.run_id == summary["export_run_id"] != summary["run_id"]
+    export_run = c.get_run(summary["export_run_id"])  # a run of its own under the search's parent run
+    assert export_run.info.status == "FINISHED" and export_run.data.tags["squeezetune.role"] == "export"
+    assert export_run.data.tags["mlflow.parentRunId"] == c.get_run(summary["run_id"]).data.tags["mlflow.parentRunId"]
+    assert export_run.data.tags["squeezetune.exported_run"] == summary["run_id"]
+    assert not [a for a in c.list_artifacts(summary["run_id"]) if a.path == "model"]  # the trial's run is only read
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out_dir.iterdir()} == {p.name: 0o666 & ~umask for p in out_dir.iterdir()}
+    assert out_dir.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_failed_export_leaves_no_folder_and_the_trial_intact(store, tmp_path, cli, monkeypatch):
+    """MLflow failing mid-export (here: log_model raising, as a full disk or a dropped server would):
+    the trial's run and its place on the front are untouched, the export run is FAILED, nothing is written."""
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    uri, c, _, children = store
+    done = sorted((r for r in children if r.info.status == "FINISHED"), key=lambda r: int(r.data.tags["squeezetune.trial"]))
+    trial = done[0].data.tags["squeezetune.trial"]
+    code, before, _ = cli(["pareto", "--name", "e2e", "--all", "--tracking-uri", uri])
+    assert code == 0
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("the registry is read-only")
+
+    monkeypatch.setattr(mlflow.pytorch, "log_model", refuse)
+    out_dir = tmp_path / "failed"
+    code, _, err = cli(["export", "--name", "e2e", "--trial", trial, "--out", str(out_dir), "--tracking-uri", uri, "--model-name", "e2e-failed"])
+    assert code == 2 and err.strip().splitlines()[-1] == "error: MLflow could not log or register the model as 'e2e-failed' (alias 'exported'): the registry is read-only"
+    assert not out_dir.exists() and not list(tmp_path.iterdir())  # no folder, no staging left behind
+    assert c.get_run(done[0].info.run_id).info.status == "FINISHED"
+    failed = c.search_runs([c.get_run(done[0].info.run_id).info.experiment_id], filter_string="tags.`squeezetune.role` = 'export' and attributes.status = 'FAILED'")
+    assert [r.data.tags["squeezetune.exported_trial"] for r in failed] == [trial]
+    code, after, _ = cli(["pareto", "--name", "e2e", "--all", "--tracking-uri", uri])
+    assert code == 0 and after == before
+
+
+def test_export_replaces_a_folder_only_with_force(store, tmp_path, cli):
+    uri, *_ = store
+    out_dir = tmp_path / "again"
+    out_dir.mkdir()
+    (out_dir / "old.txt").write_text("old")
+    args = ["export", "--name", "e2e", "--max-drop", "100", "--out", str(out_dir), "--tracking-uri", uri, "--alias", "again"]
+    code, _, err = cli(args)
+    assert code == 2 and "--force" in err and (out_dir / "old.txt").exists()
+    code, _, err = cli([*args, "--force"])
+    assert code == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["export.json", "model.onnx", "model.pt2", "model.safetensors", "model.sqz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
 
 
 def test_export_selectors_are_checked(store, tmp_path, cli):

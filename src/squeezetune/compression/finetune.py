@@ -25,10 +25,32 @@ Progress = Callable[[str], None]
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one asked for, else CUDA when present, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device to run on: the one asked for, else CUDA when present, else the CPU.
+
+    A device this machine does not have (``cuda`` without a CUDA GPU, ``cuda:3`` with two) or a
+    malformed name is a one-line :class:`SqueezeError`, before any work starts.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        return device
+    expected = "expected cpu, cuda, cuda:<index> or mps"
+    try:
+        picked = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SqueezeError(f"device {device!r} is not a device name: {expected}") from None
+    if picked.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SqueezeError(f"device {device!r}: this machine has no CUDA GPU that torch {torch.__version__} can use; expected cpu")
+        if picked.index is not None and picked.index >= count:
+            raise SqueezeError(f"device {device!r}: this machine has {count} CUDA GPU(s); expected an index in [0, {count - 1}]")
+    elif picked.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SqueezeError(f"device {device!r}: MPS is not available on this machine; expected cpu")
+    elif picked.type != "cpu":
+        raise SqueezeError(f"device {device!r} is not supported: {expected}")
+    return picked
 
 
 @dataclass(frozen=True)

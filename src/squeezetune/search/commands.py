@@ -19,6 +19,12 @@ ExperimentOpt = typer.Option("squeezetune", "--experiment", help="MLflow experim
 NameOpt = typer.Option(..., "--name", "-n", help="The search's name.")
 
 
+class NoTrialCompleted(SqueezeError):
+    """A search ran to its end and every trial failed: exit code 1, not 2 (the input may be fine)."""
+
+    exit_code = 1
+
+
 def _progress(message: str, _start: list[float] = [time.perf_counter()]) -> None:
     typer.echo(f"[{time.perf_counter() - _start[0]:7.1f}s] {message}", err=True)
 
@@ -27,15 +33,16 @@ def search_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Search config (YAML); defaults apply without one."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Built-in task name or module:factory (default lenet300-digits)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="MNIST raw folder for *-mnist tasks."),
-    trials: Optional[int] = typer.Option(None, "--trials", help="Trials to finish (default 24)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to finish, failed ones included (default 24)."),
     tracking_uri: Optional[str] = TrackingOpt,
     name: Optional[str] = typer.Option(None, "--name", "-n", help="The search's name (default: search-<date>-<time>)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2, tpe, gp or random."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted search NAME to its requested trials."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to run on ('auto' or host:port); default a local Ray."),
-    cpus: Optional[float] = typer.Option(None, "--cpus-per-trial", help="CPUs per trial."),
-    gpus: Optional[float] = typer.Option(None, "--gpus-per-trial", help="GPUs per trial (fractions allowed, e.g. 0.25)."),
-    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Trials running at once."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the sampler and of every trial's pipeline (default 0)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted search NAME to its requested trials (or to --trials)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: auto, host:port or ray://host:port; local forces a local Ray (default: $RAY_ADDRESS, else local)."),
+    cpus: Optional[float] = typer.Option(None, "--cpus-per-trial", min=0, help="CPUs per trial."),
+    gpus: Optional[float] = typer.Option(None, "--gpus-per-trial", min=0, help="GPUs per trial (fractions allowed, e.g. 0.25)."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Trials running at once."),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default squeezetune)."),
 ) -> None:
     """Search compression recipes: maximise accuracy, minimise container bytes (Ray Tune + Optuna + MLflow)."""
@@ -45,9 +52,12 @@ def search_cmd(
     from squeezetune.search.tracking import probe, resolve_tracking_uri, ui_command
 
     if resume is not None:
-        clashing = [flag for flag, v in (("--config", config), ("--task", task), ("--name", name), ("--data-dir", data_dir), ("--sampler", sampler)) if v is not None]
+        fixed = (("--config", config), ("--task", task), ("--name", name), ("--sampler", sampler), ("--seed", seed))
+        clashing = [flag for flag, v in fixed if v is not None]
         if clashing:
-            raise SqueezeError(f"--resume continues the saved config: {clashing[0]} cannot be changed (only --trials, --tracking-uri, --ray-address, resources)")
+            raise SqueezeError(
+                f"--resume continues the saved config: {clashing[0]} cannot be changed (only --trials, --tracking-uri, --ray-address, --data-dir, --cpus-per-trial, --gpus-per-trial, --max-concurrent)"
+            )
         uri = resolve_tracking_uri(tracking_uri)
         probe(uri)
         cfg = load_saved_config(uri, experiment or "squeezetune", resume)
@@ -63,19 +73,13 @@ def search_cmd(
         tracking_uri=tracking_uri,
         name=name,
         sampler=sampler,
+        seed=seed,
         ray_address=ray_address,
         resources=resources,
         max_concurrent=max_concurrent,
         experiment=experiment,
     )
-    try:
-        outcome = run_search(cfg, resume=resume is not None, progress=_progress)
-    except SqueezeError:
-        raise
-    except BaseException:  # interrupted (Ctrl-C) or crashed mid-search: say how to continue
-        where = f" --tracking-uri {cfg.tracking_uri}" if cfg.tracking_uri else ""
-        typer.echo(f"search {cfg.name!r} stopped early; continue it with: squeezetune search --resume {cfg.name}{where}", err=True)
-        raise
+    outcome = run_search(cfg, resume=resume is not None, progress=_progress)
     n = outcome.counts
     typer.echo(f"\nsearch {outcome.name!r}: {n['complete']} trials complete, {n['failed']} failed, of {outcome.trials}; {outcome.seconds:.0f} s")
     typer.echo(f"Pareto front ({len(outcome.front)} points; accuracy of the decoded model, real container bytes):")
@@ -86,13 +90,16 @@ def search_cmd(
     typer.echo(ui_command(outcome.tracking_uri))
     if not outcome.finished:
         raise typer.Exit(130)
+    if n["complete"] == 0:
+        first = outcome.errors[0] if outcome.errors else "no error recorded"
+        raise NoTrialCompleted(f"no trial of search {outcome.name!r} completed ({n['failed']} failed; first error: {first})")
 
 
 def pareto_cmd(
     name: str = NameOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     experiment: str = ExperimentOpt,
-    all_points: bool = typer.Option(False, "--all", help="Also list dominated trials."),
+    all_points: bool = typer.Option(False, "--all", help="Also list the dominated trials and those outside the search's constraints."),
 ) -> None:
     """Print a search's Pareto front (read from MLflow)."""
     from squeezetune.search.export import search_front
@@ -108,21 +115,27 @@ def pareto_cmd(
     typer.echo(table(front, dense_accuracy=dense_acc, dense_bytes=dense_bytes))
     if all_points:
         rest = sorted((p for p in points if p not in front), key=lambda p: p.bytes)
-        typer.echo("\ndominated:")
-        typer.echo(table(rest, dense_accuracy=dense_acc, dense_bytes=dense_bytes))
+        for title, group in (("dominated", [p for p in rest if p.feasible]), ("infeasible (outside the search's constraints)", [p for p in rest if not p.feasible])):
+            if not group:
+                continue
+            typer.echo(f"\n{title}:")
+            typer.echo(table(group, dense_accuracy=dense_acc, dense_bytes=dense_bytes))
 
 
 def export_cmd(
     name: str = NameOpt,
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the exported model to."),
-    max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="Most accurate front point within this many bytes."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Smallest front point losing at most this many accuracy points."),
-    trial: Optional[int] = typer.Option(None, "--trial", help="This trial number."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the exported model to (written whole, or not at all)."),
+    max_bytes: Optional[int] = typer.Option(None, "--max-bytes", min=1, help="Most accurate front point within this many container bytes."),
+    max_drop: Optional[float] = typer.Option(
+        None, "--max-drop", help="Smallest front point losing at most this many accuracy points against the dense model (0.5 = half a point, 92.0% -> 91.5%)."
+    ),
+    trial: Optional[int] = typer.Option(None, "--trial", min=0, help="This trial number (as pareto lists it)."),
     tracking_uri: Optional[str] = TrackingOpt,
     experiment: str = ExperimentOpt,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="Data for re-measuring (default: the search's)."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name (default squeezetune-<search>)."),
     alias: str = typer.Option("exported", "--alias", help="Alias given to the registered model version."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it is a folder that is not empty."),
 ) -> None:
     """Export one trial: container, safetensors, torch.export program, ONNX, MLflow registered model."""
     from squeezetune.search.export import export_trial
@@ -131,14 +144,14 @@ def export_cmd(
     uri = resolve_tracking_uri(tracking_uri)
     probe(uri)
     result = export_trial(
-        uri, experiment, name, out, trial=trial, max_bytes=max_bytes, max_drop=max_drop, data_dir=data_dir, model_name=model_name, alias=alias, progress=_progress
+        uri, experiment, name, out, trial=trial, max_bytes=max_bytes, max_drop=max_drop, data_dir=data_dir, model_name=model_name, alias=alias, force=force, progress=_progress
     )
     p = result.point
     typer.echo(f"trial {p.trial} of {name!r}: {p.bytes:,} bytes, accuracy in the search {p.accuracy:.4f}")
     for kind, path in result.files.items():
         extra = f"  accuracy {result.accuracy[kind]:.4f} (re-measured)" if kind in result.accuracy else ""
         typer.echo(f"  {kind:<13} {path}{extra}")
-    typer.echo(f"  mlflow model  {result.model_uri}  registered as {result.registered}")
+    typer.echo(f"  mlflow model  {result.model_uri}  registered as {result.registered} (export run {result.run_id})")
 
 
 def register(app: typer.Typer) -> None:

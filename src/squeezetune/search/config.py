@@ -13,13 +13,16 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     tracking_uri: null             # default: sqlite:///<cwd>/mlflow.db ; or http://host:5000
     experiment: squeezetune
     study_storage: null            # Optuna study (drives --resume); default: optuna.db beside mlflow.db
-    ray_address: null              # null: a local Ray instance; "auto" or host:port: a running cluster
+    ray_address: null              # null: $RAY_ADDRESS if set, else a local Ray; local; auto; host:port; ray://host:port
     resources: {cpus: 1, gpus: 0}  # per trial; gpus may be fractional (0.25)
     max_concurrent: null           # default: as many trials as the local CPUs hold
     max_failures: 2                # Tune retries of a trial whose worker or node died
     constraints: {max_bytes: null, max_drop: null, max_macs: null}
     warm_start: [deep-compression] # recipes (built-in names or YAML files) run first, projected into the space; [] for none
     space: {...}                   # see squeezetune.spaces.space
+
+Relative paths in a config file (``data_dir``, ``dense``, ``warm_start`` YAML files, ``sqlite:///``
+URIs) are read against the file's folder, so a config runs the same from any working folder.
 
 >>> SearchConfig.from_dict({"trials": 4, "sampler": "tpe"}).population
 4
@@ -69,6 +72,10 @@ class Resources:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_RAY_ADDRESS = re.compile(r"^(local|auto|ray://[^\s/]+|[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5})$")
+LOCAL_RAY = "local"
+"""``ray_address`` that asks for a local Ray even where ``RAY_ADDRESS`` is set (e.g. to resume a
+search started on a cluster, on this machine)."""
 
 
 def default_name() -> str:
@@ -117,10 +124,18 @@ class SearchConfig:
         object.__setattr__(self, "warm_start", tuple(ws))
         if not isinstance(self.space, Mapping):
             raise SqueezeError(f"space is {type(self.space).__name__}: expected a mapping")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not _RAY_ADDRESS.match(self.ray_address)):
+            raise SqueezeError(f"ray_address={self.ray_address!r}: expected local, auto, host:port or ray://host:port")
+        if not isinstance(self.experiment, str) or not self.experiment.strip():
+            raise SqueezeError(f"experiment={self.experiment!r}: expected a non-empty MLflow experiment name")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "SearchConfig":
-        """Build and validate from plain data; unknown keys are a one-line error."""
+    def from_dict(cls, data: Mapping[str, Any] | None, *, base: str | Path | None = None) -> "SearchConfig":
+        """Build and validate from plain data; unknown keys are a one-line error.
+
+        Relative paths (``data_dir``, ``dense``, ``warm_start`` files, ``sqlite:///`` URIs) are read
+        against ``base`` (default: the working folder) and stored absolute.
+        """
         data = dict(data or {})
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
@@ -144,9 +159,17 @@ class SearchConfig:
             if not isinstance(kw["constraints"], Mapping):
                 raise SqueezeError(f"constraints={kw['constraints']!r}: expected a mapping with max_bytes, max_drop, max_macs")
             kw["constraints"] = Constraints.from_dict(kw["constraints"])
+        folder = Path(base) if base is not None else Path.cwd()
         for key in ("data_dir", "dense"):
             if kw.get(key) is not None:
-                kw[key] = str(Path(kw[key]).expanduser().resolve())
+                if not isinstance(kw[key], (str, Path)):
+                    raise SqueezeError(f"{key}={kw[key]!r}: expected a path")
+                kw[key] = str((folder / Path(kw[key]).expanduser()).resolve())
+        for key in ("tracking_uri", "study_storage"):
+            if isinstance(kw.get(key), str):
+                kw[key] = _sqlite_against(kw[key], folder)
+        if isinstance(kw.get("warm_start"), (list, tuple)):
+            kw["warm_start"] = tuple(_file_against(w, folder) for w in kw["warm_start"])
         if "space" in kw and kw["space"] is None:
             kw["space"] = {}
         return cls(**kw)
@@ -158,7 +181,7 @@ class SearchConfig:
         path = Path(path)
         if not path.is_file():
             raise SqueezeError(f"config {str(path)!r} does not exist: expected a YAML file")
-        return cls.from_dict(load_mapping(path, "config"))
+        return cls.from_dict(load_mapping(path, "config"), base=path.resolve().parent)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -171,6 +194,21 @@ class SearchConfig:
         data = self.to_dict()
         data.update({k: v for k, v in changes.items() if v is not None})
         return SearchConfig.from_dict(data)
+
+
+def _sqlite_against(uri: str, folder: Path) -> str:
+    """A relative ``sqlite:///path`` made absolute against ``folder``; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.startswith(prefix + "/") or len(uri) == len(prefix):
+        return uri
+    return f"{prefix}{(folder / uri[len(prefix):]).resolve()}"
+
+
+def _file_against(entry: Any, folder: Path) -> Any:
+    """A warm-start entry that names a file relative to ``folder``, made absolute; a recipe name unchanged."""
+    if isinstance(entry, str) and entry and not Path(entry).is_absolute() and (folder / entry).is_file():
+        return str((folder / entry).resolve())
+    return entry
 
 
 def default_max_concurrent(resources: Resources) -> int:

@@ -9,16 +9,23 @@ decoded, and written as
 * ``model.safetensors`` -- dense weights of the decoded model;
 * ``model.pt2`` -- a ``torch.export`` program (batch dimension dynamic);
 * ``model.onnx`` -- ONNX, opset :data:`ONNX_OPSET`, batch dimension dynamic;
-* an ``mlflow.pytorch.log_model`` entry (pt2 serialization) in the trial's run, registered under a
-  model name with an alias.
+* ``export.json`` -- what was exported: search, trial, runs, bytes, every re-measured accuracy;
+* an ``mlflow.pytorch.log_model`` entry (pt2 serialization), registered under a model name with an
+  alias. It is logged in an export run of its own (a child of the search's parent run, tagged
+  ``squeezetune.role=export``); the trial's run is only read, so a failed export cannot change it.
 
-Every written model is loaded back and its accuracy measured on the task's eval split.
+Every written model is loaded back and its accuracy measured on the task's eval split. The folder
+is written whole or not at all: the files go to a hidden folder beside ``out``, which is renamed to
+``out`` once everything (MLflow included) succeeded. An ``out`` that exists and is not empty is
+refused unless ``force`` is given; it is then replaced in one step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +44,7 @@ def _quiet(_: str) -> None:
 
 
 def trial_points(c, exp_id: str, parent_id: str) -> list[Point]:
-    """One point per finished child run (trial number from its tag)."""
+    """One point per finished trial run (trial number from its tag)."""
     out = []
     for run in tracking.children(c, exp_id, parent_id):
         m = run.data.metrics
@@ -59,9 +66,7 @@ def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], lis
 
 def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, trial: int | None = None, max_bytes: int | None = None, max_drop: float | None = None) -> Point:
     """The trial to export; exactly one selector must be given."""
-    given = [k for k, v in (("--trial", trial), ("--max-bytes", max_bytes), ("--max-drop", max_drop)) if v is not None]
-    if len(given) != 1:
-        raise SqueezeError(f"give exactly one of --trial, --max-bytes, --max-drop; got {given or 'none'}")
+    check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop)
     if not points:
         raise SqueezeError("the search has no finished trial to export")
     if trial is not None:
@@ -81,6 +86,19 @@ def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, tria
     return min(ok, key=lambda p: (p.bytes, -p.accuracy))
 
 
+def check_selectors(*, trial: int | None, max_bytes: int | None, max_drop: float | None) -> None:
+    """Exactly one of ``trial``, ``max_bytes``, ``max_drop``, each in its range."""
+    given = [k for k, v in (("--trial", trial), ("--max-bytes", max_bytes), ("--max-drop", max_drop)) if v is not None]
+    if len(given) != 1:
+        raise SqueezeError(f"give exactly one of --trial, --max-bytes, --max-drop; got {given or 'none'}")
+    if max_drop is not None and not (math.isfinite(max_drop) and 0 <= max_drop <= 100):
+        raise SqueezeError(f"--max-drop {max_drop}: expected accuracy points in [0, 100] (0.5 = half a point)")
+    if max_bytes is not None and max_bytes < 1:
+        raise SqueezeError(f"--max-bytes {max_bytes}: expected a number of bytes >= 1")
+    if trial is not None and trial < 0:
+        raise SqueezeError(f"--trial {trial}: expected a trial number >= 0")
+
+
 @dataclass
 class Exported:
     point: Point
@@ -88,7 +106,44 @@ class Exported:
     accuracy: dict[str, float]
     model_uri: str | None = None
     registered: str | None = None
+    run_id: str | None = None
+    """The export run the model is logged in."""
     notes: list[str] = field(default_factory=list)
+
+
+EXPORT_ROLE = "export"
+EXPORTED_TRIAL_TAG = "squeezetune.exported_trial"
+EXPORTED_RUN_TAG = "squeezetune.exported_run"
+
+
+def check_registry_names(model_name: str, alias: str) -> None:
+    """Refuse, before any work, a registered model name or alias MLflow would reject (``/`` or ``:``
+    in a name; the reserved aliases ``latest`` and ``v<number>``)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name
+    except ImportError:  # another MLflow: registering checks them, and the export is still all-or-nothing
+        return
+    for check, what, value in ((_validate_model_name, "--model-name", model_name), (_validate_model_alias_name, "--alias", alias), (_validate_model_alias_name_reserved, "--alias", alias)):
+        try:
+            check(value)
+        except MlflowException as exc:
+            raise SqueezeError(f"{what} {value!r} is refused by MLflow: {exc.message}") from None
+
+
+def check_out_folder(out: Path, *, force: bool = False) -> None:
+    """``out`` must be a new folder in an existing one, an empty folder, or (with ``force``) any folder."""
+    if out.exists() and not out.is_dir():
+        raise SqueezeError(f"--out {str(out)!r} is a file: expected a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SqueezeError(f"--out {str(out)!r} is a folder that is not empty: expected a new or empty folder, or --force to replace it")
+    if not out.parent.is_dir():
+        raise SqueezeError(f"--out {str(out)!r}: its folder {str(out.parent)!r} does not exist")
+    try:
+        tempfile.TemporaryDirectory(dir=out.parent).cleanup()
+    except OSError as exc:
+        raise SqueezeError(f"--out {str(out)!r}: cannot write in {str(out.parent)!r} ({exc.strerror or exc})") from None
 
 
 def export_trial(
@@ -103,78 +158,119 @@ def export_trial(
     data_dir: str | Path | None = None,
     model_name: str | None = None,
     alias: str = "exported",
+    force: bool = False,
     progress: Progress = _quiet,
 ) -> Exported:
     """Write the chosen trial's model in every format to ``out`` and register it in MLflow."""
-    import torch
-
-    from squeezetune.compression.finetune import evaluate
-    from squeezetune.compression.pipeline import decode_file, save_weights
     from squeezetune.search.runner import load_saved_config
     from squeezetune.tasks import get_task
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SqueezeError(f"--out {str(out)!r} is a file: expected a folder")
+    check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop)
+    registered = model_name if model_name is not None else f"squeezetune-{name}"
+    check_registry_names(registered, alias)
+    check_out_folder(out, force=force)
     c, exp_id, parent = tracking.find_search(uri, experiment, name)
     config = load_saved_config(uri, experiment, name)
-    points = trial_points(c, exp_id, parent.info.run_id)
-    front = pareto_front(points)
-    dense_accuracy = parent.data.metrics.get("dense_accuracy", max((p.accuracy for p in points), default=0.0))
-    point = pick(points, front, dense_accuracy=dense_accuracy, trial=trial, max_bytes=max_bytes, max_drop=max_drop)
-    progress(f"exporting trial {point.trial} (run {point.run_id}): accuracy {point.accuracy:.4f}, {point.bytes:,} bytes")
-
     task = get_task(config.task)
     data_dir = data_dir if data_dir is not None else config.data_dir
     if task.needs_data_dir and data_dir is None:
         raise SqueezeError(f"task {task.name!r} needs --data-dir to re-measure accuracy: expected a folder with MNIST idx files")
     _, eval_split = task.load_data(Path(data_dir) if data_dir is not None else None)
-    out.mkdir(parents=True, exist_ok=True)
+    points = trial_points(c, exp_id, parent.info.run_id)
+    front = pareto_front(points)
+    dense_accuracy = parent.data.metrics.get("dense_accuracy", max((p.accuracy for p in points), default=0.0))
+    one_image = 100.0 / max(1, len(eval_split))
+    if max_drop is not None and 0 < max_drop < one_image:
+        progress(
+            f"note: --max-drop is in accuracy points; {max_drop:g} points is less than one of the {len(eval_split):,} eval images ({one_image:.3g} points), so only trials that lose nothing qualify"
+        )
+    point = pick(points, front, dense_accuracy=dense_accuracy, trial=trial, max_bytes=max_bytes, max_drop=max_drop)
+    progress(f"exporting trial {point.trial} (run {point.run_id}): accuracy {point.accuracy:.4f}, {point.bytes:,} bytes")
+
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        files, acc, model, example = _write_formats(c, point, task, eval_split, name, staging)
+        run_id, model_uri = _log_export_run(uri, c, exp_id, parent.info.run_id, name, point, model, example, registered, alias)
+        final = {k: out / v.name for k, v in files.items()}
+        final["summary"] = out / "export.json"
+        summary = {
+            "search": name,
+            "trial": point.trial,
+            "run_id": point.run_id,
+            "export_run_id": run_id,
+            "task": task.name,
+            "bytes": point.bytes,
+            "accuracy_in_search": point.accuracy,
+            "accuracy": acc,
+            "files": {k: str(v) for k, v in final.items()},
+            "mlflow_model": model_uri,
+            "registered_model": f"models:/{registered}@{alias}",
+            "onnx_opset": ONNX_OPSET,
+        }
+        (staging / "export.json").write_text(json.dumps(summary, indent=2))
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Exported(point, final, acc, model_uri, f"models:/{registered}@{alias}", run_id)
+
+
+def _write_formats(c, point: Point, task, eval_split, search: str, folder: Path):
+    """Write container, safetensors, torch.export program and ONNX of ``point`` into ``folder``;
+    returns the files, each one's re-measured accuracy, the decoded model and an example input."""
+    import torch
+
+    from squeezetune.compression.finetune import evaluate
+    from squeezetune.compression.pipeline import decode_file, save_weights
+
     files: dict[str, Path] = {}
     acc: dict[str, float] = {}
-
     with tempfile.TemporaryDirectory(prefix="squeezetune-export-") as tmp:
         try:
             local = Path(c.download_artifacts(point.run_id, "model.sqz", tmp))
         except Exception as exc:
             raise SqueezeError(f"trial {point.trial} has no model.sqz artifact in run {point.run_id} ({type(exc).__name__})") from None
-        files["container"] = out / "model.sqz"
+        files["container"] = folder / "model.sqz"
         files["container"].write_bytes(local.read_bytes())
     model = decode_file(files["container"], task=task).eval()
     acc["container"] = evaluate(model, eval_split)
 
-    files["safetensors"] = out / "model.safetensors"
-    save_weights(model, files["safetensors"], metadata={"task": task.name, "search": name, "trial": str(point.trial)})
+    files["safetensors"] = folder / "model.safetensors"
+    save_weights(model, files["safetensors"], metadata={"task": task.name, "search": search, "trial": str(point.trial)})
 
     example = eval_split.x[:2].clone()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    files["torch_export"] = out / "model.pt2"
+    files["torch_export"] = folder / "model.pt2"
     torch.export.save(program, str(files["torch_export"]))
     acc["torch_export"] = _accuracy(torch.export.load(str(files["torch_export"])).module(), eval_split)
 
-    files["onnx"] = out / "model.onnx"
+    files["onnx"] = folder / "model.onnx"
     _export_onnx(model, example, files["onnx"])
     acc["onnx"] = _onnx_accuracy(files["onnx"], eval_split)
+    return files, acc, model, example
 
-    registered = model_name or f"squeezetune-{name}"
-    model_uri = _log_mlflow_model(uri, point.run_id, model, example, registered, alias)
-    files["summary"] = out / "export.json"
-    summary = {
-        "search": name,
-        "trial": point.trial,
-        "run_id": point.run_id,
-        "task": task.name,
-        "bytes": point.bytes,
-        "accuracy_in_search": point.accuracy,
-        "accuracy": acc,
-        "files": {k: str(v) for k, v in files.items()},
-        "mlflow_model": model_uri,
-        "registered_model": f"models:/{registered}@{alias}",
-        "onnx_opset": ONNX_OPSET,
-    }
-    files["summary"].write_text(json.dumps(summary, indent=2))
-    return Exported(point, files, acc, model_uri, f"models:/{registered}@{alias}")
+
+def _publish(staging: Path, out: Path) -> None:
+    """Give ``staging`` the modes of a new folder and rename it to ``out`` (replacing what was there)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    for path in staging.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+    old = None
+    if out.is_dir() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if old is not None:
+            os.replace(old / out.name, out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _accuracy(module, split) -> float:
@@ -224,7 +320,12 @@ def _onnx_accuracy(path: Path, split) -> float:
     return float((logits.argmax(1) == split.y.numpy()).mean())
 
 
-def _log_mlflow_model(uri: str, run_id: str, model, example, registered: str, alias: str) -> str:
+def _log_export_run(uri: str, c, exp_id: str, parent_id: str, search: str, point: Point, model, example, registered: str, alias: str) -> tuple[str, str]:
+    """Log ``model`` in a new export run under the search's parent run and register it with ``alias``.
+
+    Returns ``(export run id, model URI)``. The trial's own run is never opened; a failure ends the
+    export run as FAILED (with the error as its ``error`` tag) and is a one-line :class:`SqueezeError`.
+    """
     import logging
     import warnings
 
@@ -232,23 +333,48 @@ def _log_mlflow_model(uri: str, run_id: str, model, example, registered: str, al
     import mlflow.pytorch
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    run = tracking.retry(
+        lambda: c.create_run(
+            exp_id,
+            run_name=f"{search}-export-trial-{point.trial}",
+            tags={
+                tracking.PARENT_TAG: parent_id,
+                tracking.SEARCH_TAG: search,
+                tracking.ROLE_TAG: EXPORT_ROLE,
+                EXPORTED_TRIAL_TAG: str(point.trial),
+                EXPORTED_RUN_TAG: str(point.run_id),
+            },
+        )
+    )
+    run_id = run.info.run_id
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    c = tracking.client(uri)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=example.numpy(),
-                serialization_format="pt2",
-                registered_model_name=registered,
-                pip_requirements=["torch", "squeezetune"],
-            )
-    version = info.registered_model_version
-    if version is None:
-        versions = c.search_model_versions(f"name = '{registered}'")
-        version = max(int(v.version) for v in versions)
-    c.set_registered_model_alias(registered, alias, str(version))
-    return info.model_uri
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    input_example=example.numpy(),
+                    serialization_format="pt2",
+                    registered_model_name=registered,
+                    pip_requirements=["torch", "squeezetune"],
+                )
+        version = info.registered_model_version
+        if version is None:
+            versions = c.search_model_versions(f"name = '{registered}'")
+            version = max(int(v.version) for v in versions)
+        c.set_registered_model_alias(registered, alias, str(version))
+    except BaseException as exc:  # Ctrl-C included: the export run must not stay RUNNING
+        message = " ".join(str(getattr(exc, "message", exc)).split())[:300] or type(exc).__name__
+        try:
+            c.set_tag(run_id, "error", message)
+            c.set_terminated(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        except Exception:
+            pass
+        if not isinstance(exc, Exception):
+            raise
+        raise SqueezeError(f"MLflow could not log or register the model as {registered!r} (alias {alias!r}): {message}") from None
+    tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
+    return run_id, info.model_uri

@@ -57,6 +57,8 @@ class SearchOutcome:
     finished: bool
     study_storage: str
     nodes: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+    """The distinct error messages of the failed trials, first seen first."""
 
 
 def default_study_storage(uri: str) -> str:
@@ -128,7 +130,12 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
 
 
 def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress = _quiet) -> SearchOutcome:
-    """Run (or, with ``resume``, continue) the search ``config.name`` to ``config.trials`` finished trials."""
+    """Run (or, with ``resume``, continue) the search ``config.name`` to ``config.trials`` finished trials.
+
+    Everything that can fail on bad input fails before the search's MLflow parent run exists, so a
+    refused search leaves its name free: the config, the space, the data, the constraints, the Ray
+    cluster (``ray_address``) and whether it offers the GPUs a trial asks for.
+    """
     started = time.perf_counter()
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -158,6 +165,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
         raise SqueezeError(f"a search named {config.name!r} already exists in {uri}: continue it with --resume {config.name} or pick another --name")
     storage = config.study_storage or default_study_storage(uri)
     config = config.replace(study_storage=storage, tracking_uri=uri)
+    prior_trials = _check_resumable(storage, config) if resume else 0
 
     dense = dense_model(task, splits, dense=config.dense, seed=config.seed, progress=progress)
     dense_accuracy = evaluate(dense, splits[1])
@@ -168,28 +176,75 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if parent is None:
-        _refuse_existing_study(storage, config.name)
-        parent = _create_parent(c, exp_id, config, space, dense_accuracy, d_bytes)
+    owns_ray = connect_ray(config, progress)
+    try:
+        if parent is None:
+            _refuse_existing_study(storage, config.name)
+            parent = _create_parent(c, exp_id, config, space, dense_accuracy, d_bytes)
+        base = _Baseline(task, space, dense, splits, dense_accuracy, d_bytes, warm_starts)
+        local = owns_ray and not _cluster_address(config)
+        try:
+            return _search(config, c, exp_id, parent, base, resume=resume, prior_trials=prior_trials, local=local, started=started, progress=progress)
+        except BaseException:  # Ctrl-C or a crash after the parent run exists: the search can be continued
+            where = f" --tracking-uri {uri}" if uri != tracking.default_tracking_uri() else ""
+            progress(f"search {config.name!r} stopped early; continue it with: squeezetune search --resume {config.name}{where}")
+            raise
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    """What a search prepares before its parent run exists: the task, its space, the dense model."""
+
+    task: Any
+    space: Space
+    dense: Any
+    splits: tuple
+    accuracy: float
+    bytes: int
+    warm_starts: list[dict[str, Any]]
+
+
+def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, resume: bool, prior_trials: int, local: bool, started: float, progress: Progress) -> SearchOutcome:
+    """The part of :func:`run_search` that runs once the parent run exists."""
+    import optuna
+
+    storage, uri = config.study_storage, config.tracking_uri
+    dense_accuracy, d_bytes = base.accuracy, base.bytes
     parent_id = parent.info.run_id
     tracking.retry(lambda: c.update_run(parent_id, status="RUNNING"))
+    if resume:
+        _record_requested_trials(c, parent_id, config)
 
     from squeezetune.search.front import FrontLogger, counts
-    from squeezetune.search.searcher import OutcomeConstraints, TrackedOptunaSearch, make_sampler
+    from squeezetune.search.searcher import OutcomeConstraints, TrackedOptunaSearch, make_sampler, resumed_seed
 
     constraints = OutcomeConstraints(config.constraints, dense_accuracy) if config.constraints else None
-    sampler = make_sampler(config.sampler.value, seed=config.seed, population=config.population)
+    # a sampler seeded as before would replay the configurations already tried: continue its stream instead
+    sampler = make_sampler(config.sampler.value, seed=resumed_seed(config.seed, prior_trials), population=config.population)
     front_logger = FrontLogger(uri, parent_id, search=config.name, constraints=config.constraints, dense_accuracy=dense_accuracy, dense_bytes=d_bytes)
+
+    def run_name(number: int) -> str:
+        return f"{config.name}-trial-{number}"
 
     def new_run(number: int) -> str:
         run = tracking.retry(
             lambda: c.create_run(
                 exp_id,
-                run_name=f"{config.name}-trial-{number}",
+                run_name=run_name(number),
                 tags={tracking.PARENT_TAG: parent_id, tracking.SEARCH_TAG: config.name, tracking.ROLE_TAG: "trial", tracking.TRIAL_TAG: str(number)},
             )
         )
         return run.info.run_id
+
+    def reuse_run(run_id: str, number: int) -> None:
+        """A retried trial logs into its first attempt's run, renamed after the trial that finishes it."""
+        tracking.retry(lambda: c.update_run(run_id, name=run_name(number)))
+        tracking.retry(lambda: c.set_tag(run_id, tracking.TRIAL_TAG, str(number)))
 
     def told(frozen) -> None:
         _, front = front_logger.update(searcher.study)
@@ -201,23 +256,26 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
             what = f"FAILED: {a.get('error', '?')}"
         progress(f"trial {frozen.number if frozen else '?'}: {what}  [{n['complete'] + n['failed']}/{config.trials} done, front {len(front)}]")
 
-    searcher = TrackedOptunaSearch(space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, on_told=told, constraints=constraints)
+    searcher = TrackedOptunaSearch(
+        base.space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, reuse_run=reuse_run, on_told=told, constraints=constraints
+    )
     study = searcher.study
     if not resume:
-        for params in warm_starts:
+        for params in base.warm_starts:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     if resume:
         _settle_interrupted(study, c, progress, constraints)
     n = counts(study)
-    remaining = config.trials - n["complete"] - n["failed"]
+    done = n["complete"] + n["failed"]
+    remaining = max(0, config.trials - done)
     if resume:
-        progress(f"resuming: {n['complete'] + n['failed']} of {config.trials} trials done, {remaining} to run")
+        progress(f"resuming: {done} of {config.trials} trials done, {remaining} to run")
 
     nodes: set[str] = set()
     finished = False
     try:
         if remaining > 0:
-            _run_tuner(config, searcher, task, dense, splits, dense_accuracy, remaining, uri, nodes)
+            _run_tuner(config, searcher, base.task, base.dense, base.splits, dense_accuracy, remaining, uri, local=local)
         n = counts(study)
         finished = n["complete"] + n["failed"] >= config.trials
     finally:
@@ -227,9 +285,12 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
             tracking.retry(lambda: c.set_terminated(parent_id, "FINISHED" if finished else "KILLED"))
         except Exception:
             pass
+    errors: list[str] = []
     for t in study.get_trials(deepcopy=False):
         if "node" in t.user_attrs:
             nodes.add(t.user_attrs["node"])
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error") and t.user_attrs["error"] not in errors:
+            errors.append(t.user_attrs["error"])
     return SearchOutcome(
         name=config.name,
         tracking_uri=uri,
@@ -244,7 +305,39 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
         finished=finished,
         study_storage=storage,
         nodes=nodes,
+        errors=errors,
     )
+
+
+def _record_requested_trials(c, parent_id: str, config: SearchConfig) -> None:
+    """A resume that asks for more trials updates the saved config, so a later plain ``--resume``
+    finishes those, not the first request (the rest of the saved config stays as started)."""
+    saved = load_saved_config(config.tracking_uri, config.experiment, config.name)
+    if saved.trials != config.trials:
+        tracking.log_json(c, parent_id, saved.replace(trials=config.trials).to_dict(), tracking.CONFIG_ARTIFACT)
+
+
+def _check_resumable(storage: str, config: SearchConfig) -> int:
+    """Before any work: the study to resume exists and ``config.trials`` is not below what it finished.
+
+    Returns how many trials the study holds (in any state), which seeds the resumed sampler.
+    """
+    import optuna
+
+    from squeezetune.search.front import counts
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=config.name, storage=storage)
+    except KeyError:
+        raise SqueezeError(f"search {config.name!r} has no Optuna study in {storage} to resume: expected the study_storage it was started with") from None
+    n = counts(study)
+    done = n["complete"] + n["failed"]
+    if config.trials < done:
+        raise SqueezeError(
+            f"--trials {config.trials} is below the {done} trials search {config.name!r} has already finished: expected --trials above {done} to run more, or no --trials to finish the requested ones"
+        )
+    return len(study.get_trials(deepcopy=False))
 
 
 def _refuse_existing_study(storage: str, name: str) -> None:
@@ -316,18 +409,14 @@ def _settle_interrupted(study, c, progress: Progress, constraints: OutcomeConstr
             progress(f"trial {t.number}: interrupted, queued again with its MLflow run {rid}")
 
 
-def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accuracy: float, remaining: int, uri: str, nodes: set[str]) -> None:
+def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accuracy: float, remaining: int, uri: str, *, local: bool) -> None:
     import numpy as np
-    import ray
     from ray import tune
 
     from squeezetune.compression.unstructured.pruning import plain_state_dict
     from squeezetune.search.trial import TrialSetup, run_trial
 
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        _init_ray(config)
-    trial_uri = _uri_for_trials(uri, local=owns_ray and not _cluster_address(config))
+    trial_uri = _uri_for_trials(uri, local=local)
     # Tune's own experiment folder (its tuner.pkl, trial dirs) is scratch: outcomes live in the Optuna
     # study and MLflow, and resume never reads it, so it is removed when the search ends.
     scratch = Path(tempfile.mkdtemp(prefix=f"squeezetune-tune-{config.name}-"))
@@ -341,6 +430,7 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
             dense_accuracy=dense_accuracy,
             seed=config.seed,
             threads=max(1, int(config.resources.cpus)),
+            task_path=str(Path.cwd()),
         )
         state = {k: v.detach().cpu().numpy() for k, v in plain_state_dict(dense).items()}
         data = tuple(np.ascontiguousarray(a.numpy()) for a in (splits[0].x, splits[0].y, splits[1].x, splits[1].y))
@@ -364,13 +454,16 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
         )
         tuner.fit()
     finally:
-        if owns_ray:
-            ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _cluster_address(config: SearchConfig) -> str | None:
-    """The cluster to join: the config's ``ray_address``, else ``RAY_ADDRESS`` (set by ``ray job submit``)."""
+    """The cluster to join: the config's ``ray_address``, else ``RAY_ADDRESS`` (set by ``ray job submit``);
+    ``None`` for a local Ray (also when ``ray_address`` is ``local``)."""
+    from squeezetune.search.config import LOCAL_RAY
+
+    if config.ray_address == LOCAL_RAY:
+        return None
     return config.ray_address or os.environ.get("RAY_ADDRESS") or None
 
 
@@ -387,18 +480,43 @@ def _uri_for_trials(uri: str, *, local: bool) -> str:
     return uri.replace(parsed.netloc, f"{host}:{parsed.port}" if parsed.port else host, 1)
 
 
-def _init_ray(config: SearchConfig) -> None:
+def connect_ray(config: SearchConfig, progress: Progress = _quiet) -> bool:
+    """Start a local Ray or join the configured cluster; ``True`` when this call started it (and so
+    must shut it down). Already connected (a caller's ``ray.init``): ``False``, nothing done.
+
+    A cluster that does not answer, or a local machine without the GPUs a trial asks for, is a
+    one-line :class:`SqueezeError` (Ray is shut down again first).
+    """
     import logging
 
     import ray
 
+    if ray.is_initialized():
+        return False
     # result.json loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): outcomes live in Optuna + MLflow
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-
+    # on Ctrl-C Tune suggests Tuner.restore of its scratch folder, which is removed: --resume is the way
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     address = _cluster_address(config)
     if address:
-        ray.init(address=address, **kwargs)
-        return
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            ray.shutdown()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            source = "--ray-address" if config.ray_address else "RAY_ADDRESS"
+            raise SqueezeError(
+                f"{source} {address!r}: no Ray cluster answers there ({first[:200]}): start one with 'ray start --head', or pass --ray-address local"
+            ) from None
+        progress(f"joined the Ray cluster at {address}")
+        return True
     need_cpus = max(1, math.ceil(config.resources.cpus))
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need_cpus), **kwargs)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if config.resources.gpus > gpus:
+        ray.shutdown()
+        raise SqueezeError(
+            f"resources.gpus={config.resources.gpus:g} per trial, but this machine has {gpus:g} GPU(s) for Ray: expected --gpus-per-trial 0 (or at most {gpus:g}), or --ray-address of a cluster with GPUs"
+        )
+    return True

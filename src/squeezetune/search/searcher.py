@@ -74,10 +74,29 @@ def make_sampler(kind: str, *, seed: int, population: int) -> optuna.samplers.Ba
     raise TypeError(f"no sampler for {kind!r}; known: ['nsga2', 'tpe', 'gp', 'random']")
 
 
+def resumed_seed(seed: int, trials_so_far: int) -> int:
+    """The sampler seed for a search whose study already holds ``trials_so_far`` trials.
+
+    A sampler seeded as before replays its stream from the start: a resumed search would suggest
+    the configurations it already tried. A fresh study keeps ``seed`` itself, so a new search is
+    reproducible; a resumed one gets a seed drawn from ``(seed, trials_so_far)``, the same on every
+    machine for the same study.
+
+    >>> resumed_seed(7, 0), resumed_seed(7, 3) == resumed_seed(7, 3), resumed_seed(7, 3) != resumed_seed(7, 4)
+    (7, True, True)
+    """
+    if trials_so_far == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
+
+
 class TrackedOptunaSearch(OptunaSearch):
     """``OptunaSearch`` over a define-by-run space, two objectives, an RDB study and MLflow child runs.
 
-    ``new_run(trial_number) -> run_id`` creates a child run on the driver.
+    ``new_run(trial_number) -> run_id`` creates a child run on the driver; ``reuse_run(run_id,
+    trial_number)`` is called when a retried trial takes over its first attempt's run.
     """
 
     def __init__(
@@ -88,12 +107,14 @@ class TrackedOptunaSearch(OptunaSearch):
         study_name: str,
         storage: str,
         new_run: Callable[[int], str],
+        reuse_run: Callable[[str, int], None] | None = None,
         on_told: Callable[[optuna.trial.FrozenTrial | None], None] | None = None,
         constraints: OutcomeConstraints | None = None,
     ) -> None:
         rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 30}} if storage.startswith("sqlite") else None)
         super().__init__(space=space, metric=METRICS, mode=MODES, sampler=sampler, study_name=study_name, storage=rdb)
         self._new_run = new_run
+        self._reuse_run = reuse_run
         self._on_told = on_told
         self._constraints = constraints
         self._suggested_at: dict[str, float] = {}
@@ -109,6 +130,8 @@ class TrackedOptunaSearch(OptunaSearch):
         if run_id is None:
             run_id = self._new_run(ot_trial.number)
             ot_trial.set_user_attr(RUN_ATTR, run_id)
+        elif self._reuse_run is not None:
+            self._reuse_run(run_id, ot_trial.number)
         self._suggested_at[trial_id] = time.perf_counter()
         return {**config, "_run_id": run_id, "_trial": ot_trial.number}
 

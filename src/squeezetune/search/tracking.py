@@ -128,6 +128,8 @@ def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.25) -> T:
 
 
 def client(uri: str):
+    # progress bars of artifact downloads would precede (and bury) a one-line error
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -158,7 +160,16 @@ def find_parent(c, exp_id: str, search: str):
 
 
 def find_search(uri: str, experiment: str, search: str):
-    """``(client, experiment id, parent run)`` of an existing search; a one-line error if there is none."""
+    """``(client, experiment id, parent run)`` of an existing search; a one-line error if there is none.
+
+    Reading never creates a store: a sqlite file that does not exist (a command run from another
+    folder than the search's) is an error, not a new empty ``mlflow.db``.
+    """
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise SqueezeError(
+            f"no MLflow store at {str(db)!r} to find search {search!r} in: run from the folder that holds the search's mlflow.db, or pass --tracking-uri"
+        )
     c = client(uri)
     exp_id = experiment_id(c, experiment, uri, create=False)
     parent = find_parent(c, exp_id, search) if exp_id is not None else None
@@ -174,10 +185,11 @@ def list_searches(c, exp_id: str) -> list[str]:
 
 
 def children(c, exp_id: str, parent_id: str) -> list:
-    """Every child run of a parent, oldest first."""
+    """Every trial run of a search's parent run, oldest first (export runs, also its children, are left out)."""
     out, token = [], None
+    where = f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{ROLE_TAG}` = 'trial'"
     while True:
-        page = c.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+        page = c.search_runs([exp_id], filter_string=where, max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
         out += list(page)
         token = page.token
         if not token:

@@ -39,6 +39,8 @@ class TrialSetup:
     dense_accuracy: float = 0.0
     seed: int = 0
     threads: int = 1
+    task_path: str | None = None
+    """The driver's working folder, where a ``module:factory`` task's module may live."""
 
 
 def knob_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def _compress(config, params, setup: TrialSetup, dense_state, data, c, run_id):
     from squeezetune.spaces import derive_space
     from squeezetune.tasks import Split, example_input, get_task
 
-    task = get_task(setup.task)
+    task = get_task(setup.task, search_path=setup.task_path)
     dense = task.build_model()
     dense.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in dense_state.items()})
     xt, yt, xe, ye = (torch.from_numpy(np.array(a)) for a in data)

@@ -14,6 +14,7 @@ model and data plug in without changing squeezetune::
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
@@ -98,18 +99,31 @@ def example_input(task: Task, train: Split | None = None) -> torch.Tensor:
     return example[:1].detach().cpu()
 
 
-def get_task(name: str) -> Task:
-    """A built-in task by name, or the :class:`Task` returned by a ``module:factory`` string."""
+def get_task(name: str, *, search_path: str | Path | None = None) -> Task:
+    """A built-in task by name, or the :class:`Task` returned by a ``module:factory`` string.
+
+    ``module`` is imported as Python would import it, and also from ``search_path`` (default: the
+    working folder), so ``--task mytasks:make`` finds ``./mytasks.py`` from the console script as
+    it would with ``python -m``. The folder is searched after the installed packages.
+    """
     if name in _BUILTIN:
         return _BUILTIN[name]
     if ":" not in name:
         raise SqueezeError(f"unknown task {name!r}: expected one of {builtin_task_names()} or module:factory")
     module_name, _, attr = name.partition(":")
+    folder = str(Path(search_path if search_path is not None else Path.cwd()).resolve())
+    if folder not in sys.path:
+        sys.path.append(folder)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise SqueezeError(f"cannot load task factory {name!r}: {exc}") from None
-    task = factory()
+        raise SqueezeError(f"cannot load task factory {name!r}: {exc} (searched the installed packages and {folder!r})") from None
+    except Exception as exc:  # the user's module raised while importing
+        raise SqueezeError(f"task module {module_name!r} raised {type(exc).__name__} on import: {exc}") from None
+    try:
+        task = factory()
+    except Exception as exc:
+        raise SqueezeError(f"task factory {name!r} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(task, Task):
         raise SqueezeError(f"task factory {name!r} returned {type(task).__name__}: expected a squeezetune.tasks.Task")
     return task
