@@ -55,21 +55,43 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary folder beside ``path`` to fill; renamed onto ``path`` when the block succeeds.
+def atomic_folder(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; it becomes ``path`` when the block succeeds.
 
-    ``path`` must not exist or be an empty folder. On any exception the temporary folder goes.
+    ``path`` must be new or an empty folder, unless ``replace``: then a folder already there is
+    swapped out in the same step and removed. On any exception the temporary folder goes and
+    ``path`` is as it was. The folder and its files get the modes a plain ``mkdir``/``open`` would.
     """
     target = Path(path)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not replace)):
         raise SqueezeError(f"{str(target)!r} exists and is not an empty folder: expected a new folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        yield tmp
-        os.chmod(tmp, _umask_mode(0o777))
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise SqueezeError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+    try:
+        yield staging
+        os.chmod(staging, _umask_mode(0o777))
+        for file in staging.iterdir():
+            os.chmod(file, _umask_mode(0o666))
+        _swap_in(staging, target)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    old = None
+    if target.is_dir() and any(target.iterdir()):
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / target.name)
+    elif target.is_dir():
+        target.rmdir()
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if old is not None:
+            os.replace(old / target.name, target)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from squeezetune._io import atomic_folder
+from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
 from squeezetune.search.pareto import Point, pareto_front
@@ -52,7 +52,8 @@ def trial_points(c, exp_id: str, parent_id: str) -> list[Point]:
             continue
         feasible = m.get("feasible", 1.0) > 0
         trial = int(run.data.tags.get(tracking.TRIAL_TAG, -1))
-        out.append(Point(trial, m["accuracy"], int(m["bytes"]), run.info.run_id, feasible, {"ratio": m.get("ratio"), "dense_accuracy": m.get("dense_accuracy")}))
+        extra = {k: m[k] for k in OUTCOME if k in m and k not in ("accuracy", "bytes")}
+        out.append(Point(trial, m["accuracy"], int(m["bytes"]), run.info.run_id, feasible, extra))
     return out
 
 
@@ -188,8 +189,7 @@ def export_trial(
     point = pick(points, front, dense_accuracy=dense_accuracy, trial=trial, max_bytes=max_bytes, max_drop=max_drop)
     progress(f"exporting trial {point.trial} (run {point.run_id}): accuracy {point.accuracy:.4f}, {point.bytes:,} bytes")
 
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
-    try:
+    with atomic_folder(out, replace=force) as staging:
         files, acc, model, example = _write_formats(c, point, task, eval_split, name, staging)
         run_id, model_uri = _log_export_run(uri, c, exp_id, parent.info.run_id, name, point, model, example, registered, alias)
         final = {k: out / v.name for k, v in files.items()}
@@ -209,9 +209,6 @@ def export_trial(
             "onnx_opset": ONNX_OPSET,
         }
         (staging / "export.json").write_text(json.dumps(summary, indent=2))
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return Exported(point, final, acc, model_uri, f"models:/{registered}@{alias}", run_id)
 
 
@@ -220,8 +217,8 @@ def _write_formats(c, point: Point, task, eval_split, search: str, folder: Path)
     returns the files, each one's re-measured accuracy, the decoded model and an example input."""
     import torch
 
-    from squeezetune.compression.finetune import evaluate
-    from squeezetune.compression.pipeline import decode_file, save_weights
+    from squeezetune.compression import decode_file, evaluate, save_weights
+    from squeezetune.tasks import example_input
 
     files: dict[str, Path] = {}
     acc: dict[str, float] = {}
@@ -238,7 +235,8 @@ def _write_formats(c, point: Point, task, eval_split, search: str, folder: Path)
     files["safetensors"] = folder / "model.safetensors"
     save_weights(model, files["safetensors"], metadata={"task": task.name, "search": search, "trial": str(point.trial)})
 
-    example = eval_split.x[:2].clone()
+    one = example_input(task, eval_split)
+    example = torch.cat([one, one])  # two items, so that the batch dimension is traced as dynamic
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     files["torch_export"] = folder / "model.pt2"
@@ -249,28 +247,6 @@ def _write_formats(c, point: Point, task, eval_split, search: str, folder: Path)
     _export_onnx(model, example, files["onnx"])
     acc["onnx"] = _onnx_accuracy(files["onnx"], eval_split)
     return files, acc, model, example
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Give ``staging`` the modes of a new folder and rename it to ``out`` (replacing what was there)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
-    for path in staging.iterdir():
-        os.chmod(path, 0o666 & ~umask)
-    old = None
-    if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / out.name)
-    try:
-        os.replace(staging, out)
-    except OSError:
-        if old is not None:
-            os.replace(old / out.name, out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _accuracy(module, split) -> float:

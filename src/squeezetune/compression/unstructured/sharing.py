@@ -7,9 +7,9 @@ autograd gives each centroid the *sum* of its members' gradients, which is Deep 
 centroid fine-tuning update; the labels never change.
 
 The ``share`` stage (:class:`ShareConfig`) shares each tensor a recipe names, or every tensor with
-its ``default``. With ``fit: true`` a tensor's cluster count is capped at its surviving weights
-(and a tensor left with a single weight keeps it unshared), so one setting fits tensors of every
-size; without it, asking for more clusters than weights is an error.
+its ``default``. A ``default`` cluster count is capped at each tensor's surviving weights (and a
+tensor left with a single weight keeps it unshared), so one setting fits tensors of every size;
+a count given for a named layer must fit that layer, unless ``fit: true`` caps those too.
 
 >>> from torch import nn
 >>> layer = nn.Linear(20, 10)
@@ -128,7 +128,7 @@ class ShareConfig(StageConfig):
     layers: dict[str, LayerShare] = field(default_factory=dict)
     max_iter: int = 20
     fit: bool = False
-    """Cap each tensor's clusters at its surviving weights instead of failing (generic recipes set it)."""
+    """Cap the clusters of named layers at their surviving weights too, instead of failing."""
 
     def __post_init__(self) -> None:
         if self.max_iter < 1:
@@ -142,8 +142,9 @@ class ShareConfig(StageConfig):
         setting = self.for_layer(name)
         if setting is None:
             return None
-        k = min(setting.k, alive) if self.fit else setting.k
-        if self.fit and k < 2:
+        fit = self.fit or name not in self.layers
+        k = min(setting.k, alive) if fit else setting.k
+        if fit and k < 2:
             return None
         if not 2 <= k <= alive:
             raise SqueezeError(f"k={k!r} clusters for layer {name!r} must be an integer in [2, {alive}] (its surviving weights)")
