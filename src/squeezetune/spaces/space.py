@@ -39,13 +39,14 @@ kept weights (``bits: 8`` on a tensor keeping 100 weights gives 100 clusters: ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from squeezetune.compression.coding.codec import CoderChoice
 from squeezetune.compression.finetune import FinetuneConfig
 from squeezetune.compression.recipes import Recipe
+from squeezetune.compression.stages import stage_config
 from squeezetune.compression.tensors import compressible
 from squeezetune.compression.unstructured.kmeans import Init
 from squeezetune.compression.unstructured.pruning import Granularity
@@ -57,7 +58,6 @@ KEEP_FRACTION = (0.02, 0.6)
 BITS = (2, 8)
 """Default range of k-means bits per layer (2**bits clusters)."""
 
-_STAGES = ("prune", "finetune", "share", "finetune_centroids", "encode", "structured")
 _OPTIONS = ("group", "group_depth")
 GROUPINGS = ("tensor", "kind", "block")
 """How per-tensor knobs are shared: one per ``tensor``, one per layer ``kind`` (``Conv2d``, ``Linear``,
@@ -66,6 +66,32 @@ _FINETUNE_DEFAULTS = {
     "finetune": {"epochs": IntRange(1, 3), "distill": Choice((True, False)), "lr": FloatRange(0.01, 0.01, log=True)},
     "finetune_centroids": {"epochs": IntRange(0, 2), "lr": FloatRange(0.002, 0.002, log=True)},
 }
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a stage's knob deriver may look at: the model, its example input and its tensors."""
+
+    model: nn.Module
+    example: Any
+    layers: dict[str, int]
+    """Every compressible tensor and its weight count."""
+    groups: dict[str, tuple[str, ...]]
+    """The groups per-tensor knobs are shared by (empty: one knob per tensor)."""
+
+
+@dataclass(frozen=True)
+class SpaceStage:
+    """One stage a space can search: its ``space:`` key (also its recipe label), the recipe stage it
+    configures, and the function that derives its knobs from the user's setting for it."""
+
+    key: str
+    stage: str
+    knobs: Callable[[Scope, dict[str, Any]], list[Knob]]
+    default_on: bool = True
+    """In every space unless the user gives ``false``; otherwise only when the user names it."""
+    keys: tuple[str, ...] = ()
+    """The keys the user's setting may have (empty: the deriver checks them)."""
 
 
 @dataclass(frozen=True)
@@ -151,23 +177,23 @@ class Space:
         missing = [k.name for k in self.knobs if k.name not in params]
         if missing:
             raise SqueezeError(f"params lack knob {missing[0]!r}: expected values for {[k.name for k in self.knobs]}")
-        data: dict[str, Any] = {"name": name}
-        for stage in self.stages:
-            data[stage] = {}
+        data: dict[str, Any] = {key: {} for key in (*self.stages, "encode")}
         for k in self.knobs:
             node = data
             for part in k.target[:-1]:
                 node = node.setdefault(part, {})
             node[k.target[-1]] = _plain(params[k.name])
-        for stage in ("prune", "share"):
-            layers = data.get(stage, {}).get("layers", {})
+        for settings in data.values():  # a group's knob applies to each of its tensors
+            layers = settings.get("layers", {})
             for group in [g for g in layers if g in self.groups]:
                 setting = layers.pop(group)
                 for member in self.groups[group]:
                     layers.setdefault(member, dict(setting))
         if "share" in data:
             data["share"]["fit"] = True
-        return data
+        kinds = {s.key: s.stage for s in SPACE_STAGES}
+        stages = [{kinds[key]: data[key], "label": key} for key in self.stages]
+        return {"name": name, "stages": stages, "encode": data["encode"]}
 
     def recipe(self, params: Mapping[str, Any], name: str = "search-trial") -> Recipe:
         """The :class:`Recipe` that ``params`` describe."""
@@ -233,30 +259,61 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
     Raises a one-line :class:`SqueezeError` for an unknown stage, knob or layer, an empty range,
     or a value outside what the model allows (e.g. ``keep`` above a layer's weight count).
     """
+    keys = [st.key for st in SPACE_STAGES] + ["encode", *_OPTIONS]
     if config is not None and not isinstance(config, Mapping):
-        raise SqueezeError(f"space is {type(config).__name__}: expected a mapping with keys {list(_STAGES + _OPTIONS)}")
+        raise SqueezeError(f"space is {type(config).__name__}: expected a mapping with keys {keys}")
     config = dict(config or {})
-    unknown = sorted(set(config) - set(_STAGES + _OPTIONS))
+    unknown = sorted(set(config) - set(keys))
     if unknown:
-        raise SqueezeError(f"unknown key {unknown[0]!r} in space: expected one of {list(_STAGES + _OPTIONS)}")
+        raise SqueezeError(f"unknown key {unknown[0]!r} in space: expected one of {keys}")
     targets = compressible(model)
     layers = {name: t.numel for name, t in targets.items()}
     groups = _groups(targets, config.get("group", "tensor"), config.get("group_depth", 2))
+    scope = Scope(model, example, layers, groups)
     knobs: list[Knob] = []
     stages: list[str] = []
-
-    prune = _stage(config, "prune", ("granularity", "default", "layers"))
-    if prune is not None:
-        stages.append("prune")
-        knobs.append(_recipe_knob("prune.granularity", prune.get("granularity"), Fixed(Granularity.WEIGHT.value), ("prune", "granularity"), tuple(g.value for g in Granularity)))
-        knobs += _layer_knobs("prune", prune, layers, _keep_domain, groups)
-
-    for stage in ("finetune", "finetune_centroids"):
-        ft = _stage(config, stage, tuple(f.name for f in fields(FinetuneConfig)))
-        if ft is None:
+    reshaped = None  # the first stage in the space that changes the architecture
+    for st in SPACE_STAGES:
+        if st.key not in config and not st.default_on:
             continue
-        stages.append(stage)
-        defaults = _FINETUNE_DEFAULTS[stage]
+        setting = _stage(config, st.key, st.keys) if st.keys else _opt_in(config, st.key)
+        if setting is None:
+            continue
+        stage_knobs = st.knobs(scope, setting)
+        if reshaped is not None:
+            counts = [k.name for k in stage_knobs if k.target[-1] == "keep"]
+            if counts:
+                raise SqueezeError(
+                    f"space knob {counts[0]!r} counts weights of the dense layer, but {reshaped} runs first and reshapes it: give keep_fraction instead"
+                )
+        if stage_config(st.stage).changes_architecture and reshaped is None:
+            reshaped = f"{st.key} pruning" if st.key == "structured" else st.key
+        stages.append(st.key)
+        knobs += stage_knobs
+    knobs += _encode_knobs(_stage(config, "encode", ("coder", "index_bits"), allow_off=False))
+    return Space(tuple(knobs), layers, tuple(stages), groups)
+
+
+def _opt_in(config: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    raw = config.get(key)
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SqueezeError(f"space.{key}={raw!r}: expected a mapping (or true for the defaults)")
+    return dict(raw)
+
+
+def _prune_knobs(scope: Scope, prune: dict[str, Any]) -> list[Knob]:
+    granularity = _recipe_knob("prune.granularity", prune.get("granularity"), Fixed(Granularity.WEIGHT.value), ("prune", "granularity"), tuple(g.value for g in Granularity))
+    return [granularity, *_layer_knobs("prune", prune, scope.layers, _keep_domain, scope.groups)]
+
+
+def _finetune_knobs(key: str) -> Callable[[Scope, dict[str, Any]], list[Knob]]:
+    def knobs(scope: Scope, ft: dict[str, Any]) -> list[Knob]:
+        out = []
+        defaults = _FINETUNE_DEFAULTS[key]
         for f in fields(FinetuneConfig):
             base = defaults.get(f.name)
             if base is None:
@@ -264,39 +321,47 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
                 base = Choice((v,)) if isinstance(v, bool) else IntRange(v, v) if isinstance(v, int) else FloatRange(v, v, log=v > 0)
             if f.name not in ft and f.name not in defaults:
                 continue
-            knobs.append(_recipe_knob(f"{stage}.{f.name}", ft.get(f.name), base, (stage, f.name), (True, False) if isinstance(f.default, bool) else ()))
+            out.append(_recipe_knob(f"{key}.{f.name}", ft.get(f.name), base, (key, f.name), (True, False) if isinstance(f.default, bool) else ()))
+        return out
 
-    share = _stage(config, "share", ("init", "default", "layers", "max_iter"))
-    if share is not None:
-        stages.append("share")
-        knobs.append(_recipe_knob("share.init", share.get("init"), Choice(tuple(i.value for i in Init)), ("share", "init"), tuple(i.value for i in Init)))
-        if "max_iter" in share:
-            knobs.append(_recipe_knob("share.max_iter", share["max_iter"], IntRange(20, 20), ("share", "max_iter")))
-        knobs += _layer_knobs("share", share, layers, _share_domain, groups)
+    return knobs
 
-    encode = _stage(config, "encode", ("coder", "index_bits"), allow_off=False)
-    stages.append("encode")
+
+def _share_knobs(scope: Scope, share: dict[str, Any]) -> list[Knob]:
+    out = [_recipe_knob("share.init", share.get("init"), Choice(tuple(i.value for i in Init)), ("share", "init"), tuple(i.value for i in Init))]
+    if "max_iter" in share:
+        out.append(_recipe_knob("share.max_iter", share["max_iter"], IntRange(20, 20), ("share", "max_iter")))
+    return out + _layer_knobs("share", share, scope.layers, _share_domain, scope.groups)
+
+
+def _encode_knobs(encode: dict[str, Any]) -> list[Knob]:
     # Both default to "auto", which codes each stream every way and keeps the smallest: searching
     # them would spend trials on choices "auto" already dominates.
     coders = tuple(c.value for c in CoderChoice)
-    knobs.append(_recipe_knob("encode.coder", encode.get("coder", "auto"), Choice(("huffman", "ans", "auto")), ("encode", "coder"), coders))
+    out = [_recipe_knob("encode.coder", encode.get("coder", "auto"), Choice(("huffman", "ans", "auto")), ("encode", "coder"), coders)]
     index_bits = encode.get("index_bits", "auto")
     if index_bits == "auto":
-        knobs.append(Knob("encode.index_bits", Fixed("auto"), ("encode", "index_bits")))
+        out.append(Knob("encode.index_bits", Fixed("auto"), ("encode", "index_bits")))
     else:
-        knobs.append(_recipe_knob("encode.index_bits", index_bits, IntRange(3, 8), ("encode", "index_bits")))
+        out.append(_recipe_knob("encode.index_bits", index_bits, IntRange(3, 8), ("encode", "index_bits")))
+    return out
 
-    if config.get("structured") not in (None, False):
-        from squeezetune.spaces.structured import structured_knobs
 
-        stages.append("structured")
-        knobs += structured_knobs(model, config["structured"], example)
-        counts = [k.name for k in knobs if k.target[0] == "prune" and k.target[-1] == "keep"]
-        if counts:
-            raise SqueezeError(
-                f"space knob {counts[0]!r} counts weights of the dense layer, but structured pruning runs first and shrinks it: give keep_fraction instead"
-            )
-    return Space(tuple(knobs), layers, tuple(stages), groups)
+def _structured_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
+    from squeezetune.spaces.structured import structured_knobs
+
+    return structured_knobs(scope.model, cfg, scope.example)
+
+
+SPACE_STAGES: tuple[SpaceStage, ...] = (
+    SpaceStage("structured", "structured", _structured_knobs, default_on=False),
+    SpaceStage("prune", "prune", _prune_knobs, keys=("granularity", "default", "layers")),
+    SpaceStage("finetune", "finetune", _finetune_knobs("finetune"), keys=tuple(f.name for f in fields(FinetuneConfig))),
+    SpaceStage("share", "share", _share_knobs, keys=("init", "default", "layers", "max_iter")),
+    SpaceStage("finetune_centroids", "finetune", _finetune_knobs("finetune_centroids"), keys=tuple(f.name for f in fields(FinetuneConfig))),
+)
+"""The stages a space can search, in the order their recipe runs them. A new technique adds its
+entry here, with its knob deriver beside it (as :mod:`squeezetune.spaces.structured` does)."""
 
 
 def _groups(targets: Mapping[str, Any], by: Any, depth: Any) -> dict[str, tuple[str, ...]]:
