@@ -121,3 +121,21 @@ def test_tiny_tensors_are_capped_not_refused():
     apply_stage(model, ShareConfig.from_dict({"default": {"bits": 8}, "fit": True}), ctx)
     encoded = codec.encode_model(model, task="t")
     assert [(t.name, t.kept, t.clusters) for t in encoded.layers] == [("0", 1, 0), ("1", 1, 0)]  # a single weight stays unshared
+
+
+def test_a_copy_can_be_pruned_and_shared_again_without_touching_the_original():
+    from squeezetune.compression.tensors import copy_model
+    from squeezetune.compression.unstructured.pruning import prune_layer
+    from squeezetune.compression.unstructured.sharing import share_layer
+
+    model = nn.Sequential(nn.Linear(20, 10), nn.LSTM(10, 4))
+    prune_layer(model[0], keep=50)
+    prune_layer(model[1], keep=30, attr="weight_hh_l0")
+    x = torch.randn(3, 20)
+    before = model[0](x).detach()
+    work = copy_model(model)
+    share_layer(work[0], k=4)  # removes the copy's mask parametrization, registers a codebook
+    prune_layer(work[1], keep=10, attr="weight_hh_l0")
+    assert torch.equal(model[0](x), before)  # the original still computes with its own mask
+    assert int((model[1].weight_hh_l0 != 0).sum()) == 30 and int((work[1].weight_hh_l0 != 0).sum()) == 10
+    assert len(torch.unique(work[0].weight)) <= 5

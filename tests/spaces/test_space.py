@@ -27,7 +27,7 @@ def test_every_compressible_tensor_gets_keep_and_cluster_knobs(model):
     layers = compressible(model)
     for name in layers:
         keep = space.knob(f"prune.{name}.keep_fraction")
-        assert keep.domain == FloatRange(0.02, 0.6, log=True)
+        assert keep.domain == FloatRange(0.001, 0.5, log=True)
         assert isinstance(space.knob(f"share.{name}.bits").domain, IntRange)
     for name in ("share.init", "finetune.epochs", "finetune.distill"):
         assert space.knob(name).searched

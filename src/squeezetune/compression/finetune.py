@@ -63,6 +63,7 @@ class FinetuneConfig(StageConfig):
     """
 
     stage: ClassVar[str] = "finetune"
+    trains: ClassVar[bool] = True
     epochs: int = 10
     lr: float = 0.01
     momentum: float = 0.9

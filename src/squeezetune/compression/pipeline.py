@@ -15,6 +15,8 @@ True
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -34,7 +36,7 @@ from squeezetune.compression.finetune import evaluate, pick_device
 from squeezetune.compression.recipes import Recipe, load_recipe
 from squeezetune.compression.report import Report, StageRecord, TensorRecord
 from squeezetune.compression.stages import Context, EpochEvent, apply_stage
-from squeezetune.compression.tensors import compressible, kept_raw
+from squeezetune.compression.tensors import compressible, copy_model, kept_raw
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import Split, Task, example_input, get_task
 
@@ -81,13 +83,16 @@ def compress(
     progress: Progress = _quiet,
     on_epoch: Callable[[EpochEvent], None] | None = None,
     latency: bool = True,
+    validation: Split | None = None,
 ) -> Report:
     """Run ``recipe`` on ``task``'s dense model, write ``out`` (.sqz) and its report; return the report.
 
     ``dense`` is a model, a safetensors path, or ``None`` (train once and cache). ``splits`` lets
     a caller that already holds the data (the search) skip loading it again. ``on_epoch`` receives
     every training epoch of every stage (see :class:`~squeezetune.compression.stages.Context`).
-    ``latency=False`` skips the latency measurement.
+    ``latency=False`` skips the latency measurement. With a ``validation`` split (one carved from
+    the training data, as a search selects on), the report adds the dense and the decoded model's
+    accuracy on it as ``dense_val_accuracy`` and ``val_accuracy``.
     """
     started = time.perf_counter()
     task = get_task(task) if isinstance(task, str) else task
@@ -117,11 +122,12 @@ def compress(
 
     stages = [record("dense", time.perf_counter(), dense_bytes(model))]
     dense_arch = _architecture(model, example)
-    for step in recipe.steps:
+    for i, step in enumerate(recipe.steps):
         if step.config.is_noop():
             continue
         t0 = time.perf_counter()
         ctx.label = step.label
+        ctx.snapshot = functools.partial(_snapshot, rest=recipe.steps[i + 1 :], ctx=ctx, encode=encode, task=task, float_bits=recipe.encode.float_bits)
         model = apply_stage(model, step.config, ctx)
         stages.append(record(step.label, t0))
 
@@ -149,6 +155,8 @@ def compress(
         dense_params=dense_arch["params"],
         params=arch["params"],
         latency=compare_latency_report(teacher, decoded, example, device=device) if latency else {},
+        val_accuracy=evaluate(decoded, validation, device=device) if validation is not None else None,
+        dense_val_accuracy=evaluate(teacher, validation, device=device) if validation is not None else None,
         raw_bytes=encoded.raw_bytes,
         meta_bytes=encoded.meta_bytes,
         device=str(device),
@@ -157,6 +165,23 @@ def compress(
     )
     write_json(report_path(out), report.to_dict())
     return report
+
+
+def _snapshot(model: nn.Module, *, rest, ctx: Context, encode: Encoder, task: Task, float_bits: int) -> tuple[nn.Module, int]:
+    """``model`` as a file would hold it if the recipe's training ended now: a copy with the later
+    stages that neither train nor reshape the model applied (sharing, say), rounded, coded and
+    decoded from the bytes; and the file's size."""
+    from squeezetune.compression.coding.container import pack_sections
+    from squeezetune.compression.decode import decode_bytes
+
+    work = copy_model(model)
+    quiet = dataclasses.replace(ctx, on_epoch=None, progress=_quiet, snapshot=None)
+    for step in rest:
+        if not (step.config.trains or step.config.changes_architecture or step.config.is_noop()):
+            work = apply_stage(work, step.config, quiet)
+    codec.round_floats(work, float_bits)
+    data = pack_sections(encode(work).sections)
+    return decode_bytes(data, task=task).to(ctx.device), len(data)
 
 
 def tensor_records(model: nn.Module, coded: list[TensorRecord]) -> list[TensorRecord]:

@@ -19,6 +19,8 @@ from typing import Any
 OUTCOME = (
     "accuracy",
     "dense_accuracy",
+    "val_accuracy",
+    "dense_val_accuracy",
     "bytes",
     "dense_bytes",
     "ratio",
@@ -89,6 +91,9 @@ class Report:
     device: str = "cpu"
     seconds: float = 0.0
     container: str = ""
+    val_accuracy: float | None = None
+    """Accuracy on a validation split carved from the training data (what a search selects on)."""
+    dense_val_accuracy: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -123,6 +128,8 @@ class Report:
         values = {
             "accuracy": self.accuracy,
             "dense_accuracy": self.dense_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "dense_val_accuracy": self.dense_val_accuracy,
             "bytes": self.compressed_bytes,
             "dense_bytes": self.dense_bytes,
             "ratio": self.ratio,

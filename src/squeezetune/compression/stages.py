@@ -73,6 +73,9 @@ class EpochEvent:
     loss: float
     model: nn.Module
     """The model being trained, in eval mode for the duration of the callback."""
+    snapshot: Callable[[], tuple[nn.Module, int]] | None = None
+    """The model as the file would hold it if training ended now, and the file's bytes: a copy with
+    the recipe's later stages that do not train applied, coded and decoded (see :mod:`.pipeline`)."""
 
 
 @dataclass
@@ -96,6 +99,8 @@ class Context:
     on_epoch: Callable[[EpochEvent], None] | None = None
     label: str = ""
     """The recipe label of the stage now running."""
+    snapshot: Callable[[nn.Module], tuple[nn.Module, int]] | None = None
+    """Set by the pipeline: the model as decoded from a file if the recipe ended its training now."""
 
     def need_train(self, what: str) -> Split:
         if self.train is None:
@@ -108,7 +113,8 @@ class Context:
             was_training = model.training
             model.eval()
             try:
-                self.on_epoch(EpochEvent(self.label, epoch, epochs, loss, model))
+                snapshot = (lambda: self.snapshot(model)) if self.snapshot is not None else None
+                self.on_epoch(EpochEvent(self.label, epoch, epochs, loss, model, snapshot))
             finally:
                 model.train(was_training)
 
@@ -131,6 +137,8 @@ class StageConfig:
     stage: ClassVar[str] = ""
     changes_architecture: ClassVar[bool] = False
     """True for stages that replace or resize modules (the container then stores the new architecture)."""
+    trains: ClassVar[bool] = False
+    """True for stages that train the model (a snapshot mid-recipe skips them)."""
 
     @classmethod
     def from_dict(cls: type[C], data: Any, where: str | None = None) -> C:

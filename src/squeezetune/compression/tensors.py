@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Target", "compressible", "kept_raw", "target_name"]
+__all__ = ["Target", "compressible", "copy_model", "kept_raw", "target_name"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +121,28 @@ def kept_raw(model: nn.Module) -> dict[str, str]:
             else:
                 out[key] = "1-D (bias or norm): kept raw" if p.dim() <= 1 else "kept raw"
     return out
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose masks and codebooks are its own.
+
+    ``copy.deepcopy`` alone is not enough for parametrized modules: torch gives a parametrized
+    module a class of its own, which the copy shares, and removing a parametrization from the
+    copy (pruning it again, sharing it) would take the property off that class -- off the original
+    too. Here each parametrized tensor of the copy is registered again, on a class of its own.
+    """
+    import copy
+
+    work = copy.deepcopy(model)
+    for module in work.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        plain_class = parametrize.type_before_parametrizations(module)
+        chains = {attr: (chain.original, list(chain)) for attr, chain in module.parametrizations.items()}
+        del module._modules["parametrizations"]
+        module.__class__ = plain_class
+        for attr, (original, steps) in chains.items():
+            module.register_parameter(attr, original)
+            for step in steps:
+                parametrize.register_parametrization(module, attr, step, unsafe=True)
+    return work

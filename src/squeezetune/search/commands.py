@@ -81,9 +81,13 @@ def search_cmd(
     )
     outcome = run_search(cfg, resume=resume is not None, progress=_progress)
     n = outcome.counts
-    typer.echo(f"\nsearch {outcome.name!r}: {n['complete']} trials complete, {n['failed']} failed, of {outcome.trials}; {outcome.seconds:.0f} s")
-    typer.echo(f"Pareto front ({len(outcome.front)} points; accuracy of the decoded model, real container bytes):")
-    typer.echo(table(outcome.front, dense_accuracy=outcome.dense_accuracy, dense_bytes=outcome.dense_bytes))
+    typer.echo(
+        f"\nsearch {outcome.name!r}: {n['complete']} trials ran the full schedule, {n['stopped']} were stopped early, {n['failed']} failed, of {outcome.trials}; {outcome.seconds:.0f} s"
+    )
+    typer.echo(
+        f"Pareto front ({len(outcome.front)} points; selected on validation accuracy, with the accuracy on the evaluation images no selection saw and the real container bytes):"
+    )
+    typer.echo(table(outcome.front, outcome.baseline))
     if not outcome.finished:
         typer.echo(f"\nthe search stopped before all trials finished; continue it with: squeezetune search --resume {outcome.name}")
     typer.echo(f"\nMLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
@@ -108,18 +112,16 @@ def pareto_cmd(
 
     uri = resolve_tracking_uri(tracking_uri)
     probe(uri)
-    points, front, dense = search_front(uri, experiment, name)
-    dense_acc = dense.get("dense_accuracy", float("nan"))
-    dense_bytes = int(dense.get("dense_bytes", 0)) or 1
-    typer.echo(f"search {name!r}: {len(points)} finished trials, {len(front)} on the front")
-    typer.echo(table(front, dense_accuracy=dense_acc, dense_bytes=dense_bytes))
+    points, front, baseline = search_front(uri, experiment, name)
+    typer.echo(f"search {name!r}: {len(points)} trials ran the full schedule, {len(front)} on the front (selected on validation accuracy; accuracy and drop on the evaluation images)")
+    typer.echo(table(front, baseline))
     if all_points:
         rest = sorted((p for p in points if p not in front), key=lambda p: p.bytes)
         for title, group in (("dominated", [p for p in rest if p.feasible]), ("infeasible (outside the search's constraints)", [p for p in rest if not p.feasible])):
             if not group:
                 continue
             typer.echo(f"\n{title}:")
-            typer.echo(table(group, dense_accuracy=dense_acc, dense_bytes=dense_bytes))
+            typer.echo(table(group, baseline))
 
 
 def export_cmd(

@@ -17,8 +17,17 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     resources: {cpus: 1, gpus: 0}  # per trial; gpus may be fractional (0.25)
     max_concurrent: null           # default: as many trials as the local CPUs hold
     max_failures: 2                # Tune retries of a trial whose worker or node died
-    constraints: {max_bytes: null, max_drop: null, max_macs: null}
-    warm_start: [deep-compression] # recipes (built-in names or YAML files) run first, projected into the space; [] for none
+    constraints: {max_bytes: null, max_drop: null, max_macs: null, max_latency_ms: null}
+    objectives: [accuracy, bytes]  # add latency_ms_b1 or latency_ms_b64 for a third (CPU; *_gpu on a GPU)
+    validation: 0.125              # share of the training data held out: trials select on it
+    fidelity:                      # multi-fidelity: MO-ASHA stops poor trials early; null: every
+      epochs: 40                   #   trial fine-tunes space.finetune.epochs (a knob) as set
+      centroid_epochs: 8
+      min_epochs: 2                # the first rung; then x reduction_factor up to epochs
+      reduction_factor: 3
+      early_stopping: true         # false: every trial gets the full schedule
+    warm_start: [auto]             # recipes run first, projected into the space: built-in names, YAML files,
+                                   #   or auto (every built-in recipe whose stages the space searches); [] for none
     space: {...}                   # see squeezetune.spaces.space
 
 Relative paths in a config file (``data_dir``, ``dense``, ``warm_start`` YAML files, ``sqlite:///``
@@ -78,6 +87,45 @@ LOCAL_RAY = "local"
 search started on a cluster, on this machine)."""
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """How long trials fine-tune, and where MO-ASHA compares them (see :mod:`squeezetune.search.scheduler`).
+
+    Every trial's ``finetune`` stage is set to ``epochs`` and its ``finetune_centroids`` stage to
+    ``centroid_epochs``. A trial reports at the rungs ``min_epochs * reduction_factor**k`` below
+    ``epochs``: the accuracy and bytes of its model as the file would hold it then. With
+    ``early_stopping`` MO-ASHA stops the trials that rank poorly at a rung; the others go on to
+    the full schedule.
+    """
+
+    epochs: int = 40
+    centroid_epochs: int = 8
+    min_epochs: int = 2
+    reduction_factor: int = 3
+    early_stopping: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "centroid_epochs", "min_epochs", "reduction_factor"):
+            v = getattr(self, key)
+            low = 0 if key == "centroid_epochs" else 2 if key == "reduction_factor" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise SqueezeError(f"fidelity.{key}={v!r} must be an integer >= {low}")
+        if not isinstance(self.early_stopping, bool):
+            raise SqueezeError(f"fidelity.early_stopping={self.early_stopping!r}: expected true or false")
+        if self.min_epochs > self.epochs:
+            raise SqueezeError(f"fidelity.min_epochs={self.min_epochs} is above fidelity.epochs={self.epochs}: expected the first rung within the schedule")
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """The fine-tune epochs at which a trial reports before its final outcome."""
+        from squeezetune.search.scheduler import rungs
+
+        return rungs(min_t=self.min_epochs, max_t=self.epochs, eta=self.reduction_factor)
+
+
+OBJECTIVES = ("accuracy", "bytes", "latency_ms_b1", "latency_ms_b64", "latency_ms_b1_gpu", "latency_ms_b64_gpu")
+
+
 def default_name() -> str:
     return time.strftime("search-%Y%m%d-%H%M%S")
 
@@ -100,7 +148,10 @@ class SearchConfig:
     max_concurrent: int | None = None
     max_failures: int = 2
     constraints: Constraints = field(default_factory=Constraints)
-    warm_start: tuple[str, ...] = ("deep-compression",)
+    objectives: tuple[str, ...] = ("accuracy", "bytes")
+    validation: float = 0.125
+    fidelity: Fidelity | None = field(default_factory=Fidelity)
+    warm_start: tuple[str, ...] = ("auto",)
     space: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,6 +179,13 @@ class SearchConfig:
             raise SqueezeError(f"ray_address={self.ray_address!r}: expected local, auto, host:port or ray://host:port")
         if not isinstance(self.experiment, str) or not self.experiment.strip():
             raise SqueezeError(f"experiment={self.experiment!r}: expected a non-empty MLflow experiment name")
+        objectives = (self.objectives,) if isinstance(self.objectives, str) else self.objectives
+        if not isinstance(objectives, (list, tuple)) or list(objectives[:2]) != ["accuracy", "bytes"] or len(objectives) > 3 or (len(objectives) == 3 and objectives[2] not in OBJECTIVES[2:]):
+            raise SqueezeError(f"objectives={self.objectives!r}: expected [accuracy, bytes] and optionally a third, one of {list(OBJECTIVES[2:])}")
+        object.__setattr__(self, "objectives", tuple(objectives))
+        v = self.validation
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.5:
+            raise SqueezeError(f"validation={v!r}: expected the share of the training data held out for selection, in (0, 0.5)")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, *, base: str | Path | None = None) -> "SearchConfig":
@@ -141,7 +199,7 @@ class SearchConfig:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise SqueezeError(f"unknown key {unknown[0]!r} in search config: expected one of {known}")
-        kw = {k: v for k, v in data.items() if v is not None or k in ("data_dir", "dense", "tracking_uri", "study_storage", "ray_address")}
+        kw = {k: v for k, v in data.items() if v is not None or k in ("data_dir", "dense", "tracking_uri", "study_storage", "ray_address", "fidelity")}
         if "warm_start" in kw and kw["warm_start"] is None:
             kw["warm_start"] = ()
         if "sampler" in kw:
@@ -157,8 +215,16 @@ class SearchConfig:
             kw["resources"] = Resources(**r)
         if "constraints" in kw:
             if not isinstance(kw["constraints"], Mapping):
-                raise SqueezeError(f"constraints={kw['constraints']!r}: expected a mapping with max_bytes, max_drop, max_macs")
+                raise SqueezeError(f"constraints={kw['constraints']!r}: expected a mapping with max_bytes, max_drop, max_macs, max_latency_ms")
             kw["constraints"] = Constraints.from_dict(kw["constraints"])
+        if "fidelity" in data:
+            raw = data["fidelity"]
+            if raw is None or raw is False:
+                kw["fidelity"] = None
+            else:
+                from squeezetune.compression.stages import read_dataclass
+
+                kw["fidelity"] = read_dataclass(Fidelity, {} if raw is True else raw, "fidelity")
         folder = Path(base) if base is not None else Path.cwd()
         for key in ("data_dir", "dense"):
             if kw.get(key) is not None:
@@ -188,6 +254,7 @@ class SearchConfig:
         d["sampler"] = self.sampler.value
         d["constraints"] = self.constraints.to_dict()
         d["warm_start"] = list(self.warm_start)
+        d["objectives"] = list(self.objectives)
         return d
 
     def replace(self, **changes: Any) -> "SearchConfig":

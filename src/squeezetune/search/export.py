@@ -33,7 +33,7 @@ from squeezetune._io import atomic_folder
 from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
-from squeezetune.search.pareto import Point, pareto_front
+from squeezetune.search.pareto import Baseline, Point, pareto_front, point
 
 ONNX_OPSET = 18
 Progress = Callable[[str], None]
@@ -44,25 +44,29 @@ def _quiet(_: str) -> None:
 
 
 def trial_points(c, exp_id: str, parent_id: str) -> list[Point]:
-    """One point per finished trial run (trial number from its tag)."""
+    """One point per trial run that finished its full schedule (trial number from its tag)."""
     out = []
     for run in tracking.children(c, exp_id, parent_id):
         m = run.data.metrics
         if run.info.status != "FINISHED" or not math.isfinite(m.get("accuracy", math.nan)) or "bytes" not in m:
             continue
-        feasible = m.get("feasible", 1.0) > 0
         trial = int(run.data.tags.get(tracking.TRIAL_TAG, -1))
-        extra = {k: m[k] for k in OUTCOME if k in m and k not in ("accuracy", "bytes")}
-        out.append(Point(trial, m["accuracy"], int(m["bytes"]), run.info.run_id, feasible, extra))
+        outcome = {k: m[k] for k in (*OUTCOME, "epoch") if k in m}
+        out.append(point(trial, outcome, run_id=run.info.run_id, feasible=m.get("feasible", 1.0) > 0))
     return out
 
 
-def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], list[Point], dict[str, float]]:
-    """``(points, front, dense)`` of a search read from MLflow; ``dense`` holds dense_accuracy, dense_bytes."""
+def baseline_of(parent) -> Baseline:
+    """The dense figures a search's parent run holds."""
+    m = parent.data.metrics
+    return Baseline(m.get("dense_accuracy", float("nan")), int(m.get("dense_bytes", 0)) or 1, m.get("dense_val_accuracy"))
+
+
+def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], list[Point], Baseline]:
+    """``(points, front, baseline)`` of a search read from MLflow."""
     c, exp_id, parent = tracking.find_search(uri, experiment, name)
     points = trial_points(c, exp_id, parent.info.run_id)
-    dense = {k: parent.data.metrics[k] for k in ("dense_accuracy", "dense_bytes") if k in parent.data.metrics}
-    return points, pareto_front(points), dense
+    return points, pareto_front(points), baseline_of(parent)
 
 
 def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, trial: int | None = None, max_bytes: int | None = None, max_drop: float | None = None) -> Point:
@@ -180,28 +184,30 @@ def export_trial(
     _, eval_split = task.load_data(Path(data_dir) if data_dir is not None else None)
     points = trial_points(c, exp_id, parent.info.run_id)
     front = pareto_front(points)
-    dense_accuracy = parent.data.metrics.get("dense_accuracy", max((p.accuracy for p in points), default=0.0))
+    baseline = baseline_of(parent)
     one_image = 100.0 / max(1, len(eval_split))
     if max_drop is not None and 0 < max_drop < one_image:
         progress(
             f"note: --max-drop is in accuracy points; {max_drop:g} points is less than one of the {len(eval_split):,} eval images ({one_image:.3g} points), so only trials that lose nothing qualify"
         )
-    point = pick(points, front, dense_accuracy=dense_accuracy, trial=trial, max_bytes=max_bytes, max_drop=max_drop)
-    progress(f"exporting trial {point.trial} (run {point.run_id}): accuracy {point.accuracy:.4f}, {point.bytes:,} bytes")
+    chosen = pick(points, front, dense_accuracy=baseline.selected, trial=trial, max_bytes=max_bytes, max_drop=max_drop)
+    held = chosen.extra.get("eval_accuracy", chosen.accuracy)
+    progress(f"exporting trial {chosen.trial} (run {chosen.run_id}): accuracy {held:.4f} on the evaluation images, {chosen.bytes:,} bytes")
 
     with atomic_folder(out, replace=force) as staging:
-        files, acc, model, example = _write_formats(c, point, task, eval_split, name, staging)
-        run_id, model_uri = _log_export_run(uri, c, exp_id, parent.info.run_id, name, point, model, example, registered, alias)
+        files, acc, model, example = _write_formats(c, chosen, task, eval_split, name, staging)
+        run_id, model_uri = _log_export_run(uri, c, exp_id, parent.info.run_id, name, chosen, model, example, registered, alias)
         final = {k: out / v.name for k, v in files.items()}
         final["summary"] = out / "export.json"
         summary = {
             "search": name,
-            "trial": point.trial,
-            "run_id": point.run_id,
+            "trial": chosen.trial,
+            "run_id": chosen.run_id,
             "export_run_id": run_id,
             "task": task.name,
-            "bytes": point.bytes,
-            "accuracy_in_search": point.accuracy,
+            "bytes": chosen.bytes,
+            "val_accuracy_in_search": chosen.accuracy if "eval_accuracy" in chosen.extra else None,
+            "accuracy_in_search": chosen.extra.get("eval_accuracy", chosen.accuracy),
             "accuracy": acc,
             "files": {k: str(v) for k, v in final.items()},
             "mlflow_model": model_uri,
@@ -209,7 +215,7 @@ def export_trial(
             "onnx_opset": ONNX_OPSET,
         }
         (staging / "export.json").write_text(json.dumps(summary, indent=2))
-    return Exported(point, final, acc, model_uri, f"models:/{registered}@{alias}", run_id)
+    return Exported(chosen, final, acc, model_uri, f"models:/{registered}@{alias}", run_id)
 
 
 def _write_formats(c, point: Point, task, eval_split, search: str, folder: Path):

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 
 @dataclass(frozen=True)
 class Point:
-    """One finished trial's outcome: the decoded model's accuracy and the container's bytes."""
+    """One finished trial's outcome: the decoded model's accuracy and the container's bytes.
+
+    ``accuracy`` is the accuracy the search selects on (the validation split's); the accuracy on the
+    evaluation images, which no selection has seen, is ``extra["eval_accuracy"]`` (see :func:`point`).
+    """
 
     trial: int
     accuracy: float
@@ -31,6 +35,36 @@ class Point:
         d = asdict(self)
         extra = d.pop("extra")
         return {**d, **extra}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The dense model's figures that points are compared with."""
+
+    accuracy: float
+    """On the evaluation images (what the front reports)."""
+    bytes: int
+    val_accuracy: float | None = None
+    """On the validation split the search selects on (``max_drop`` is measured there)."""
+
+    @property
+    def selected(self) -> float:
+        """The dense accuracy on the split points are selected on."""
+        return self.val_accuracy if self.val_accuracy is not None else self.accuracy
+
+
+def point(trial: int, outcome: Mapping[str, Any], *, run_id: str | None = None, feasible: bool = True) -> Point:
+    """The Pareto point of a trial's outcome figures (its Optuna user attributes or MLflow metrics).
+
+    The one place a trial's figures become a point: its accuracy is ``val_accuracy`` when the search
+    selected on a validation split (else ``accuracy``), and every other figure goes into ``extra``,
+    the evaluation accuracy as ``eval_accuracy``.
+    """
+    selected = outcome.get("val_accuracy", outcome["accuracy"])
+    extra = {k: v for k, v in outcome.items() if k not in ("accuracy", "val_accuracy", "bytes")}
+    if "val_accuracy" in outcome:
+        extra["eval_accuracy"] = outcome["accuracy"]
+    return Point(trial, float(selected), int(outcome["bytes"]), run_id, feasible, extra)
 
 
 def dominates(a: Point, b: Point) -> bool:
@@ -87,3 +121,80 @@ def best_ratio(points: Iterable[Point], *, dense_bytes: int, dense_accuracy: flo
     """The smallest file among points losing at most ``max_drop`` accuracy points; ``None`` if none qualifies."""
     ok = [p for p in points if math.isfinite(p.accuracy) and 100.0 * (dense_accuracy - p.accuracy) <= max_drop + 1e-9]
     return min(ok, key=lambda p: (p.bytes, -p.accuracy, p.trial)) if ok else None
+
+
+# -- ranking for successive halving (minimisation vectors) --------------------------------------
+
+
+def nondominated_ranks(vectors: Sequence[Sequence[float]]) -> list[int]:
+    """Each vector's non-domination rank, all objectives minimised: 0 for the front, 1 for the
+    front of what is left, and so on (NSGA-II's fast non-dominated sort).
+
+    >>> nondominated_ranks([(1, 5), (2, 2), (3, 3), (5, 1)])
+    [0, 0, 1, 0]
+    """
+    n = len(vectors)
+    dominated_by: list[list[int]] = [[] for _ in range(n)]
+    count = [0] * n
+    for i in range(n):
+        for j in range(n):
+            if i != j and _dominates_min(vectors[i], vectors[j]):
+                dominated_by[i].append(j)
+                count[j] += 1
+    ranks = [0] * n
+    current = [i for i in range(n) if count[i] == 0]
+    rank = 0
+    while current:
+        nxt = []
+        for i in current:
+            ranks[i] = rank
+            for j in dominated_by[i]:
+                count[j] -= 1
+                if count[j] == 0:
+                    nxt.append(j)
+        current, rank = nxt, rank + 1
+    return ranks
+
+
+def _dominates_min(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def crowding_distances(vectors: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each vector within its set: the ends of each objective get
+    infinity, the rest the normalised gap between their neighbours, summed over objectives."""
+    n = len(vectors)
+    if n <= 2:
+        return [math.inf] * n
+    out = [0.0] * n
+    for k in range(len(vectors[0])):
+        order = sorted(range(n), key=lambda i: vectors[i][k])
+        low, high = vectors[order[0]][k], vectors[order[-1]][k]
+        out[order[0]] = out[order[-1]] = math.inf
+        if high == low:
+            continue
+        for a, i, b in zip(order, order[1:], order[2:]):
+            out[i] += (vectors[b][k] - vectors[a][k]) / (high - low)
+    return out
+
+
+def priority(vectors: Sequence[Sequence[float]], violations: Sequence[float] | None = None) -> list[int]:
+    """Indices of ``vectors`` (minimised) from best to worst, as NSGA-II ranks a population.
+
+    Feasible points (violation <= 0) come first, by non-domination rank, then by crowding distance
+    within a rank (spread-out points first: the diversity rule); infeasible ones follow, by how far
+    they miss their constraints. No weighted sum of objectives is ever formed.
+
+    >>> priority([(1, 5), (2, 2), (3, 3), (5, 1)], [0, 0, 0, 1])
+    [0, 1, 2, 3]
+    """
+    violations = list(violations) if violations is not None else [0.0] * len(vectors)
+    feasible = [i for i in range(len(vectors)) if violations[i] <= 0]
+    infeasible = sorted((i for i in range(len(vectors)) if violations[i] > 0), key=lambda i: (violations[i], i))
+    ranks = nondominated_ranks([vectors[i] for i in feasible])
+    order = []
+    for r in sorted(set(ranks)):
+        members = [feasible[j] for j, rank in enumerate(ranks) if rank == r]
+        crowd = crowding_distances([vectors[i] for i in members])
+        order += [i for _, i in sorted(zip(crowd, members), key=lambda t: (-t[0], t[1]))]
+    return order + infeasible

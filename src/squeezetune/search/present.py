@@ -12,58 +12,76 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from squeezetune.search.pareto import Point
+from squeezetune.search.pareto import Baseline, Point
 
-COLUMNS = ["trial", "accuracy", "drop_points", "bytes", "ratio", "feasible", "run_id"]
-
-
-def rows(front: Sequence[Point], *, dense_accuracy: float, dense_bytes: int) -> list[dict]:
-    return [
-        {
-            "trial": p.trial,
-            "accuracy": round(p.accuracy, 6),
-            "drop_points": round(100.0 * (dense_accuracy - p.accuracy), 4),
-            "bytes": int(p.bytes),
-            "ratio": round(dense_bytes / p.bytes, 3),
-            "feasible": p.feasible,
-            "run_id": p.run_id,
-        }
-        for p in front
-    ]
+COLUMNS = ["trial", "val_accuracy", "accuracy", "drop_points", "bytes", "ratio", "epochs", "feasible", "run_id"]
+"""``val_accuracy``: on the validation split the front was selected on; ``accuracy`` and
+``drop_points`` (against the dense model): on the evaluation images, which no selection has seen;
+``epochs``: the fine-tune fidelity the trial reached."""
 
 
-def table(front: Sequence[Point], *, dense_accuracy: float, dense_bytes: int) -> str:
+def rows(front: Sequence[Point], baseline: Baseline) -> list[dict]:
+    out = []
+    for p in front:
+        held = p.extra.get("eval_accuracy", p.accuracy)
+        out.append(
+            {
+                "trial": p.trial,
+                "val_accuracy": round(p.accuracy, 6) if "eval_accuracy" in p.extra else None,
+                "accuracy": round(held, 6),
+                "drop_points": round(100.0 * (baseline.accuracy - held), 4),
+                "bytes": int(p.bytes),
+                "ratio": round(baseline.bytes / p.bytes, 3),
+                "epochs": p.extra.get("epoch"),
+                "feasible": p.feasible,
+                "run_id": p.run_id,
+            }
+        )
+    return out
+
+
+def table(front: Sequence[Point], baseline: Baseline) -> str:
     """The front as aligned text, smallest file first, with the dense model as the last line."""
-    lines = [f"{'trial':>5} {'accuracy':>9} {'drop pt':>8} {'bytes':>10} {'ratio':>7}  run"]
-    for r in rows(front, dense_accuracy=dense_accuracy, dense_bytes=dense_bytes):
-        lines.append(f"{r['trial']:>5} {r['accuracy']:>9.4f} {r['drop_points']:>8.2f} {r['bytes']:>10,} {r['ratio']:>6.1f}x  {r['run_id'] or '-'}")
-    lines.append(f"{'dense':>5} {dense_accuracy:>9.4f} {0.0:>8.2f} {dense_bytes:>10,} {1.0:>6.1f}x")
+    lines = [f"{'trial':>5} {'val acc':>8} {'accuracy':>9} {'drop pt':>8} {'bytes':>10} {'ratio':>7} {'epochs':>6}  run"]
+
+    def num(v, fmt: str) -> str:
+        return format(v, fmt) if v is not None else "-"
+
+    for r in rows(front, baseline):
+        lines.append(
+            f"{r['trial']:>5} {num(r['val_accuracy'], '>8.4f'):>8} {r['accuracy']:>9.4f} {r['drop_points']:>8.2f} {r['bytes']:>10,} {r['ratio']:>6.1f}x "
+            f"{num(r['epochs'], '>6.0f'):>6}  {r['run_id'] or '-'}"
+        )
+    lines.append(f"{'dense':>5} {num(baseline.val_accuracy, '>8.4f'):>8} {baseline.accuracy:>9.4f} {0.0:>8.2f} {baseline.bytes:>10,} {1.0:>6.1f}x")
     return "\n".join(lines)
 
 
-def to_csv(front: Sequence[Point], *, dense_accuracy: float, dense_bytes: int) -> str:
+def to_csv(front: Sequence[Point], baseline: Baseline) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS)
     w.writeheader()
-    w.writerows(rows(front, dense_accuracy=dense_accuracy, dense_bytes=dense_bytes))
+    w.writerows(rows(front, baseline))
     return buf.getvalue()
 
 
-def to_json(front: Sequence[Point], points: Sequence[Point], *, dense_accuracy: float, dense_bytes: int, **extra) -> str:
+def to_json(front: Sequence[Point], points: Sequence[Point], baseline: Baseline, **extra) -> str:
     return json.dumps(
         {
-            "dense_accuracy": dense_accuracy,
-            "dense_bytes": dense_bytes,
+            "dense_accuracy": baseline.accuracy,
+            "dense_val_accuracy": baseline.val_accuracy,
+            "dense_bytes": baseline.bytes,
             **extra,
-            "front": rows(front, dense_accuracy=dense_accuracy, dense_bytes=dense_bytes),
+            "front": rows(front, baseline),
             "trials": len(points),
         },
         indent=2,
     )
 
 
-def plot_png(front: Sequence[Point], points: Sequence[Point], path: Path, *, dense_accuracy: float, dense_bytes: int, title: str = "") -> None:
-    """Accuracy against bytes (log x): every trial faded, the front drawn as a step line."""
+def plot_png(front: Sequence[Point], points: Sequence[Point], path: Path, baseline: Baseline, *, title: str = "") -> None:
+    """Accuracy against bytes (log x): every trial faded, the front drawn as a step line (accuracy
+    on the split the front was selected on)."""
+    dense_accuracy, dense_bytes = baseline.selected, baseline.bytes
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -92,8 +110,9 @@ def plot_png(front: Sequence[Point], points: Sequence[Point], path: Path, *, den
     plt.close(fig)
 
 
-def plot_html(front: Sequence[Point], points: Sequence[Point], path: Path, *, dense_accuracy: float, dense_bytes: int, title: str = "") -> None:
+def plot_html(front: Sequence[Point], points: Sequence[Point], path: Path, baseline: Baseline, *, title: str = "") -> None:
     """The same plot with plotly, self-contained (works offline): hover shows trial, bytes, ratio, run."""
+    dense_accuracy, dense_bytes = baseline.selected, baseline.bytes
     import plotly.graph_objects as go
 
     on_front = {p.trial for p in front}

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,8 +27,10 @@ from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
 from squeezetune.search.config import SearchConfig, default_max_concurrent
-from squeezetune.search.pareto import Point
+from squeezetune.search.pareto import Baseline, Point
+from squeezetune.search.status import SearchStatus
 from squeezetune.spaces import Constraints, Space, derive_space
+from squeezetune.spaces.space import needs_sensitivity
 
 if TYPE_CHECKING:
     from squeezetune.search.searcher import OutcomeConstraints
@@ -51,8 +53,7 @@ class SearchOutcome:
     counts: dict[str, int]
     points: list[Point]
     front: list[Point]
-    dense_accuracy: float
-    dense_bytes: int
+    baseline: Baseline
     seconds: float
     finished: bool
     study_storage: str
@@ -83,14 +84,23 @@ def load_saved_config(uri: str, experiment: str, name: str) -> SearchConfig:
 
 
 def warm_start_params(space: Space, task, recipes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The searched knobs' values of each warm-start recipe, projected into ``space``."""
-    from squeezetune.compression import load_recipe
+    """The searched knobs' values of each warm-start recipe, projected into ``space``.
+
+    ``auto`` stands for every built-in recipe whose stages the space searches (the structured
+    built-ins only when the space has ``structured``).
+    """
+    from squeezetune.compression import BUILTIN_RECIPES, load_recipe
 
     model = task.build_model()
     out = []
     for spec in recipes:
-        params = space.project(load_recipe(spec, task.model, model))
-        out.append({k.name: params[k.name] for k in space.searched})
+        names = [n for n in BUILTIN_RECIPES if spec == "auto"] or [spec]
+        for name in names:
+            recipe = load_recipe(name, task.model, model)
+            if spec == "auto" and not {step.label for step in recipe.steps} <= set(space.stages):
+                continue
+            params = space.project(recipe)
+            out.append({k.name: params[k.name] for k in space.searched})
     return out
 
 
@@ -139,21 +149,24 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     started = time.perf_counter()
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a failed trial reports its error, not the objectives
     uri = tracking.resolve_tracking_uri(config.tracking_uri)
     tracking.probe(uri)
 
     from squeezetune.compression import dense_bytes as count_dense_bytes
     from squeezetune.compression import dense_model, evaluate
     from squeezetune.compression.measure import macs
-    from squeezetune.tasks import example_input, get_task
+    from squeezetune.tasks import example_input, get_task, hold_out
 
     task = get_task(config.task)
     if task.needs_data_dir and config.data_dir is None:
         raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
-    splits = task.load_data(Path(config.data_dir) if config.data_dir else None)
-    example = example_input(task, splits[0])
-    space = derive_space(task.build_model(), config.space, example)
-    warm_starts = warm_start_params(space, task, config.warm_start)
+    train, held = task.load_data(Path(config.data_dir) if config.data_dir else None)
+    fit, val = hold_out(train, config.validation)
+    splits = (fit, held)
+    example = example_input(task, fit)
+    space = derive_space(task.build_model(), space_config(config), example, sensitivity={})  # a bad space fails before any training
+    warm_start_params(space, task, config.warm_start)  # and so does a bad warm-start recipe
     progress(f"search {config.name!r}: {len(space.searched)} knobs searched, {len(space.knobs) - len(space.searched)} fixed, {config.trials} trials, sampler {config.sampler.value}")
 
     c = tracking.client(uri)
@@ -168,20 +181,35 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     prior_trials = _check_resumable(storage, config) if resume else 0
 
     dense = dense_model(task, splits, dense=config.dense, seed=config.seed, progress=progress)
-    dense_accuracy = evaluate(dense, splits[1])
+    dense_accuracy, dense_val = evaluate(dense, held), evaluate(dense, val)
+    sensitivity = None
+    if needs_sensitivity(config.space):
+        from squeezetune.compression.unstructured.allocation import weight_sensitivity
+
+        progress("sensitivity of each tensor to pruning, on the validation split (once, for the budget allocation)")
+        sensitivity = weight_sensitivity(dense, lambda m: evaluate(m, val), progress=progress)
+    space = derive_space(task.build_model(), space_config(config), example, sensitivity=sensitivity)
+    warm_starts = warm_start_params(space, task, config.warm_start)
     d_bytes = count_dense_bytes(dense)
-    progress(f"dense baseline: accuracy {dense_accuracy:.4f}, {d_bytes:,} bytes")
+    progress(
+        f"dense baseline (trained on {len(fit):,} of the {len(train):,} training items; {len(val):,} held out to select on): "
+        f"accuracy {dense_accuracy:.4f} on the {len(held):,} evaluation items, {dense_val:.4f} on validation, {d_bytes:,} bytes"
+    )
     check_constraints(space, config.constraints, task=task, dense=dense, splits=splits, dense_macs=macs(dense, example), seed=config.seed, progress=progress)
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     owns_ray = connect_ray(config, progress)
+    if config.fidelity is not None:
+        f = config.fidelity
+        plan = f"MO-ASHA compares trials at {', '.join(map(str, f.rungs)) or 'no rung'} of {f.epochs} fine-tune epochs" if f.early_stopping and f.rungs else f"every trial fine-tunes {f.epochs} epochs"
+        progress(f"fidelity: {plan} (+{f.centroid_epochs} centroid epochs for trials that reach the end)")
     try:
         if parent is None:
             _refuse_existing_study(storage, config.name)
-            parent = _create_parent(c, exp_id, config, space, dense_accuracy, d_bytes)
-        base = _Baseline(task, space, dense, splits, dense_accuracy, d_bytes, warm_starts)
+            parent = _create_parent(c, exp_id, config, space, {"dense_accuracy": dense_accuracy, "dense_val_accuracy": dense_val, "dense_bytes": d_bytes})
+        base = _Baseline(task, space, dense, (fit, val, held), dense_accuracy, dense_val, d_bytes, warm_starts)
         local = owns_ray and not _cluster_address(config)
         try:
             return _search(config, c, exp_id, parent, base, resume=resume, prior_trials=prior_trials, local=local, started=started, progress=progress)
@@ -204,7 +232,10 @@ class _Baseline:
     space: Space
     dense: Any
     splits: tuple
+    """``(fit, validation, evaluation)``: trials train on the first, are selected on the second and
+    reported on the third."""
     accuracy: float
+    val_accuracy: float
     bytes: int
     warm_starts: list[dict[str, Any]]
 
@@ -214,19 +245,20 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
     import optuna
 
     storage, uri = config.study_storage, config.tracking_uri
-    dense_accuracy, d_bytes = base.accuracy, base.bytes
+    baseline = Baseline(base.accuracy, base.bytes, base.val_accuracy)
     parent_id = parent.info.run_id
     tracking.retry(lambda: c.update_run(parent_id, status="RUNNING"))
     if resume:
         _record_requested_trials(c, parent_id, config)
 
     from squeezetune.search.front import FrontLogger, counts
-    from squeezetune.search.searcher import OutcomeConstraints, TrackedOptunaSearch, make_sampler, resumed_seed
+    from squeezetune.search.searcher import OutcomeConstraints, TrackedOptunaSearch, make_sampler, objective_metrics, resumed_seed
 
-    constraints = OutcomeConstraints(config.constraints, dense_accuracy) if config.constraints else None
+    constraints = OutcomeConstraints(config.constraints, base.val_accuracy) if config.constraints else None
     # a sampler seeded as before would replay the configurations already tried: continue its stream instead
     sampler = make_sampler(config.sampler.value, seed=resumed_seed(config.seed, prior_trials), population=config.population)
-    front_logger = FrontLogger(uri, parent_id, search=config.name, constraints=config.constraints, dense_accuracy=dense_accuracy, dense_bytes=d_bytes)
+    front_logger = FrontLogger(uri, parent_id, search=config.name, constraints=config.constraints, baseline=baseline)
+    status = SearchStatus(config.trials, baseline, config.constraints.max_drop, progress)
 
     def run_name(number: int) -> str:
         return f"{config.name}-trial-{number}"
@@ -248,25 +280,29 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
 
     def told(frozen) -> None:
         _, front = front_logger.update(searcher.study)
-        n = counts(searcher.study)
-        a = frozen.user_attrs if frozen is not None else {}
-        if frozen is not None and frozen.state == optuna.trial.TrialState.COMPLETE:
-            what = f"accuracy {a['accuracy']:.4f}, {int(a['bytes']):,} bytes ({d_bytes / a['bytes']:.1f}x)"
-        else:
-            what = f"FAILED: {a.get('error', '?')}"
-        progress(f"trial {frozen.number if frozen else '?'}: {what}  [{n['complete'] + n['failed']}/{config.trials} done, front {len(front)}]")
+        status.told(frozen, counts(searcher.study), front)
 
+    fidelity = config.fidelity
     searcher = TrackedOptunaSearch(
-        base.space, sampler=sampler, study_name=config.name, storage=storage, new_run=new_run, reuse_run=reuse_run, on_told=told, constraints=constraints
+        base.space,
+        sampler=sampler,
+        study_name=config.name,
+        storage=storage,
+        new_run=new_run,
+        reuse_run=reuse_run,
+        on_told=told,
+        constraints=constraints,
+        objectives=objective_metrics(config.objectives),
+        full_epochs=fidelity.epochs if fidelity else None,
     )
     study = searcher.study
     if not resume:
         for params in base.warm_starts:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     if resume:
-        _settle_interrupted(study, c, progress, constraints)
+        _settle_interrupted(study, c, progress, objective_metrics(config.objectives), constraints)
     n = counts(study)
-    done = n["complete"] + n["failed"]
+    done = n["complete"] + n["stopped"] + n["failed"]
     remaining = max(0, config.trials - done)
     if resume:
         progress(f"resuming: {done} of {config.trials} trials done, {remaining} to run")
@@ -275,12 +311,13 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
     finished = False
     try:
         if remaining > 0:
-            _run_tuner(config, searcher, base.task, base.dense, base.splits, dense_accuracy, remaining, uri, local=local)
+            _run_tuner(config, searcher, base, remaining, uri, local=local, status=status)
         n = counts(study)
-        finished = n["complete"] + n["failed"] >= config.trials
+        finished = n["complete"] + n["stopped"] + n["failed"] >= config.trials
     finally:
+        status.close()
         n = counts(study)
-        points, front = front_logger.update(study) if n["complete"] + n["failed"] else ([], [])
+        points, front = front_logger.update(study) if n["complete"] + n["stopped"] + n["failed"] else ([], [])
         try:
             tracking.retry(lambda: c.set_terminated(parent_id, "FINISHED" if finished else "KILLED"))
         except Exception:
@@ -299,8 +336,7 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
         counts=n,
         points=points,
         front=front,
-        dense_accuracy=dense_accuracy,
-        dense_bytes=d_bytes,
+        baseline=baseline,
         seconds=time.perf_counter() - started,
         finished=finished,
         study_storage=storage,
@@ -332,7 +368,7 @@ def _check_resumable(storage: str, config: SearchConfig) -> int:
     except KeyError:
         raise SqueezeError(f"search {config.name!r} has no Optuna study in {storage} to resume: expected the study_storage it was started with") from None
     n = counts(study)
-    done = n["complete"] + n["failed"]
+    done = n["complete"] + n["stopped"] + n["failed"]
     if config.trials < done:
         raise SqueezeError(
             f"--trials {config.trials} is below the {done} trials search {config.name!r} has already finished: expected --trials above {done} to run more, or no --trials to finish the requested ones"
@@ -351,7 +387,7 @@ def _refuse_existing_study(storage: str, name: str) -> None:
         raise SqueezeError(f"study {name!r} already exists in {storage} without its MLflow parent run: pick another --name or delete it")
 
 
-def _create_parent(c, exp_id: str, config: SearchConfig, space: Space, dense_accuracy: float, d_bytes: int):
+def _create_parent(c, exp_id: str, config: SearchConfig, space: Space, dense: dict[str, float]):
     parent = tracking.retry(
         lambda: c.create_run(exp_id, run_name=config.name, tags={tracking.SEARCH_TAG: config.name, tracking.ROLE_TAG: "parent", "squeezetune.task": config.task})
     )
@@ -365,20 +401,24 @@ def _create_parent(c, exp_id: str, config: SearchConfig, space: Space, dense_acc
         "cpus_per_trial": config.resources.cpus,
         "gpus_per_trial": config.resources.gpus,
         "study_storage": config.study_storage,
+        "objectives": ",".join(config.objectives),
+        "validation": config.validation,
+        **({f"fidelity.{k}": v for k, v in asdict(config.fidelity).items()} if config.fidelity else {"fidelity": "none"}),
         **{f"constraint.{k}": v for k, v in config.constraints.to_dict().items()},
         **{f"space.{k.name}": k.describe() for k in space.knobs},
     }
-    tracking.retry(lambda: c.log_batch(rid, params=tracking.params_batch(params), metrics=tracking.metrics_batch({"dense_accuracy": dense_accuracy, "dense_bytes": d_bytes})))
+    tracking.retry(lambda: c.log_batch(rid, params=tracking.params_batch(params), metrics=tracking.metrics_batch(dense)))
     tracking.log_json(c, rid, config.to_dict(), tracking.CONFIG_ARTIFACT)
     tracking.retry(lambda: c.log_text(rid, space.table() + "\n", "space.txt"))
     return parent
 
 
-def _settle_interrupted(study, c, progress: Progress, constraints: OutcomeConstraints | None = None) -> None:
+def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str, str]], constraints: OutcomeConstraints | None = None) -> None:
     """Trials a dead driver left RUNNING: told from their finished MLflow run, else re-queued."""
     import optuna
 
-    from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, RUN_ATTR
+    from squeezetune.search import _adapters
+    from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, RUN_ATTR, requeue
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         rid = t.user_attrs.get(RUN_ATTR)
@@ -389,27 +429,26 @@ def _settle_interrupted(study, c, progress: Progress, constraints: OutcomeConstr
             except Exception:
                 run = None
         m = run.data.metrics if run is not None else {}
-        storage = study._storage
+        live = _adapters.reopen(study, t)
         if run is not None and run.info.status == "FINISHED" and math.isfinite(m.get("accuracy", math.nan)) and "bytes" in m:
             for key in OUTCOME:
                 if key in m:
-                    storage.set_trial_user_attr(t._trial_id, key, m[key])
+                    live.set_user_attr(key, m[key])
             if constraints is not None:
-                constraints.set_on(optuna.trial.Trial(study, t._trial_id), m)
-            study.tell(t.number, [m["accuracy"], m["bytes"]])
+                constraints.set_on(live, m)
+            study.tell(t.number, [m[key] for key, _ in objectives])
             progress(f"trial {t.number}: finished before the interruption, recorded from its MLflow run")
         elif run is not None and run.info.status == "FAILED" and run.data.tags.get("error"):
-            storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, run.data.tags["error"])
+            live.set_user_attr(ERROR_ATTR, run.data.tags["error"])
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        else:
-            storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+        else:  # stopped at a rung or cut short: run it again (a stopped trial's rung is not recorded)
+            live.set_user_attr(INTERRUPTED_ATTR, True)
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            attrs = {RUN_ATTR: rid, "retry_of": t.number} if rid else {"retry_of": t.number}
-            study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
+            requeue(study, t, run_id=rid)
             progress(f"trial {t.number}: interrupted, queued again with its MLflow run {rid}")
 
 
-def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accuracy: float, remaining: int, uri: str, *, local: bool) -> None:
+def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, uri: str, *, local: bool, status: SearchStatus) -> None:
     import numpy as np
     from ray import tune
 
@@ -417,6 +456,7 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
     from squeezetune.search.trial import TrialSetup, run_trial
 
     trial_uri = _uri_for_trials(uri, local=local)
+    fidelity = config.fidelity
     # Tune's own experiment folder (its tuner.pkl, trial dirs) is scratch: outcomes live in the Optuna
     # study and MLflow, and resume never reads it, so it is removed when the search ends.
     scratch = Path(tempfile.mkdtemp(prefix=f"squeezetune-tune-{config.name}-"))
@@ -425,21 +465,27 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
             search=config.name,
             task=config.task,
             tracking_uri=trial_uri,
-            space=dict(config.space),
+            space=space_config(config),
             constraints=config.constraints.to_dict(),
-            dense_accuracy=dense_accuracy,
+            dense_accuracy=base.accuracy,
+            dense_val_accuracy=base.val_accuracy,
             seed=config.seed,
             threads=max(1, int(config.resources.cpus)),
             task_path=str(Path.cwd()),
+            rungs=fidelity.rungs if fidelity else (),
+            full_epochs=fidelity.epochs if fidelity else 0,
+            latency=needs_latency(config),
+            sensitivity=base.space.sensitivity,
         )
-        state = {k: v.detach().cpu().numpy() for k, v in plain_state_dict(dense).items()}
-        data = tuple(np.ascontiguousarray(a.numpy()) for a in (splits[0].x, splits[0].y, splits[1].x, splits[1].y))
+        state = {k: v.detach().cpu().numpy() for k, v in plain_state_dict(base.dense).items()}
+        data = tuple(np.ascontiguousarray(a.numpy()) for split in base.splits for a in (split.x, split.y))
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, dense_state=state, data=data), config.resources.to_ray())
         max_concurrent = config.max_concurrent or default_max_concurrent(config.resources)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
+                scheduler=scheduler_for(config, base.val_accuracy),
                 num_samples=remaining,
                 max_concurrent_trials=max_concurrent,
                 reuse_actors=True,
@@ -449,12 +495,59 @@ def _run_tuner(config: SearchConfig, searcher, task, dense, splits, dense_accura
                 name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str(scratch),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                callbacks=[status.callback()],
                 verbose=0,
             ),
         )
         tuner.fit()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def space_config(config: SearchConfig) -> dict[str, Any]:
+    """The space a search samples from: the user's, with fine-tune lengths set by the fidelity.
+
+    Under multi-fidelity the ``finetune`` stage always runs ``fidelity.epochs`` (MO-ASHA cuts
+    trials short, not the sampler) and ``finetune_centroids`` ``fidelity.centroid_epochs``; a space
+    that also names those epochs is a one-line error.
+    """
+    space = dict(config.space)
+    if config.fidelity is None:
+        return space
+    for stage, epochs in (("finetune", config.fidelity.epochs), ("finetune_centroids", config.fidelity.centroid_epochs)):
+        setting = space.get(stage, {})
+        if setting is False:
+            continue
+        if not isinstance(setting, dict):
+            setting = {} if setting is None else setting
+        if isinstance(setting, dict) and "epochs" in setting:
+            raise SqueezeError(
+                f"space.{stage}.epochs is set by the fidelity under multi-fidelity search: set fidelity.{'epochs' if stage == 'finetune' else 'centroid_epochs'} instead, or fidelity: null to search epochs as a knob"
+            )
+        if isinstance(setting, dict):
+            space[stage] = {**setting, "epochs": epochs}
+    return space
+
+
+def needs_latency(config: SearchConfig) -> bool:
+    """Trials time the decoded model only when an objective or a constraint reads latency."""
+    return len(config.objectives) > 2 or config.constraints.max_latency_ms is not None
+
+
+def scheduler_for(config: SearchConfig, dense_val_accuracy: float):
+    """MO-ASHA over the search's objectives (``None``: every trial runs the full schedule)."""
+    fidelity = config.fidelity
+    if fidelity is None or not fidelity.early_stopping or not fidelity.rungs:
+        return None
+    from squeezetune.search.scheduler import MOASHA
+    from squeezetune.search.searcher import OutcomeConstraints, objective_metrics
+
+    constraints = OutcomeConstraints(config.constraints, dense_val_accuracy)
+
+    def violation(result: dict) -> float:
+        return sum(max(0.0, v) for v in constraints.violations(result).values()) if config.constraints else 0.0
+
+    return MOASHA(objective_metrics(config.objectives), max_t=fidelity.epochs, min_t=fidelity.min_epochs, eta=fidelity.reduction_factor, violation=violation)
 
 
 def _cluster_address(config: SearchConfig) -> str | None:

@@ -1,15 +1,25 @@
 """Ray Tune's ``OptunaSearch``, tied to a persistent Optuna study and to MLflow child runs.
 
-:class:`TrackedOptunaSearch` adds three things to the stock searcher:
+:class:`TrackedOptunaSearch` adds to the stock searcher:
 
 * each new Optuna trial gets its MLflow child run when it is suggested, on the driver, and the run
   id travels in the trial's config -- so a trial that Tune retries (its node died) or that
   ``--resume`` re-runs logs into the same run, never a duplicate;
-* a trial that reports an ``error`` or a non-finite accuracy is told to Optuna as FAIL (the stock
-  searcher would try to tell NaN values and leave the trial RUNNING);
+* a trial's last result decides how Optuna hears of it (:meth:`TrackedOptunaSearch.on_trial_complete`):
+
+  - its ``final`` outcome (the full fine-tune schedule ran): COMPLETE, with the objectives;
+  - an ``error``, or a worker that kept dying: FAIL, with the error as a user attribute;
+  - a rung result but no final one (MO-ASHA stopped it early): PRUNED, never COMPLETE with
+    partial values. Its last rung's figures stay as user attributes (``rung_*``), and it carries
+    the constraint ``fidelity = 1 - epochs reached / full epochs`` (above 0: infeasible). That is
+    how a stopped trial feeds the sampler: TPE counts it among the infeasible trials, i.e. in the
+    group of configurations to move away from, the ones stopped earliest the furthest; NSGA-II and
+    GP draw their parents and model from the completed trials only, which MO-ASHA has chosen;
+  - no result at all (Ctrl-C, never started): re-queued with the same parameters and run;
+
 * the outcome is stored as Optuna user attributes, and the constraint violations it implies are
-  set on the trial (``Trial.set_constraint``, see :meth:`OutcomeConstraints.set_on`) before ``tell``, so the
-  constrained samplers rank feasible trials first.
+  set on the trial (``Trial.set_constraint``, see :meth:`OutcomeConstraints.set_on`) before ``tell``,
+  so the constrained samplers rank feasible trials first.
 
 The study lives in an RDB storage (sqlite by default), which is what ``--resume`` reads; Tune's own
 searcher checkpoint (a pickle) is not written.
@@ -27,20 +37,30 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from squeezetune.compression.report import OUTCOME
+from squeezetune.search import _adapters
 from squeezetune.spaces import Constraints
 
 logger = logging.getLogger(__name__)
 
 RUN_ATTR = "mlflow_run_id"
-OUTCOME_ATTRS = (*OUTCOME, "pipeline_seconds", "trial_seconds", "mlflow_seconds")
+OUTCOME_ATTRS = (*OUTCOME, "epoch", "pipeline_seconds", "trial_seconds", "mlflow_seconds")
 """What a trial's result leaves on its Optuna trial as user attributes."""
+STOPPED_ATTR = "stopped_at"
+"""The fine-tune epochs a trial had reached when MO-ASHA stopped it."""
+RUNG_PREFIX = "rung_"
+OBJECTIVE_METRICS = {"accuracy": ("val_accuracy", "max"), "bytes": ("bytes", "min")}
+"""Each objective a search can name, as the trial's result key Optuna is told and its direction."""
 INTERRUPTED_ATTR = "interrupted"
 REQUEUES_ATTR = "requeues"
 """How often a trial's parameters were queued again after it ended without a result."""
 MAX_REQUEUES = 3
 ERROR_ATTR = "error"
-METRICS = ["accuracy", "bytes"]
-MODES = ["max", "min"]
+
+
+def objective_metrics(objectives) -> list[tuple[str, str]]:
+    """``(result key, "max" | "min")`` of each objective: accuracy is the validation accuracy
+    (selection never sees the evaluation images), latencies are minimised."""
+    return [OBJECTIVE_METRICS.get(o, (o, "min")) for o in objectives]
 
 
 @dataclass(frozen=True)
@@ -49,14 +69,16 @@ class OutcomeConstraints:
 
     constraints: Constraints
     dense_accuracy: float
+    """The dense model's accuracy on the split the search selects on (validation)."""
+
+    def violations(self, outcome: Mapping[str, Any]) -> dict[str, float]:
+        return self.constraints.of(outcome, dense_accuracy=self.dense_accuracy, accuracy_key="val_accuracy")
 
     def set_on(self, trial: optuna.trial.Trial, outcome: Mapping[str, Any]) -> None:
-        """Record on ``trial``, before it is told, how far ``outcome`` (accuracy, bytes, MACs) is
-        from each limit (``<= 0``: met); NSGA-II, TPE and GP read them back as ``trial.constraints``."""
-        violations = self.constraints.named_violations(
-            accuracy=float(outcome["accuracy"]), bytes=int(outcome["bytes"]), dense_accuracy=self.dense_accuracy, macs=outcome.get("macs")
-        )
-        for name, value in violations.items():
+        """Record on ``trial``, before it is told, how far ``outcome`` (validation accuracy, bytes,
+        MACs, latency) is from each limit (``<= 0``: met); NSGA-II, TPE and GP read them back as
+        ``trial.constraints``."""
+        for name, value in self.violations(outcome).items():
             trial.set_constraint(name, value)
 
 
@@ -92,11 +114,21 @@ def resumed_seed(seed: int, trials_so_far: int) -> int:
     return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
 
 
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.trial.Trial, *, run_id: str | None, requeues: int = 0) -> None:
+    """Queue ``trial``'s parameters again for a later trial that logs into the same MLflow run."""
+    attrs: dict[str, Any] = {"retry_of": trial.number, REQUEUES_ATTR: requeues + 1}
+    if run_id:
+        attrs[RUN_ATTR] = run_id
+    study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
+
+
 class TrackedOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` over a define-by-run space, two objectives, an RDB study and MLflow child runs.
+    """``OptunaSearch`` over a define-by-run space, several objectives, an RDB study and MLflow child runs.
 
     ``new_run(trial_number) -> run_id`` creates a child run on the driver; ``reuse_run(run_id,
     trial_number)`` is called when a retried trial takes over its first attempt's run.
+    ``objectives`` are ``(result key, mode)`` pairs (:func:`objective_metrics`); ``full_epochs`` the
+    fidelity a complete trial reaches.
     """
 
     def __init__(
@@ -110,9 +142,14 @@ class TrackedOptunaSearch(OptunaSearch):
         reuse_run: Callable[[str, int], None] | None = None,
         on_told: Callable[[optuna.trial.FrozenTrial | None], None] | None = None,
         constraints: OutcomeConstraints | None = None,
+        objectives: list[tuple[str, str]] | None = None,
+        full_epochs: int | None = None,
     ) -> None:
+        objectives = objectives or objective_metrics(("accuracy", "bytes"))
         rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 30}} if storage.startswith("sqlite") else None)
-        super().__init__(space=space, metric=METRICS, mode=MODES, sampler=sampler, study_name=study_name, storage=rdb)
+        super().__init__(space=space, metric=[m for m, _ in objectives], mode=[d for _, d in objectives], sampler=sampler, study_name=study_name, storage=rdb)
+        self._objectives = objectives
+        self._full_epochs = full_epochs
         self._new_run = new_run
         self._reuse_run = reuse_run
         self._on_told = on_told
@@ -121,11 +158,11 @@ class TrackedOptunaSearch(OptunaSearch):
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        return _adapters.searcher_study(self)
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = _adapters.live_trial(self, trial_id)
         run_id = ot_trial.user_attrs.get(RUN_ATTR)
         if run_id is None:
             run_id = self._new_run(ot_trial.number)
@@ -135,44 +172,58 @@ class TrackedOptunaSearch(OptunaSearch):
         self._suggested_at[trial_id] = time.perf_counter()
         return {**config, "_run_id": run_id, "_trial": ot_trial.number}
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Rung results reach Optuna only through the trial's final outcome (see the module doc)."""
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trial = _adapters.live_trial(self, trial_id)
+        if trial_id in _adapters.told(self) or ot_trial is None:
             return
-        ot_trial = self._ot_trials[trial_id]
         result = result or {}
         message = result.get("error")
-        acc = result.get("accuracy")
-        if not error and not message and acc is None:
+        values = [result.get(m) for m, _ in self._objectives]
+        if not error and not message and result.get("epoch") is None:
             self._interrupted(trial_id, ot_trial)
             return
         if not message and error:
             message = "the trial's worker failed (after Tune's retries)"
-        if not message and not (isinstance(acc, (int, float)) and math.isfinite(acc)):
-            message = f"accuracy is {acc}"
+        if not message and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            message = f"objectives {dict(zip([m for m, _ in self._objectives], values))} are not all finite"
+        final = bool(result.get("final"))
         for key in OUTCOME_ATTRS:
             v = result.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v):
-                ot_trial.set_user_attr(key, v)
+                ot_trial.set_user_attr(key if final else RUNG_PREFIX + key, v)
         if trial_id in self._suggested_at:
             ot_trial.set_user_attr("wall_seconds", time.perf_counter() - self._suggested_at.pop(trial_id))
         if result.get("node"):
             ot_trial.set_user_attr("node", str(result["node"]))
         if message:
             ot_trial.set_user_attr(ERROR_ATTR, str(message)[:500])
-            try:
-                self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
-            except Exception as exc:  # already finished
-                logger.warning("could not record trial %s as failed: %s", ot_trial.number, exc)
-            self._completed_trials.add(trial_id)
-        else:
-            result = {**result, "bytes": float(result["bytes"]), "accuracy": float(acc)}
+            self._tell(ot_trial, None, optuna.trial.TrialState.FAIL)
+        elif not final:  # stopped at a rung: never COMPLETE with partial values
+            epoch = int(result["epoch"])
+            ot_trial.set_user_attr(STOPPED_ATTR, epoch)
             if self._constraints is not None:
                 self._constraints.set_on(ot_trial, result)
-            super().on_trial_complete(trial_id, result=result, error=False)
+            if self._full_epochs:
+                ot_trial.set_constraint("fidelity", round(1.0 - epoch / self._full_epochs, 12))
+            self._tell(ot_trial, None, optuna.trial.TrialState.PRUNED)
+        else:
+            if self._constraints is not None:
+                self._constraints.set_on(ot_trial, result)
+            self._tell(ot_trial, [float(v) for v in values], optuna.trial.TrialState.COMPLETE)
+        _adapters.told(self).add(trial_id)
         if self._on_told is not None:
-            self._on_told(self._ot_study._storage.get_trial(ot_trial._trial_id))
+            self._on_told(_adapters.frozen(self.study, ot_trial.number))
 
-    def _interrupted(self, trial_id: str, ot_trial) -> None:
+    def _tell(self, trial: optuna.trial.Trial, values, state) -> None:
+        try:
+            self.study.tell(trial, values, state=state)
+        except Exception as exc:  # already finished
+            logger.warning("could not record trial %s as %s: %s", trial.number, state.name, exc)
+
+    def _interrupted(self, trial_id: str, ot_trial: optuna.trial.Trial) -> None:
         """Tune stopped the trial before it reported (Ctrl-C, or never started): queue it again.
 
         The Optuna trial is closed as FAIL marked ``interrupted`` (not counted as done) and its
@@ -184,18 +235,13 @@ class TrackedOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr(ERROR_ATTR, f"the trial ended without reporting a result {requeues + 1} times")
         else:
             ot_trial.set_user_attr(INTERRUPTED_ATTR, True)
-        try:
-            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
-        except Exception as exc:
-            logger.warning("could not close interrupted trial %s: %s", ot_trial.number, exc)
+        self._tell(ot_trial, None, optuna.trial.TrialState.FAIL)
         if requeues < MAX_REQUEUES:
-            attrs = {k: v for k, v in ot_trial.user_attrs.items() if k == RUN_ATTR}
-            attrs.update({"retry_of": ot_trial.number, REQUEUES_ATTR: requeues + 1})
-            self._ot_study.enqueue_trial(dict(ot_trial.params), user_attrs=attrs, skip_if_exists=False)
-        self._completed_trials.add(trial_id)
+            requeue(self.study, ot_trial, run_id=ot_trial.user_attrs.get(RUN_ATTR), requeues=requeues)
+        _adapters.told(self).add(trial_id)
         self._suggested_at.pop(trial_id, None)
         if requeues >= MAX_REQUEUES and self._on_told is not None:
-            self._on_told(self._ot_study._storage.get_trial(ot_trial._trial_id))
+            self._on_told(_adapters.frozen(self.study, ot_trial.number))
 
     def save(self, checkpoint_path: str) -> None:
         """Not written: the study is persisted in its RDB storage, which ``--resume`` reads."""

@@ -135,20 +135,30 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+"""The experiment kind that makes the MLflow UI open the runs table and charts (not its GenAI view)."""
+
+
 def experiment_id(c, name: str, uri: str, *, create: bool = True) -> str | None:
-    """The experiment's id, created (on the driver, before any trial) when missing and ``create``."""
+    """The experiment's id, created (on the driver, before any trial) when missing and ``create``.
+
+    A search's experiment is marked as model training (:data:`KIND_TAG`), so the UI opens it in the
+    runs table with the trials nested under their search.
+    """
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    if not create:
+    if exp is None and not create:
         return None
-    try:
-        return c.create_experiment(name, artifact_location=artifact_location(uri))
-    except Exception:
-        exp = c.get_experiment_by_name(name)  # created concurrently
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return c.create_experiment(name, artifact_location=artifact_location(uri), tags={KIND_TAG: MODEL_TRAINING})
+        except Exception:
+            exp = c.get_experiment_by_name(name)  # created concurrently
+            if exp is None:
+                raise
+    if create and exp.tags.get(KIND_TAG) is None:
+        retry(lambda: c.set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_TRAINING))
+    return exp.experiment_id
 
 
 def find_parent(c, exp_id: str, search: str):

@@ -4,7 +4,15 @@ The trial receives the dense baseline's weights and the data from the driver (``
 puts them in Ray's object store once), so no node needs the data files or retrains the baseline.
 It runs :func:`~squeezetune.compression.pipeline.compress` -- prune, fine-tune, share, fine-tune
 centroids, encode, decode the file back and measure it -- on the device Ray gave it (a GPU when the
-trial asked for one), then reports the real container bytes and the decoded model's accuracy.
+trial asked for one).
+
+Multi-fidelity: at each rung (an epoch count of the ``finetune`` stage, see
+:class:`~squeezetune.search.config.Fidelity`) the trial reports the model as the file would hold
+it then -- shared, coded and decoded (:class:`~squeezetune.compression.stages.EpochEvent`'s
+snapshot) -- with its validation accuracy, evaluation accuracy and real bytes; the MLflow run logs
+them as metric steps. If MO-ASHA stops it there, Tune ends the trial at that report and the run
+is marked KILLED with the tag ``squeezetune.outcome=stopped``. A trial that runs the whole schedule
+reports its ``final`` outcome, measured on the written file.
 
 A trial whose pipeline raises or yields a non-finite accuracy does not crash the search: its run is
 marked FAILED with the error as a tag, and it reports ``error`` so the searcher records a failure.
@@ -25,6 +33,8 @@ from squeezetune.search import tracking
 
 ATTEMPTS_TAG = "squeezetune.attempts"
 """How many times a run's trial started: above 1 after Tune retried it (lost node) or --resume re-ran it."""
+OUTCOME_TAG = "squeezetune.outcome"
+"""``complete``, ``stopped`` (by MO-ASHA at a rung) or ``failed``."""
 
 
 @dataclass(frozen=True)
@@ -41,25 +51,34 @@ class TrialSetup:
     threads: int = 1
     task_path: str | None = None
     """The driver's working folder, where a ``module:factory`` task's module may live."""
+    rungs: tuple[int, ...] = ()
+    """Fine-tune epochs at which the trial reports before its final outcome."""
+    full_epochs: int = 0
+    """The fine-tune epochs of the full schedule (the ``epoch`` of a final report)."""
+    dense_val_accuracy: float = 0.0
+    latency: bool = False
+    """Whether trials measure latency (an objective or a constraint needs it)."""
+    sensitivity: dict[str, list] | None = None
+    """The per-tensor pruning sensitivity the driver measured (for a space with ``prune.budget``)."""
 
 
 def knob_params(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def metrics_of(report, constraints: dict[str, Any]) -> dict[str, float]:
+def metrics_of(report, setup: TrialSetup) -> dict[str, float]:
     """The MLflow metrics of one pipeline report (:meth:`Report.metrics`), and whether it is feasible."""
     from squeezetune.spaces import Constraints
 
     m = report.metrics()
-    c = Constraints.from_dict(constraints)
+    c = Constraints.from_dict(setup.constraints)
     if c:
-        m["feasible"] = float(c.feasible(accuracy=report.accuracy, bytes=report.compressed_bytes, dense_accuracy=report.dense_accuracy, macs=report.macs))
+        m["feasible"] = float(all(v <= 0 for v in c.of(report.outcome(), dense_accuracy=setup.dense_val_accuracy, accuracy_key="val_accuracy").values()))
     return m
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, np.ndarray], data: tuple[np.ndarray, ...]) -> None:
-    """Ray Tune trainable: compress with the sampled knobs, log everything, report the outcome once."""
+    """Ray Tune trainable: compress with the sampled knobs, report at each rung and at the end, log everything."""
     import ray
     import torch
     from mlflow.entities import RunTag
@@ -76,48 +95,85 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, 
     tags = [RunTag(tracking.TRIAL_TAG, str(number)), RunTag("squeezetune.node", node), RunTag(ATTEMPTS_TAG, str(attempts))]
     tracking.retry(lambda: c.update_run(run_id, status="RUNNING"))
     tracking.retry(lambda: c.log_batch(run_id, params=tracking.params_batch(params), tags=tags))
-    mlflow_seconds = time.perf_counter() - started
-    out: dict[str, Any] = {"run_id": run_id, "trial": number, "node": node}
+    clock = {"mlflow": time.perf_counter() - started}
+    base: dict[str, Any] = {"run_id": run_id, "trial": number, "node": node}
+
+    def report(result: dict[str, Any]) -> None:
+        tune.report({**base, **result, "mlflow_seconds": clock["mlflow"], "trial_seconds": time.perf_counter() - started})
+
     try:
-        report, device = _compress(config, params, setup, dense_state, data, c, run_id)
-        if not math.isfinite(report.accuracy):
-            raise ValueError(f"the decoded model's accuracy is {report.accuracy}")
-        out.update(report.outcome(), pipeline_seconds=float(report.seconds), device=device)
+        report_data, device = _compress(config, params, setup, dense_state, data, c, run_id, report, clock)
+        if not math.isfinite(report_data.accuracy):
+            raise ValueError(f"the decoded model's accuracy is {report_data.accuracy}")
         t0 = time.perf_counter()
-        tracking.retry(lambda: c.log_batch(run_id, metrics=tracking.metrics_batch(metrics_of(report, setup.constraints)), tags=[RunTag("squeezetune.device", device)]))
+        metrics = tracking.metrics_batch(metrics_of(report_data, setup), step=setup.full_epochs)
+        tracking.retry(lambda: c.log_batch(run_id, metrics=metrics, tags=[RunTag("squeezetune.device", device), RunTag(OUTCOME_TAG, "complete")]))
         tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
-        mlflow_seconds += time.perf_counter() - t0
+        clock["mlflow"] += time.perf_counter() - t0
+        result = {**report_data.outcome(), "pipeline_seconds": float(report_data.seconds), "device": device, "epoch": setup.full_epochs, "final": True}
+    except SystemExit:  # Tune stopped the trial at a rung report (MO-ASHA): its run ends there
+        try:
+            tracking.retry(lambda: c.set_tag(run_id, OUTCOME_TAG, "stopped"))
+            tracking.retry(lambda: c.set_terminated(run_id, "KILLED"))
+        finally:
+            raise
     except Exception as exc:  # recorded as a failed trial; the search goes on
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:480]
-        out.update(accuracy=float("nan"), bytes=float("nan"), error=message)
+        result = {"accuracy": float("nan"), "bytes": float("nan"), "error": message, "epoch": 0}
         try:
             tracking.retry(lambda: c.set_tag(run_id, "error", message))
+            tracking.retry(lambda: c.set_tag(run_id, OUTCOME_TAG, "failed"))
             tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
         except Exception:
             pass
-    out["mlflow_seconds"] = mlflow_seconds
-    out["trial_seconds"] = time.perf_counter() - started
-    tune.report(out)
+    report(result)
 
 
-def _compress(config, params, setup: TrialSetup, dense_state, data, c, run_id):
+class _Rungs:
+    """The ``on_epoch`` callback that reports the trial at each rung of its ``finetune`` stage."""
+
+    def __init__(self, setup: TrialSetup, splits, example, dense_bytes: int, c, run_id: str, report, clock: dict) -> None:
+        self.setup, self.splits, self.example, self.dense_bytes = setup, splits, example, dense_bytes
+        self.c, self.run_id, self.report, self.clock = c, run_id, report, clock
+
+    def __call__(self, event) -> None:
+        if event.stage != "finetune" or event.epoch not in self.setup.rungs or event.snapshot is None:
+            return
+        from squeezetune.compression import evaluate
+
+        decoded, size = event.snapshot()
+        _, val, held = self.splits
+        figures = {"val_accuracy": evaluate(decoded, val), "accuracy": evaluate(decoded, held), "bytes": float(size), "ratio": self.dense_bytes / size}
+        if self.setup.latency:
+            from squeezetune.compression.pipeline import compare_latency_report
+
+            measured = compare_latency_report(decoded, decoded, self.example, device=next(decoded.parameters()).device)
+            figures.update({k: v for k, v in measured.items() if not k.startswith("dense_")})
+        t0 = time.perf_counter()
+        tracking.retry(lambda: self.c.log_batch(self.run_id, metrics=tracking.metrics_batch(figures, step=event.epoch)))
+        self.clock["mlflow"] += time.perf_counter() - t0
+        self.report({**figures, "epoch": event.epoch, "final": False})
+
+
+def _compress(config, params, setup: TrialSetup, dense_state, data, c, run_id, report, clock):
     import torch
 
-    from squeezetune.compression import compress, pick_device, report_path
+    from squeezetune.compression import compress, dense_bytes, pick_device, report_path
     from squeezetune.spaces import derive_space
     from squeezetune.tasks import Split, example_input, get_task
 
     task = get_task(setup.task, search_path=setup.task_path)
     dense = task.build_model()
     dense.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in dense_state.items()})
-    xt, yt, xe, ye = (torch.from_numpy(np.array(a)) for a in data)
-    splits = (Split(xt, yt), Split(xe, ye))
-    space = derive_space(dense, setup.space, example_input(task, splits[0]))
+    arrays = [torch.from_numpy(np.array(a)) for a in data]
+    fit, val, held = (Split(arrays[i], arrays[i + 1]) for i in (0, 2, 4))
+    space = derive_space(dense, setup.space, example_input(task, fit), sensitivity=setup.sensitivity)
     recipe = space.recipe(params, name=f"{setup.search}-trial-{config['_trial']}")
     device = pick_device(None)
+    rungs = _Rungs(setup, (fit, val, held), example_input(task, fit), dense_bytes(dense), c, run_id, report, clock)
     with tempfile.TemporaryDirectory(prefix="squeezetune-trial-") as tmp:
         out = Path(tmp) / "model.sqz"
-        report = compress(task, recipe, out=out, dense=dense, splits=splits, device=device, seed=setup.seed)
+        report = compress(task, recipe, out=out, dense=dense, splits=(fit, held), validation=val, device=device, seed=setup.seed, on_epoch=rungs, latency=setup.latency)
         import yaml
 
         (Path(tmp) / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))

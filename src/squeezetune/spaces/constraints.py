@@ -21,6 +21,9 @@ from typing import Any, Mapping
 
 from squeezetune.errors import SqueezeError
 
+LATENCIES = ("latency_ms_b1", "latency_ms_b64", "latency_ms_b1_gpu", "latency_ms_b64_gpu")
+"""The latency figures a report can carry (CPU at batch 1 and 64; the same on a GPU)."""
+
 
 @dataclass(frozen=True)
 class Constraints:
@@ -28,18 +31,27 @@ class Constraints:
 
     ``max_bytes``: container file size; ``max_drop``: accuracy loss against the dense model in
     percentage points (``0.2`` = 0.2 points, i.e. 0.002 as a fraction); ``max_macs``:
-    multiply-accumulates of one forward pass (needs a report with ``macs``).
+    multiply-accumulates of one forward pass (needs a report with ``macs``); ``max_latency_ms``:
+    milliseconds per forward pass of the decoded model, as ``latency`` names it (``latency_ms_b1``,
+    batch 1 on the CPU, by default; ``latency_ms_b64``, or the ``_gpu`` figures on a GPU).
     """
 
     max_bytes: int | None = None
     max_drop: float | None = None
     max_macs: int | None = None
+    max_latency_ms: float | None = None
+    latency: str = "latency_ms_b1"
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_macs"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise SqueezeError(f"constraints.{name}={v!r} must be a positive integer")
+        lat = self.max_latency_ms
+        if lat is not None and (isinstance(lat, bool) or not isinstance(lat, (int, float)) or not math.isfinite(lat) or lat <= 0):
+            raise SqueezeError(f"constraints.max_latency_ms={lat!r} must be a number of milliseconds > 0")
+        if self.latency not in LATENCIES:
+            raise SqueezeError(f"constraints.latency={self.latency!r} is not known: expected one of {list(LATENCIES)}")
         d = self.max_drop
         if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or not 0 <= d <= 100):
             raise SqueezeError(f"constraints.max_drop={d!r} must be a number of accuracy points in [0, 100]")
@@ -54,18 +66,21 @@ class Constraints:
         return cls(**{k: v for k, v in data.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.max_latency_ms is None or self.latency == "latency_ms_b1":
+            out.pop("latency")
+        return out
 
     def __bool__(self) -> bool:
         return bool(self.to_dict())
 
-    def violations(self, *, accuracy: float, bytes: int, dense_accuracy: float, macs: int | None = None) -> list[float]:
-        """One value per limit that is set, ``<= 0`` when met (bytes and MACs relative to the limit)."""
-        return list(self.named_violations(accuracy=accuracy, bytes=bytes, dense_accuracy=dense_accuracy, macs=macs).values())
+    def violations(self, *, accuracy: float, bytes: int, dense_accuracy: float, macs: int | None = None, latency: float | None = None) -> list[float]:
+        """One value per limit that is set, ``<= 0`` when met (bytes, MACs and latency relative to the limit)."""
+        return list(self.named_violations(accuracy=accuracy, bytes=bytes, dense_accuracy=dense_accuracy, macs=macs, latency=latency).values())
 
-    def named_violations(self, *, accuracy: float, bytes: int, dense_accuracy: float, macs: int | None = None) -> dict[str, float]:
-        """:meth:`violations` by limit name (``max_bytes``, ``max_drop``, ``max_macs``): what
-        ``optuna.trial.Trial.set_constraint`` takes."""
+    def named_violations(self, *, accuracy: float, bytes: int, dense_accuracy: float, macs: int | None = None, latency: float | None = None) -> dict[str, float]:
+        """:meth:`violations` by limit name (``max_bytes``, ``max_drop``, ``max_macs``,
+        ``max_latency_ms``): what ``optuna.trial.Trial.set_constraint`` takes."""
         out = {}
         if self.max_bytes is not None:
             out["max_bytes"] = round(bytes / self.max_bytes - 1.0, 12)
@@ -74,7 +89,15 @@ class Constraints:
             out["max_drop"] = round(100.0 * (dense_accuracy - acc) - self.max_drop, 12)
         if self.max_macs is not None:
             out["max_macs"] = 0.0 if macs is None else round(macs / self.max_macs - 1.0, 12)
+        if self.max_latency_ms is not None:
+            out["max_latency_ms"] = 0.0 if latency is None else round(latency / self.max_latency_ms - 1.0, 12)
         return out
+
+    def of(self, outcome: Mapping[str, Any], *, dense_accuracy: float, accuracy_key: str = "accuracy") -> dict[str, float]:
+        """:meth:`named_violations` of an outcome mapping (a report's :meth:`outcome`, a trial's result)."""
+        return self.named_violations(
+            accuracy=float(outcome[accuracy_key]), bytes=int(outcome["bytes"]), dense_accuracy=dense_accuracy, macs=outcome.get("macs"), latency=outcome.get(self.latency)
+        )
 
     def feasible(self, **outcome: Any) -> bool:
         return all(v <= 0 for v in self.violations(**outcome))

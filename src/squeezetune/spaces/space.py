@@ -53,9 +53,9 @@ from squeezetune.compression.unstructured.pruning import Granularity
 from squeezetune.errors import SqueezeError
 from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, check_setting_keys, parse_domain
 
-KEEP_FRACTION = (0.02, 0.6)
+KEEP_FRACTION = (0.001, 0.5)
 """Default range of the fraction of each layer's weights a trial keeps (log-scaled)."""
-BITS = (2, 8)
+BITS = (1, 8)
 """Default range of k-means bits per layer (2**bits clusters)."""
 
 _OPTIONS = ("group", "group_depth")
@@ -78,6 +78,7 @@ class Scope:
     """Every compressible tensor and its weight count."""
     groups: dict[str, tuple[str, ...]]
     """The groups per-tensor knobs are shared by (empty: one knob per tensor)."""
+    sensitivity: dict[str, list] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class Space:
     stages: tuple[str, ...]
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """With ``group: kind`` or ``block``: each group's name (``@Conv2d``, ``@layer1.0``) and its tensors."""
+    sensitivity: dict[str, list] | None = field(default=None, compare=False)
+    """Per-tensor pruning sensitivity curves (see :mod:`squeezetune.compression.unstructured.allocation`)
+    that spread a global ``prune.budget`` over the tensors."""
 
     def __post_init__(self) -> None:
         names = [k.name for k in self.knobs]
@@ -162,7 +166,13 @@ class Space:
         return params
 
     def _lookup(self, data: Mapping[str, Any], target: tuple[str, ...]) -> Any:
-        """The recipe's value for a knob; for a group's knob, the mean over the group's tensors."""
+        """The recipe's value for a knob; for a group's knob, the mean over the group's tensors; for
+        the global budget, the fraction of all weights the recipe keeps."""
+        if target == ("prune", "budget", "keep_fraction"):
+            kept = [_lookup(data, ("prune", "layers", n, "keep_fraction"), self.layers) for n in self.layers]
+            if any(k is None for k in kept):
+                return None
+            return sum(k * n for k, n in zip(kept, self.layers.values())) / sum(self.layers.values())
         members = self.groups.get(target[2]) if len(target) == 4 else None
         if not members:
             return _lookup(data, target, self.layers)
@@ -183,6 +193,8 @@ class Space:
             for part in k.target[:-1]:
                 node = node.setdefault(part, {})
             node[k.target[-1]] = _plain(params[k.name])
+        if "budget" in data.get("prune", {}):
+            self._spread_budget(data["prune"])
         for settings in data.values():  # a group's knob applies to each of its tensors
             layers = settings.get("layers", {})
             for group in [g for g in layers if g in self.groups]:
@@ -194,6 +206,23 @@ class Space:
         kinds = {s.key: s.stage for s in SPACE_STAGES}
         stages = [{kinds[key]: data[key], "label": key} for key in self.stages]
         return {"name": name, "stages": stages, "encode": data["encode"]}
+
+    def _spread_budget(self, prune: dict[str, Any]) -> None:
+        """Replace ``prune.budget`` by per-tensor kept fractions (for the tensors not named in the space)."""
+        from squeezetune.compression.unstructured.allocation import allocate
+
+        budget = prune.pop("budget")["keep_fraction"]
+        how = prune.pop("allocation", "sensitivity")
+        layers = prune.setdefault("layers", {})
+        sizes = {n: size for n, size in self.layers.items() if n not in layers}
+        if how == "uniform" or not sizes:
+            fractions = dict.fromkeys(sizes, budget)
+        else:
+            if self.sensitivity is None:
+                raise SqueezeError("space.prune.budget with allocation 'sensitivity' needs the model's sensitivity curves: expected derive_space(..., sensitivity=...)")
+            fractions = allocate(self.sensitivity, sizes, budget)
+        for n, f in fractions.items():
+            layers[n] = {"keep_fraction": min(1.0, max(f, 1.0 / sizes[n]))}
 
     def recipe(self, params: Mapping[str, Any], name: str = "search-trial") -> Recipe:
         """The :class:`Recipe` that ``params`` describe."""
@@ -250,11 +279,13 @@ def _plain(value: Any) -> Any:
     return value.value if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)) else value
 
 
-def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, example: Any = None) -> Space:
+def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, example: Any = None, *, sensitivity: Mapping[str, list] | None = None) -> Space:
     """The search space of ``model``, with the user's ``space:`` settings applied.
 
     ``example`` is the task's batch-1 example input (see :func:`squeezetune.tasks.example_input`),
-    which the structured knobs trace the model with.
+    which the structured knobs trace the model with. ``sensitivity`` holds the per-tensor curves a
+    ``prune.budget`` with ``allocation: sensitivity`` spreads the budget by (see
+    :func:`needs_sensitivity`).
 
     Raises a one-line :class:`SqueezeError` for an unknown stage, knob or layer, an empty range,
     or a value outside what the model allows (e.g. ``keep`` above a layer's weight count).
@@ -269,7 +300,7 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
     targets = compressible(model)
     layers = {name: t.numel for name, t in targets.items()}
     groups = _groups(targets, config.get("group", "tensor"), config.get("group_depth", 2))
-    scope = Scope(model, example, layers, groups)
+    scope = Scope(model, example, layers, groups, dict(sensitivity) if sensitivity is not None else None)
     knobs: list[Knob] = []
     stages: list[str] = []
     reshaped = None  # the first stage in the space that changes the architecture
@@ -291,7 +322,13 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
         stages.append(st.key)
         knobs += stage_knobs
     knobs += _encode_knobs(_stage(config, "encode", ("coder", "index_bits"), allow_off=False))
-    return Space(tuple(knobs), layers, tuple(stages), groups)
+    return Space(tuple(knobs), layers, tuple(stages), groups, scope.sensitivity)
+
+
+def needs_sensitivity(config: Mapping[str, Any] | None) -> bool:
+    """Whether a space config spreads a global pruning budget by sensitivity (computed once by the caller)."""
+    prune = (config or {}).get("prune")
+    return isinstance(prune, Mapping) and "budget" in prune and prune.get("allocation", "sensitivity") == "sensitivity"
 
 
 def _opt_in(config: Mapping[str, Any], key: str) -> dict[str, Any] | None:
@@ -307,7 +344,26 @@ def _opt_in(config: Mapping[str, Any], key: str) -> dict[str, Any] | None:
 
 def _prune_knobs(scope: Scope, prune: dict[str, Any]) -> list[Knob]:
     granularity = _recipe_knob("prune.granularity", prune.get("granularity"), Fixed(Granularity.WEIGHT.value), ("prune", "granularity"), tuple(g.value for g in Granularity))
-    return [granularity, *_layer_knobs("prune", prune, scope.layers, _keep_domain, scope.groups)]
+    if "budget" not in prune:
+        if "allocation" in prune:
+            raise SqueezeError("space.prune.allocation spreads a budget: expected space.prune.budget beside it")
+        return [granularity, *_layer_knobs("prune", prune, scope.layers, _keep_domain, scope.groups)]
+    # one global kept fraction, spread over the tensors by sensitivity (or uniformly); named layers keep their own knobs
+    budget = prune["budget"]
+    if not isinstance(budget, Mapping) or set(budget) != {"keep_fraction"}:
+        raise SqueezeError(f"space.prune.budget={budget!r}: expected {{keep_fraction: [low, high]}}, the fraction of all weights kept")
+    frac = parse_domain(budget["keep_fraction"], FloatRange(*KEEP_FRACTION, log=True), "space.prune.budget.keep_fraction")
+    for f in _corners(frac):
+        if not 0 < f <= 1:
+            raise SqueezeError(f"space.prune.budget.keep_fraction={f!r} must be in (0, 1]")
+    how = prune.get("allocation", "sensitivity")
+    if how not in ("sensitivity", "uniform"):
+        raise SqueezeError(f"space.prune.allocation={how!r} is not known: expected sensitivity or uniform")
+    if "default" in prune:
+        raise SqueezeError("space.prune.default and space.prune.budget both cover the unnamed layers: expected one of them")
+    knobs = [granularity, Knob("prune.budget.keep_fraction", frac, ("prune", "budget", "keep_fraction")), Knob("prune.allocation", Fixed(how), ("prune", "allocation"))]
+    named = {"layers": prune.get("layers") or {}, "default": False}
+    return knobs + _layer_knobs("prune", named, scope.layers, _keep_domain, scope.groups)
 
 
 def _finetune_knobs(key: str) -> Callable[[Scope, dict[str, Any]], list[Knob]]:
@@ -355,7 +411,7 @@ def _structured_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
 
 SPACE_STAGES: tuple[SpaceStage, ...] = (
     SpaceStage("structured", "structured", _structured_knobs, default_on=False),
-    SpaceStage("prune", "prune", _prune_knobs, keys=("granularity", "default", "layers")),
+    SpaceStage("prune", "prune", _prune_knobs, keys=("granularity", "default", "layers", "budget", "allocation")),
     SpaceStage("finetune", "finetune", _finetune_knobs("finetune"), keys=tuple(f.name for f in fields(FinetuneConfig))),
     SpaceStage("share", "share", _share_knobs, keys=("init", "default", "layers", "max_iter")),
     SpaceStage("finetune_centroids", "finetune", _finetune_knobs("finetune_centroids"), keys=tuple(f.name for f in fields(FinetuneConfig))),

@@ -24,7 +24,7 @@ from torch import nn
 
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks.cnn import MobileNetV2, ResNet20, VGGNet
-from squeezetune.tasks.data import Split, load_digits, load_mnist
+from squeezetune.tasks.data import Split, hold_out, load_digits, load_mnist
 from squeezetune.tasks.models import LeNet5, LeNet300
 from squeezetune.tasks.shapes import (
     Conv1dNet,
@@ -37,7 +37,7 @@ from squeezetune.tasks.shapes import (
     load_digits_tokens,
 )
 
-__all__ = ["Task", "Split", "get_task", "builtin_task_names", "example_input"]
+__all__ = ["Task", "Split", "get_task", "builtin_task_names", "example_input", "hold_out"]
 
 
 @dataclass(frozen=True)

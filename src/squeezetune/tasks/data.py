@@ -99,3 +99,22 @@ def load_digits(data_dir: str | Path | None = None, seed: int = 0) -> tuple[Spli
     n_eval = 360
     train, held = order[:-n_eval], order[-n_eval:]
     return Split(x[train], y[train]), Split(x[held], y[held])
+
+
+def hold_out(train: Split, fraction: float = 0.125) -> tuple[Split, Split]:
+    """``train`` split into what trials fine-tune on and a validation split they are selected on.
+
+    The last ``round(fraction * len(train))`` items are held out (at least one, and one is left):
+    of MNIST's 8,000 training images, 1,000 validate with the default ``fraction=0.125``. The
+    evaluation split is never touched, so accuracy reported on it is not flattered by selection.
+
+    >>> import torch
+    >>> fit, val = hold_out(Split(torch.zeros(8000, 1), torch.zeros(8000, dtype=torch.long)))
+    >>> len(fit), len(val)
+    (7000, 1000)
+    """
+    n = len(train)
+    if n < 2:
+        raise SqueezeError(f"the training split holds {n} item(s): expected at least 2, to hold some out for validation")
+    k = min(n - 1, max(1, round(fraction * n)))
+    return Split(train.x[: n - k], train.y[: n - k]), Split(train.x[n - k :], train.y[n - k :])

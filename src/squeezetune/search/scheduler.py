@@ -1,0 +1,111 @@
+"""MO-ASHA: multi-objective asynchronous successive halving, as a Ray Tune scheduler.
+
+Each trial fine-tunes for up to ``max_t`` epochs and reports at the *rungs*
+``min_t, min_t * eta, min_t * eta**2, ...`` below ``max_t`` (Schmucker et al. 2021). When a trial
+reaches a rung, it is ranked among every trial that has reached that rung so far: feasible first,
+then by non-domination rank over all objectives, then by crowding distance (NSGA-II's diversity
+rule); infeasible trials after them, by how far they miss their constraints
+(:func:`~squeezetune.search.pareto.priority`). A trial in the best ``ceil(n / eta)`` goes on, any
+other stops there. No weighted sum of objectives is formed. Decisions are asynchronous, as in
+ASHA: no trial waits for a rung to fill, and the first trials at a rung always go on.
+
+>>> rungs(min_t=2, max_t=40, eta=3)
+(2, 6, 18)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
+
+from squeezetune.search.pareto import priority
+
+
+def rungs(*, min_t: int, max_t: int, eta: int) -> tuple[int, ...]:
+    """The fidelities (epochs) below ``max_t`` at which trials are compared."""
+    out, t = [], min_t
+    while t < max_t:
+        out.append(t)
+        t *= eta
+    return tuple(out)
+
+
+class MOASHA(FIFOScheduler):
+    """Multi-objective ASHA over ``objectives`` (``(metric, "max" | "min")`` pairs).
+
+    ``violation(result)`` gives a result's total constraint violation (``<= 0``: feasible).
+    ``time_attr`` names the fidelity in each result; a result with ``final`` set is the trial's
+    complete outcome and is never stopped.
+    """
+
+    def __init__(
+        self,
+        objectives: Sequence[tuple[str, str]],
+        *,
+        max_t: int,
+        min_t: int,
+        eta: int = 3,
+        time_attr: str = "epoch",
+        violation: Callable[[Mapping[str, Any]], float] | None = None,
+    ) -> None:
+        super().__init__()
+        if eta < 2 or min_t < 1 or max_t < min_t:
+            raise ValueError(f"MOASHA needs eta >= 2 and 1 <= min_t <= max_t, got eta={eta} min_t={min_t} max_t={max_t}")
+        self.objectives = tuple(objectives)
+        self.time_attr = time_attr
+        self.eta = eta
+        self.milestones = rungs(min_t=min_t, max_t=max_t, eta=eta)
+        self._violation = violation or (lambda result: 0.0)
+        self._recorded: dict[int, dict[str, tuple[tuple[float, ...], float]]] = {m: {} for m in self.milestones}
+        self.stopped: dict[str, int] = {}
+        """Trials this scheduler stopped, and the rung where it stopped them."""
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        return True  # objectives are fixed at construction
+
+    def _vector(self, result: Mapping[str, Any]) -> tuple[float, ...] | None:
+        values = []
+        for metric, mode in self.objectives:
+            v = result.get(metric)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                return None
+            values.append(-float(v) if mode == "max" else float(v))
+        return tuple(values)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        t = result.get(self.time_attr)
+        vector = self._vector(result)
+        if result.get("final") or t is None or vector is None:
+            return TrialScheduler.CONTINUE
+        for milestone in reversed(self.milestones):
+            if t < milestone:
+                continue
+            recorded = self._recorded[milestone]
+            if trial.trial_id in recorded:
+                return TrialScheduler.CONTINUE
+            recorded[trial.trial_id] = (vector, float(self._violation(result)))
+            if self.promotable(milestone, trial.trial_id):
+                return TrialScheduler.CONTINUE
+            self.stopped[trial.trial_id] = milestone
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def promotable(self, milestone: int, trial_id: str) -> bool:
+        """Whether ``trial_id`` is among the best ``ceil(n / eta)`` of the ``n`` trials at ``milestone``."""
+        recorded = self._recorded[milestone]
+        ids = list(recorded)
+        order = priority([recorded[i][0] for i in ids], [recorded[i][1] for i in ids])
+        keep = math.ceil(len(ids) / self.eta)
+        return ids.index(trial_id) in order[:keep]
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        pass
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        pass
+
+    def debug_string(self) -> str:
+        counts = ", ".join(f"{m} epochs: {len(r)} reached" for m, r in self._recorded.items())
+        return f"MO-ASHA ({len(self.stopped)} stopped; {counts})"
