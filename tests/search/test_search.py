@@ -1,7 +1,8 @@
-"""A real search: local Ray, real sqlite MLflow store, lenet300-digits, 1-epoch fine-tunes.
+"""A real search: local Ray, real sqlite MLflow store, lenet300-digits, a 3-epoch fidelity with MO-ASHA.
 
-One search (module fixture) is checked from every side: MLflow parent and children, the Pareto
-tags and artifacts, failed trials, the Optuna study, then ``pareto`` and ``export`` on it.
+One search (module fixture) is checked from every side: MLflow parent and children, rung histories,
+the Pareto tags and artifacts, failed and stopped trials, the Optuna study, then ``pareto`` and
+``export`` on it.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-TRIALS = 6
+TRIALS = 8
+EPOCHS = 3
 CONFIG = {
     "name": "e2e",
     "trials": TRIALS,
     "sampler": "random",
     "seed": 5,
     "max_concurrent": 2,
+    "fidelity": {"epochs": EPOCHS, "centroid_epochs": 1, "min_epochs": 1, "reduction_factor": 3},  # one rung, at 1 epoch
     "space": {
         # lr up to 1e4 makes some fine-tunes diverge: those trials must fail cleanly, the rest go on
-        "finetune": {"epochs": 1, "distill": [True, False], "lr": [0.01, 10000.0]},
-        "finetune_centroids": {"epochs": [0, 1]},
+        "finetune": {"distill": [True, False], "lr": [0.01, 10000.0]},
         "share": {"default": {"bits": [2, 6]}},
     },
 }
@@ -61,8 +63,9 @@ def test_prints_front_and_the_mlflow_ui_line(search, workdir):
 
 
 def test_one_parent_one_child_per_trial(store):
-    _, _, parent, children = store
+    _, c, parent, children = store
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert c.get_experiment(parent[0].info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's runs table
     assert len(children) == TRIALS
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
     assert len({r.data.tags["squeezetune.trial"] for r in children}) == TRIALS
@@ -73,12 +76,13 @@ def test_children_carry_params_metrics_and_artifacts(store):
     done = [r for r in children if r.info.status == "FINISHED"]
     assert done, "no trial finished"
     for r in done:
-        assert {"prune.fc1.keep", "share.fc2.bits", "encode.coder", "finetune.distill"} <= set(r.data.params)
+        assert {"prune.fc1.keep_fraction", "share.fc2.bits", "encode.coder", "finetune.distill"} <= set(r.data.params)
+        assert int(r.data.params["finetune.epochs"]) == EPOCHS  # the fidelity, not a knob
         m = r.data.metrics
-        assert 0 <= m["accuracy"] <= 1 and m["bytes"] > 0
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["val_accuracy"] <= 1 and m["bytes"] > 0
         assert math.isclose(m["ratio"], m["dense_bytes"] / m["bytes"])
-        assert "stage.prune.accuracy" in m and "layer.fc1.kept" in m
-        assert int(m["layer.fc1.kept"]) == int(r.data.params["prune.fc1.keep"])
+        assert "stage.prune.accuracy" in m and "layer.fc1.kept" in m and "latency_ms_b1" not in m  # no objective needs latency
+        assert int(m["layer.fc1.kept"]) == max(1, round(float(r.data.params["prune.fc1.keep_fraction"]) * 784 * 300))
         names = {a.path for a in c.list_artifacts(r.info.run_id)}
         assert {"model.sqz", "model.report.json", "recipe.yaml"} <= names
 
@@ -97,6 +101,22 @@ def test_container_artifact_is_the_measured_file(store, tmp_path):
     assert acc == pytest.approx(r.data.metrics["accuracy"], abs=1e-6)
 
 
+def test_each_run_shows_its_rung_history_and_stopped_trials_end_at_their_rung(store):
+    _, c, _, children = store
+    stopped = [r for r in children if r.data.tags.get("squeezetune.outcome") == "stopped"]
+    complete = [r for r in children if r.data.tags.get("squeezetune.outcome") == "complete"]
+    assert stopped and complete, "expected MO-ASHA to stop some trials at the 1-epoch rung and let others finish"
+    for r in stopped:
+        assert r.info.status == "KILLED"
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_accuracy")]
+        assert steps == [1]  # stopped at the rung
+    for r in complete:
+        assert r.info.status == "FINISHED"
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_accuracy"))
+        assert steps == [1, EPOCHS]  # the rung, then the final outcome at the full fidelity
+        assert c.get_metric_history(r.info.run_id, "bytes")[0].value > 0
+
+
 def test_diverging_trials_are_recorded_failed_and_the_search_goes_on(store):
     _, _, _, children = store
     failed = [r for r in children if r.info.status == "FAILED"]
@@ -108,11 +128,11 @@ def test_diverging_trials_are_recorded_failed_and_the_search_goes_on(store):
 
 
 def test_pareto_tags_and_front_artifacts_match_the_front(store, tmp_path):
-    from squeezetune.search.pareto import Point, pareto_front
+    from squeezetune.search.pareto import pareto_front, point
 
     _, c, parent, children = store
     done = [r for r in children if r.info.status == "FINISHED"]
-    front = pareto_front([Point(int(r.data.tags["squeezetune.trial"]), r.data.metrics["accuracy"], int(r.data.metrics["bytes"]), r.info.run_id) for r in done])
+    front = pareto_front([point(int(r.data.tags["squeezetune.trial"]), r.data.metrics, run_id=r.info.run_id) for r in done])  # selected on validation
     tagged = {r.info.run_id for r in children if r.data.tags.get("pareto") == "true"}
     assert tagged == {p.run_id for p in front}
     pid = parent[0].info.run_id
@@ -134,6 +154,16 @@ def test_optuna_study_agrees_with_mlflow(store, workdir):
     assert len(states) == TRIALS
     assert states.count(optuna.trial.TrialState.COMPLETE) == sum(r.info.status == "FINISHED" for r in children)
     assert states.count(optuna.trial.TrialState.FAIL) == sum(r.info.status == "FAILED" for r in children)
+    assert states.count(optuna.trial.TrialState.PRUNED) == sum(r.info.status == "KILLED" for r in children)
+    runs = {r.info.run_id: r for r in children}
+    for t in study.trials:
+        run = runs[t.user_attrs["mlflow_run_id"]]
+        if t.state == optuna.trial.TrialState.COMPLETE:  # the objectives of the full schedule, selected on validation
+            assert t.values == [run.data.metrics["val_accuracy"], run.data.metrics["bytes"]]
+            assert t.user_attrs["epoch"] == EPOCHS
+        if t.state == optuna.trial.TrialState.PRUNED:  # never told partial values; the rung's figures kept aside
+            assert t.values is None and t.user_attrs["stopped_at"] == 1 and "rung_val_accuracy" in t.user_attrs
+            assert t.constraints["fidelity"] == pytest.approx(1 - 1 / EPOCHS)
 
 
 def test_pareto_command_prints_the_front(store, workdir, cli):
@@ -152,7 +182,8 @@ def test_export_writes_every_format_and_remeasures(store, tmp_path, cli):
     for name in ("model.sqz", "model.safetensors", "model.pt2", "model.onnx"):
         assert (out_dir / name).stat().st_size > 0
     acc = summary["accuracy"]
-    assert acc["container"] == pytest.approx(summary["accuracy_in_search"], abs=1e-6)
+    assert acc["container"] == pytest.approx(summary["accuracy_in_search"], abs=1e-6)  # on the evaluation images
+    assert 0 <= summary["val_accuracy_in_search"] <= 1
     assert acc["torch_export"] == pytest.approx(acc["container"], abs=1e-6)
     assert acc["onnx"] == pytest.approx(acc["container"], abs=0.003)
     assert "re-measured" in out

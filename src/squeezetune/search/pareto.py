@@ -182,19 +182,26 @@ def priority(vectors: Sequence[Sequence[float]], violations: Sequence[float] | N
     """Indices of ``vectors`` (minimised) from best to worst, as NSGA-II ranks a population.
 
     Feasible points (violation <= 0) come first, by non-domination rank, then by crowding distance
-    within a rank (spread-out points first: the diversity rule); infeasible ones follow, by how far
-    they miss their constraints. No weighted sum of objectives is ever formed.
+    within a rank (spread-out points first: the diversity rule). Infeasible ones follow, ranked the
+    same way with their violation as one more objective to minimise: a point that misses its
+    constraint by little but is small is kept beside one that misses it less but is large, so
+    that early on, when no trial meets a constraint yet, the ranking still weighs every objective.
+    No weighted sum of objectives is ever formed.
 
     >>> priority([(1, 5), (2, 2), (3, 3), (5, 1)], [0, 0, 0, 1])
     [0, 1, 2, 3]
     """
     violations = list(violations) if violations is not None else [0.0] * len(vectors)
     feasible = [i for i in range(len(vectors)) if violations[i] <= 0]
-    infeasible = sorted((i for i in range(len(vectors)) if violations[i] > 0), key=lambda i: (violations[i], i))
-    ranks = nondominated_ranks([vectors[i] for i in feasible])
-    order = []
+    infeasible = [i for i in range(len(vectors)) if violations[i] > 0]
+    return _ranked(feasible, [tuple(vectors[i]) for i in feasible]) + _ranked(infeasible, [(violations[i], *vectors[i]) for i in infeasible])
+
+
+def _ranked(indices: list[int], vectors: list[tuple[float, ...]]) -> list[int]:
+    ranks = nondominated_ranks(vectors)
+    order: list[int] = []
     for r in sorted(set(ranks)):
-        members = [feasible[j] for j, rank in enumerate(ranks) if rank == r]
-        crowd = crowding_distances([vectors[i] for i in members])
-        order += [i for _, i in sorted(zip(crowd, members), key=lambda t: (-t[0], t[1]))]
-    return order + infeasible
+        members = [j for j, rank in enumerate(ranks) if rank == r]
+        crowd = crowding_distances([vectors[j] for j in members])
+        order += [indices[j] for _, j in sorted(zip(crowd, members), key=lambda t: (-t[0], indices[t[1]]))]
+    return order

@@ -34,7 +34,8 @@ class SearchStatus:
         if self.front:
             drop = self.max_drop if self.max_drop is not None else 0.0
             best = best_ratio(self.front, dense_bytes=self.baseline.bytes, dense_accuracy=self.baseline.selected, max_drop=drop)
-            text += f"; best {self.baseline.bytes / best.bytes:.1f}x within {drop:g} pt" if best is not None else f"; none within {drop:g} pt yet"
+            within = f"within {drop:g} pt" if self.max_drop is not None else "at no validation loss"
+            text += f"; best {self.baseline.bytes / best.bytes:.1f}x {within}" if best is not None else f"; none {within} yet"
         return text
 
     def say(self, line: str) -> None:

@@ -1,0 +1,99 @@
+"""MO-ASHA: ranking by non-domination and crowding, decisions at each rung, and a real Ray Tune run
+in which stopped trials reach Optuna as PRUNED, never as COMPLETE with partial values."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from squeezetune.search.pareto import crowding_distances, nondominated_ranks, priority
+from squeezetune.search.scheduler import MOASHA, rungs
+
+
+def test_nondominated_ranks_peel_fronts():
+    pts = [(1, 5), (2, 2), (5, 1), (3, 3), (4, 4), (6, 6)]
+    assert nondominated_ranks(pts) == [0, 0, 0, 1, 2, 3]
+
+
+def test_crowding_keeps_the_ends_and_prefers_isolated_points():
+    d = crowding_distances([(0, 10), (1, 9), (2, 8), (9, 1), (10, 0)])
+    assert math.isinf(d[0]) and math.isinf(d[4])
+    assert d[3] > d[1]  # (9, 1) sits alone, (1, 9) between close neighbours
+
+
+def test_priority_puts_feasible_first_and_weighs_every_objective_among_the_infeasible():
+    vectors = [(-0.90, 100), (-0.95, 900), (-0.50, 50), (-0.99, 5000)]
+    order = priority(vectors, [0.0, 0.0, 2.0, 0.5])
+    assert order[:2] in ([0, 1], [1, 0]) and set(order[2:]) == {2, 3}
+    # no weighted sum: a point dominated in both objectives always ranks after its dominator
+    assert priority([(1, 1), (2, 2)]) == [0, 1]
+
+
+def _decide(scheduler: MOASHA, tid: str, epoch: int, acc: float, size: float, **extra) -> str:
+    return scheduler.on_trial_result(None, SimpleNamespace(trial_id=tid), {"epoch": epoch, "val_accuracy": acc, "bytes": size, **extra})
+
+
+def test_rungs_and_decisions():
+    assert rungs(min_t=1, max_t=27, eta=3) == (1, 3, 9)
+    s = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=27, min_t=1, eta=3)
+    assert _decide(s, "a", 1, 0.90, 1000) == "CONTINUE"  # the first at a rung always goes on
+    assert _decide(s, "b", 1, 0.80, 2000) == "STOP"  # dominated by a: not in the best ceil(2/3) = 1
+    assert _decide(s, "c", 1, 0.95, 5000) == "STOP"  # a and c both end the front; ceil(3/3) = 1 place: the earlier keeps it
+    assert _decide(s, "d", 1, 0.97, 3000) == "CONTINUE"  # dominates c; with a, the front of four: ceil(4/3) = 2 places
+    assert _decide(s, "a", 2, 0.91, 990) == "CONTINUE"  # between rungs: no decision
+    assert _decide(s, "b", 27, 0.5, 10, final=True) == "CONTINUE"  # a final outcome is never stopped
+    assert s.stopped == {"b": 1, "c": 1}
+
+
+def test_a_constraint_ranks_infeasible_trials_after_feasible_ones():
+    s = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3, violation=lambda r: 0.97 - r["val_accuracy"])
+    assert _decide(s, "small", 1, 0.90, 100) == "CONTINUE"
+    assert _decide(s, "big", 1, 0.98, 9000) == "CONTINUE"  # feasible: ahead of the small, infeasible one
+    assert _decide(s, "tiny", 1, 0.50, 50) == "STOP"  # infeasible and far off
+
+
+@pytest.mark.slow
+def test_stopped_trials_reach_optuna_as_pruned(tmp_path):
+    """A real Tune run with a synthetic trainable: MO-ASHA stops most trials at the rungs; Optuna
+    hears COMPLETE only with final values, PRUNED for the rest, each carrying its fidelity."""
+    import optuna
+    import ray
+    from ray import tune
+
+    from squeezetune.search.searcher import TrackedOptunaSearch, make_sampler, objective_metrics
+
+    def space(trial):
+        return {"x": trial.suggest_float("x", 0.0, 1.0)}
+
+    def trainable(config):
+        x = config["x"]
+        for epoch in (1, 3):
+            tune.report({"epoch": epoch, "val_accuracy": x * epoch / 9, "bytes": 1000 * (1 - x) + 10, "final": False})
+        tune.report({"epoch": 9, "val_accuracy": x, "bytes": 1000 * (1 - x) + 10, "final": True})
+
+    objectives = objective_metrics(("accuracy", "bytes"))
+    runs = iter(range(1000))
+    searcher = TrackedOptunaSearch(
+        space, sampler=make_sampler("random", seed=0, population=4), study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}",
+        new_run=lambda n: f"run-{next(runs)}", objectives=objectives, full_epochs=9,
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=MOASHA(objectives, max_t=9, min_t=1, eta=3), num_samples=12, max_concurrent_trials=2),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    trials = searcher.study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(complete) + len(pruned) == 12 and pruned and complete
+    for t in complete:
+        assert t.values == [pytest.approx(t.params["x"]), pytest.approx(1000 * (1 - t.params["x"]) + 10)]  # the final values
+    for t in pruned:
+        assert t.values is None and t.user_attrs["stopped_at"] in (1, 3)
+        assert t.constraints["fidelity"] == pytest.approx(1 - t.user_attrs["stopped_at"] / 9)
