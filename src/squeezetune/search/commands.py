@@ -44,6 +44,9 @@ def search_cmd(
     gpus: Optional[float] = typer.Option(None, "--gpus-per-trial", min=0, help="GPUs per trial (fractions allowed, e.g. 0.25)."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Trials running at once."),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default squeezetune)."),
+    max_drop: Optional[float] = typer.Option(
+        None, "--max-drop", help="Constraint: lose at most this many accuracy points against the dense model (0.2 = a fifth of a point); as constraints.max_drop."
+    ),
 ) -> None:
     """Search compression recipes: maximise accuracy, minimise container bytes (Ray Tune + Optuna + MLflow)."""
     from squeezetune.search.config import SearchConfig
@@ -52,7 +55,7 @@ def search_cmd(
     from squeezetune.search.tracking import probe, resolve_tracking_uri, ui_command
 
     if resume is not None:
-        fixed = (("--config", config), ("--task", task), ("--name", name), ("--sampler", sampler), ("--seed", seed))
+        fixed = (("--config", config), ("--task", task), ("--name", name), ("--sampler", sampler), ("--seed", seed), ("--max-drop", max_drop))
         clashing = [flag for flag, v in fixed if v is not None]
         if clashing:
             raise SqueezeError(
@@ -63,6 +66,8 @@ def search_cmd(
         cfg = load_saved_config(uri, experiment or "squeezetune", resume)
     else:
         cfg = SearchConfig.from_yaml(config) if config is not None else SearchConfig()
+    if max_drop is not None:
+        cfg = cfg.replace(constraints={**cfg.constraints.to_dict(), "max_drop": max_drop})
     resources = None
     if cpus is not None or gpus is not None:
         resources = {"cpus": cpus if cpus is not None else cfg.resources.cpus, "gpus": gpus if gpus is not None else cfg.resources.gpus}

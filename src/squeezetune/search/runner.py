@@ -561,15 +561,22 @@ def _cluster_address(config: SearchConfig) -> str | None:
 
 
 def _uri_for_trials(uri: str, *, local: bool) -> str:
-    """The tracking URI as trials on other machines must see it (``localhost`` means the driver's host)."""
+    """The tracking URI as trials on other machines must see it (``localhost`` means the driver's host).
+
+    Unchanged for a local Ray, a URI that names another host, or a cluster whose nodes all run on
+    the driver's machine (where ``localhost`` reaches the server from every node).
+    """
     from urllib.parse import urlparse
 
     parsed = urlparse(uri)
     if local or parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
         return uri
+    import ray
     import ray.util
 
     host = ray.util.get_node_ip_address()
+    if all(n.get("NodeManagerAddress") == host for n in ray.nodes() if n.get("Alive")):
+        return uri
     return uri.replace(parsed.netloc, f"{host}:{parsed.port}" if parsed.port else host, 1)
 
 
