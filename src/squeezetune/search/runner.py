@@ -488,7 +488,9 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
                 scheduler=scheduler_for(config, base.val_accuracy),
                 num_samples=remaining,
                 max_concurrent_trials=max_concurrent,
-                reuse_actors=True,
+                # on several nodes a cached actor may sit on a node that died: a retried trial then
+                # fails against it again, so actors are reused only on a single machine
+                reuse_actors=_single_node(),
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
@@ -502,6 +504,12 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
         tuner.fit()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _single_node() -> bool:
+    import ray
+
+    return len([n for n in ray.nodes() if n.get("Alive")]) <= 1
 
 
 def space_config(config: SearchConfig) -> dict[str, Any]:
