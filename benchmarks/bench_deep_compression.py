@@ -34,7 +34,7 @@ PAPER = {"lenet300-mnist": (40, 1.64, 1.58), "lenet5-mnist": (39, 0.80, 0.74)}
 
 def layer_rows(report: dict) -> list[list[object]]:
     rows = []
-    for layer in report["layers"]:
+    for layer in [t for t in report["tensors"] if t["action"] != "raw"]:
         kept = layer["kept"]
         streams = layer["streams"]
         w_bits = math.log2(layer["clusters"]) if layer["clusters"] else 32
@@ -57,8 +57,9 @@ def layer_rows(report: dict) -> list[list[object]]:
     rows.append(
         ["biases + meta", "", "", "", "", "", "", "", f"{report['raw_bytes'] + report['meta_bytes']:,}", ""]
     )
-    total = sum(layer["weights"] for layer in report["layers"])
-    kept = sum(layer["kept"] for layer in report["layers"])
+    coded = [t for t in report["tensors"] if t["action"] != "raw"]
+    total = sum(layer["weights"] for layer in coded)
+    kept = sum(layer["kept"] for layer in coded)
     rows.append(
         ["**total (file)**", f"{total:,}", f"{100 * kept / total:.1f}%", "", "", "", "", "", f"**{report['compressed_bytes']:,}**", f"**{report['ratio']:.1f}x**"]
     )
@@ -78,7 +79,7 @@ def main() -> None:
             recipe = deep_compression(task.model, task.build_model())
             t0 = time.perf_counter()
             out = Path(tmp) / f"{name}.sqz"
-            report = compress(task, recipe, out=out, data_dir=args.data_dir, progress=lambda m: print(f"  {m}", flush=True))
+            report = compress(task, recipe, out=out, data_dir=args.data_dir, progress=lambda m: print(f"  {m}", flush=True)).to_dict()
             seconds = time.perf_counter() - t0
             change_pt = 100 * (report["accuracy"] - report["dense_accuracy"])
             stored = read_container(out)

@@ -90,8 +90,9 @@ def test_search_on_a_cluster_logging_to_a_tracking_server(workdir, mlflow_server
                 running = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("squeezetune.node")]
                 most_running[0] = max(most_running[0], len(running))
                 on_node = [r.info.run_id for r in running if r.data.tags["squeezetune.node"] == node]
-                finished_elsewhere = any(r.info.status == "FINISHED" for r in runs)
-                if on_node and finished_elsewhere and most_running[0] >= CONCURRENT:
+                # the worker has finished a trial (so both nodes are on record) and runs another: kill it
+                finished_there = any(r.info.status == "FINISHED" and r.data.tags.get("squeezetune.node") == node for r in runs)
+                if on_node and finished_there and most_running[0] >= CONCURRENT:
                     dead.append((node, on_node))
                     cluster.remove_node(workers[1], allow_graceful=False)
                     killed.set()

@@ -96,7 +96,7 @@ def search_cmd(
     if not outcome.finished:
         typer.echo(f"\nthe search stopped before all trials finished; continue it with: squeezetune search --resume {outcome.name}")
     typer.echo(f"\nMLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
-    typer.echo(ui_command(outcome.tracking_uri))
+    typer.echo(ui_command(outcome.tracking_uri, outcome.experiment_id))
     if not outcome.finished:
         raise typer.Exit(130)
     if n["complete"] == 0:

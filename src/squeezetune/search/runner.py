@@ -49,6 +49,7 @@ class SearchOutcome:
     name: str
     tracking_uri: str
     parent_run_id: str
+    experiment_id: str
     trials: int
     counts: dict[str, int]
     points: list[Point]
@@ -332,6 +333,7 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
         name=config.name,
         tracking_uri=uri,
         parent_run_id=parent_id,
+        experiment_id=exp_id,
         trials=config.trials,
         counts=n,
         points=points,

@@ -91,14 +91,23 @@ def _probe_api(uri: str, timeout: float) -> None:
         raise SqueezeError(f"tracking server {uri!r} does not answer MLflow's REST API ({getattr(exc, 'reason', exc)})") from None
 
 
-def ui_command(uri: str) -> str:
-    """The command (or address) that opens this store in the MLflow UI.
+def runs_page(base: str, exp_id: str | None) -> str:
+    """The UI page of an experiment's runs table, in its model-training view.
+
+    MLflow 3.17's UI opens in its GenAI view unless told otherwise (its global view switch wins over
+    the experiment's kind tag), so the address asks for ``workflowType=machine_learning``.
+    """
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?workflowType=machine_learning" if exp_id else base
+
+
+def ui_command(uri: str, exp_id: str | None = None) -> str:
+    """The command (or address) that opens this store in the MLflow UI, and the page to open.
 
     The ``mlflow`` beside this interpreter is named by its path unless it is the one on ``PATH``,
     so the line runs as printed from a virtualenv that is not activated.
     """
     if sqlite_path(uri) is None:
-        return f"browse the MLflow UI at {uri}"
+        return f"browse the MLflow UI at {runs_page(uri, exp_id)}"
     import shlex
     import shutil
     import sys
@@ -106,7 +115,7 @@ def ui_command(uri: str) -> str:
     exe = Path(sys.executable).with_name("mlflow")
     on_path = shutil.which("mlflow")
     mlflow = "mlflow" if not exe.exists() or (on_path is not None and Path(on_path).resolve() == exe.resolve()) else str(exe)
-    return f"browse the results: {shlex.quote(mlflow)} ui --backend-store-uri {shlex.quote(uri)}"
+    return f"browse the results: {shlex.quote(mlflow)} ui --backend-store-uri {shlex.quote(uri)}  then open {runs_page('http://127.0.0.1:5000', exp_id)}"
 
 
 def artifact_location(uri: str) -> str | None:
