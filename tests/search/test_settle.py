@@ -9,7 +9,9 @@ import pytest
 from mlflow import MlflowClient
 
 from squeezetune.search.runner import _settle_interrupted
-from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, RUN_ATTR
+from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, RUN_ATTR, objective_metrics
+
+OBJECTIVES = objective_metrics(("accuracy", "bytes"))
 
 
 @pytest.fixture()
@@ -48,7 +50,7 @@ def test_running_trials_are_told_failed_or_requeued(stores):
     killed, killed_run = _running_trial(study, client, exp)  # its run stays RUNNING: the worker died
 
     messages: list[str] = []
-    _settle_interrupted(study, client, messages.append)
+    _settle_interrupted(study, client, messages.append, OBJECTIVES)
 
     trials = study.get_trials()
     assert trials[finished.number].state == optuna.trial.TrialState.COMPLETE
@@ -61,7 +63,7 @@ def test_running_trials_are_told_failed_or_requeued(stores):
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(waiting) == 1
     assert waiting[0].system_attrs["fixed_params"] == trials[killed.number].params  # asked again with the same values
-    assert waiting[0].user_attrs == {RUN_ATTR: killed_run, "retry_of": killed.number}
+    assert waiting[0].user_attrs == {RUN_ATTR: killed_run, "retry_of": killed.number, "requeues": 1}  # the one requeue path, counted
     assert any("interrupted" in m and killed_run in m for m in messages)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
@@ -69,7 +71,7 @@ def test_running_trials_are_told_failed_or_requeued(stores):
 def test_a_finished_run_with_nan_accuracy_is_requeued(stores):
     study, client, exp = stores
     t, _ = _finished_trial(study, client, exp, math.nan, 10.0)
-    _settle_interrupted(study, client, lambda _: None)
+    _settle_interrupted(study, client, lambda _: None, OBJECTIVES)
     assert study.get_trials()[t.number].user_attrs[INTERRUPTED_ATTR] is True
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
 
@@ -109,7 +111,7 @@ def test_settled_trials_carry_the_search_constraints(stores):
 
     study, client, exp = stores
     t, _ = _finished_trial(study, client, exp, 0.95, 3000.0)
-    _settle_interrupted(study, client, lambda _: None, OutcomeConstraints(Constraints(max_bytes=2000, max_drop=1.0), dense_accuracy=0.97))
+    _settle_interrupted(study, client, lambda _: None, OBJECTIVES, OutcomeConstraints(Constraints(max_bytes=2000, max_drop=1.0), dense_accuracy=0.97))
     settled = study.get_trials()[t.number]
     assert settled.state == optuna.trial.TrialState.COMPLETE
     assert settled.constraints == {"max_bytes": 0.5, "max_drop": pytest.approx(1.0)}
@@ -128,9 +130,9 @@ def test_live_trials_carry_the_search_constraints(tmp_path):
         constraints=OutcomeConstraints(Constraints(max_bytes=1000), dense_accuracy=0.9),
     )
     searcher.suggest("a")
-    searcher.on_trial_complete("a", result={"accuracy": 0.8, "bytes": 1500})
+    searcher.on_trial_complete("a", result={"val_accuracy": 0.8, "accuracy": 0.8, "bytes": 1500, "epoch": 3, "final": True})
     searcher.suggest("b")
-    searcher.on_trial_complete("b", result={"accuracy": 0.7, "bytes": 900})
+    searcher.on_trial_complete("b", result={"val_accuracy": 0.7, "accuracy": 0.7, "bytes": 900, "epoch": 3, "final": True})
     first, second = searcher.study.get_trials()
     assert first.constraints == {"max_bytes": 0.5} and second.constraints == {"max_bytes": pytest.approx(-0.1)}
     assert [t.number for t in searcher.study.best_trials] == [second.number]  # only the feasible one counts

@@ -420,7 +420,7 @@ def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str
     import optuna
 
     from squeezetune.search import _adapters
-    from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, RUN_ATTR, requeue
+    from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, REQUEUES_ATTR, RUN_ATTR, objective_values, requeue
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         rid = t.user_attrs.get(RUN_ATTR)
@@ -438,7 +438,7 @@ def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str
                     live.set_user_attr(key, m[key])
             if constraints is not None:
                 constraints.set_on(live, m)
-            study.tell(t.number, [m[key] for key, _ in objectives])
+            study.tell(t.number, objective_values(objectives, m))
             progress(f"trial {t.number}: finished before the interruption, recorded from its MLflow run")
         elif run is not None and run.info.status == "FAILED" and run.data.tags.get("error"):
             live.set_user_attr(ERROR_ATTR, run.data.tags["error"])
@@ -446,7 +446,7 @@ def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str
         else:  # stopped at a rung or cut short: run it again (a stopped trial's rung is not recorded)
             live.set_user_attr(INTERRUPTED_ATTR, True)
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            requeue(study, t, run_id=rid)
+            requeue(study, t, run_id=rid, requeues=int(t.user_attrs.get(REQUEUES_ATTR, 0)))
             progress(f"trial {t.number}: interrupted, queued again with its MLflow run {rid}")
 
 

@@ -57,6 +57,12 @@ MAX_REQUEUES = 3
 ERROR_ATTR = "error"
 
 
+def objective_values(objectives: list[tuple[str, str]], outcome: Mapping[str, Any]) -> list[Any]:
+    """The objective values of an outcome (a trial's result, a run's metrics); an outcome without a
+    validation accuracy (a search recorded before validation splits) gives its ``accuracy``."""
+    return [outcome.get(key, outcome.get("accuracy")) if key == "val_accuracy" else outcome.get(key) for key, _ in objectives]
+
+
 def objective_metrics(objectives) -> list[tuple[str, str]]:
     """``(result key, "max" | "min")`` of each objective: accuracy is the validation accuracy
     (selection never sees the evaluation images), latencies are minimised."""
@@ -72,7 +78,10 @@ class OutcomeConstraints:
     """The dense model's accuracy on the split the search selects on (validation)."""
 
     def violations(self, outcome: Mapping[str, Any]) -> dict[str, float]:
-        return self.constraints.of(outcome, dense_accuracy=self.dense_accuracy, accuracy_key="val_accuracy")
+        """Each limit's violation for ``outcome``, its accuracy the one selected on (``val_accuracy``
+        when the outcome has it, as every trial of a search with a validation split does)."""
+        key = "val_accuracy" if "val_accuracy" in outcome else "accuracy"
+        return self.constraints.of(outcome, dense_accuracy=self.dense_accuracy, accuracy_key=key)
 
     def set_on(self, trial: optuna.trial.Trial, outcome: Mapping[str, Any]) -> None:
         """Record on ``trial``, before it is told, how far ``outcome`` (validation accuracy, bytes,
@@ -181,7 +190,7 @@ class TrackedOptunaSearch(OptunaSearch):
             return
         result = result or {}
         message = result.get("error")
-        values = [result.get(m) for m, _ in self._objectives]
+        values = objective_values(self._objectives, result)
         if not error and not message and result.get("epoch") is None:
             self._interrupted(trial_id, ot_trial)
             return
