@@ -16,7 +16,7 @@ The blocks are read from README.md when the tests run, so a changed README is te
 Adaptations (:func:`adapt_command`, :func:`adapt_yaml`): every built-in task becomes
 ``lenet300-digits`` (no ``--data-dir``), or for recipes the smallest digits task with their layers;
 a new search runs at most 2 trials with 1-epoch fine-tunes, a resumed one at most 3; every
-``epochs`` in a YAML block is at most 1; GPUs are not asked for on a machine without CUDA.
+``epochs`` (and a fidelity's ``centroid_epochs``, ``min_epochs``) in a YAML block is at most 1; GPUs are not asked for on a machine without CUDA.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 FAST_TASK = "lenet300-digits"
 RECIPE_TASKS = ["lenet300-digits", "lenet5-digits", "resnet20-digits", "vgg-digits", "mobilenetv2-digits"]
 NEW_SEARCH_TRIALS, RESUMED_SEARCH_TRIALS, MAX_EPOCHS = 2, 3, 1
-FAST_SEARCH = {"max_concurrent": 2, "space": {"finetune": {"epochs": 1}, "finetune_centroids": {"epochs": 1}}}
+EPOCH_KEYS = ("epochs", "centroid_epochs", "min_epochs")
+FAST_SEARCH = {"max_concurrent": 2, "fidelity": {"epochs": 1, "centroid_epochs": 1, "min_epochs": 1}}
 
 SETUP = "sets up the environment the suite already runs in"
 CLUSTER = "needs a real Ray cluster on AWS"
@@ -153,7 +154,7 @@ def adapt_command(args: list[str], workdir: Path) -> list[str]:
 
 def _cap_epochs(data: Any) -> Any:
     if isinstance(data, dict):
-        return {k: (_cap_number(v) if k == "epochs" else _cap_epochs(v)) for k, v in data.items()}
+        return {k: (_cap_number(v) if k in EPOCH_KEYS else _cap_epochs(v)) for k, v in data.items()}
     if isinstance(data, list):
         return [_cap_epochs(v) for v in data]
     return data
@@ -194,7 +195,6 @@ def adapt_yaml(data: dict) -> dict:
 
 def recipe_task(data: dict):
     """The first of :data:`RECIPE_TASKS` whose model the recipe fits, and the recipe."""
-    from squeezetune.compression.pipeline import validate_recipe
     from squeezetune.compression.recipes import Recipe
     from squeezetune.errors import SqueezeError
     from squeezetune.tasks import get_task
@@ -204,7 +204,7 @@ def recipe_task(data: dict):
     for name in RECIPE_TASKS:
         task = get_task(name)
         try:
-            validate_recipe(recipe, task.build_model(), input_shape=(1, 1, 28, 28))
+            recipe.validate(task.build_model(), torch.zeros(1, 1, 28, 28))
             return task, recipe
         except SqueezeError as exc:
             errors.append(f"{name}: {exc}")
@@ -220,8 +220,10 @@ def _check_yaml(block: Block) -> str:
     assert isinstance(data, dict), f"README line {block.line}: a YAML block must hold a mapping"
     kind = kind_of(data)
     if kind == "config":
+        from squeezetune.search.runner import space_config
+
         config = SearchConfig.from_dict(adapt_yaml(data))
-        derive_space(get_task(config.task).build_model(), config.space)
+        derive_space(get_task(config.task).build_model(), space_config(config), sensitivity={})
     elif kind == "recipe":
         recipe_task(data)
     else:
