@@ -157,7 +157,9 @@ def plan_counts(
         curves = {graph.resolve(layer): list(acc) for layer, acc in sensitivity.accuracy.items()}
         keep = _by_sensitivity(mac_model, names, budget, sensitivity, curves, round_to)
     if not keep:
-        floor = mac_model.macs({g: 1 for g in names}) if method == "uniform" else None
-        reach = f"{floor / dense:.4f}" if floor is not None else "what the measured fractions allow"
-        raise SqueezeError(f"macs_target={macs_target} is unreachable by pruning {len(names)} layers with method {method!r}: the floor is {reach}")
+        if method == "uniform":
+            floor = mac_model.macs({g: _round(0.0, mac_model.groups[g].channels, round_to) for g in names}) / dense
+            hint = f" (every layer at its smallest multiple of round_to={round_to}; a smaller round_to goes lower)" if round_to > 1 else ""
+            raise SqueezeError(f"macs_target={macs_target} is unreachable by pruning {len(names)} layers uniformly: the floor is {floor:.4f}{hint}")
+        raise SqueezeError(f"macs_target={macs_target} is unreachable by pruning {len(names)} layers by sensitivity: expected a target the measured fractions allow")
     return keep
