@@ -98,7 +98,7 @@ def layer_macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict
     def hook(name: str):
         def fn(m: nn.Module, inputs, output) -> None:
             if isinstance(m, _ConvNd):
-                kernel = int(torch.tensor(m.kernel_size).prod())
+                kernel = math.prod(m.kernel_size)
                 if m.transposed:  # every input element meets out_channels/groups x kernel weights
                     n = inputs[0].numel() * (m.out_channels // m.groups) * kernel
                 else:

@@ -46,7 +46,8 @@ class Technique(abc.ABC):
 
     def limit(self, layer: nn.Module) -> int:
         """The largest rank whose factors hold no more parameters than ``layer``."""
-        one, two = _params(self.build(layer, 1)), _params(self.build(layer, 2))
+        with torch.device("meta"):  # shapes only: nothing allocated or initialised
+            one, two = _params(self.build(layer, 1)), _params(self.build(layer, 2))
         per_rank, dense = two - one, _params(layer)
         return max(0, (dense - (one - per_rank)) // per_rank)
 

@@ -32,27 +32,27 @@ _FLATTEN_METHODS = {"flatten", "view", "reshape"}
 
 
 def map_shape(model: nn.Module, name: str, example: Example) -> tuple[int, int, int] | str:
-    """The ``(C, H, W)`` map that Linear ``name`` reads flattened, or why there is none (a phrase)."""
+    """The ``(C, H, W)`` map that Linear ``name`` reads flattened, or why there is none (a phrase: "a layer ...")."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     try:
         gm = torch.fx.symbolic_trace(model)
         ShapeProp(gm).propagate(as_example(example, next(model.parameters()).device))
     except Exception as exc:  # noqa: BLE001 - an untraceable model just has no pooling candidates
-        return f"the model cannot be traced ({type(exc).__name__})"
+        return f"a layer of a model that torch.fx cannot trace ({type(exc).__name__})"
     calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == name]
     if len(calls) != 1 or not calls[0].args or not isinstance(calls[0].args[0], torch.fx.Node):
-        return "it is not called exactly once on one input"
+        return "a layer not called exactly once on one input"
     arg = calls[0].args[0]
     flattens = (arg.op == "call_function" and arg.target in _FLATTENS) or (arg.op == "call_method" and arg.target in _FLATTEN_METHODS) or (
         arg.op == "call_module" and isinstance(gm.get_submodule(str(arg.target)), nn.Flatten)
     )
     source = arg.args[0] if arg.args else None
     if not flattens or not isinstance(source, torch.fx.Node) or "tensor_meta" not in source.meta:
-        return "its input is not a flattened feature map"
+        return "a layer whose input is not a flattened feature map"
     shape = tuple(source.meta["tensor_meta"].shape)
     if len(shape) != 4 or shape[2] * shape[3] < 2 or tuple(arg.meta["tensor_meta"].shape) != (shape[0], shape[1] * shape[2] * shape[3]):
-        return f"its input is flattened from shape {shape}, not from a batch of C x H x W maps larger than 1 x 1"
+        return f"a layer whose input is flattened from shape {shape}, not from a batch of C x H x W maps larger than 1 x 1"
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
