@@ -51,7 +51,8 @@ def test_the_stage_fits_each_layer_and_the_container_rebuilds_it_bit_exactly():
     dense = trained(TinyCNN)
     train, held = splits()
     ctx = Context(teacher=dense, example=EXAMPLE, train=train, eval=held)
-    config = DecomposeConfig.from_dict({"layers": {"conv2": {"method": "separable", "rank": 1}, "conv3": {"method": "asymmetric", "rank": 4}, "fc1": {"method": "pool"}, "fc2": {"rank": 2}}, "images": 64})
+    layers = {"conv2": {"method": "separable", "rank": 1}, "conv3": {"method": "asymmetric", "rank": 4}, "fc1": {"method": "pool"}, "fc2": {"rank": 2}}
+    config = DecomposeConfig.from_dict({"layers": layers, "images": 64})
     Recipe.from_dict({"stages": [{"decompose": config.to_dict()}]}).validate(dense, EXAMPLE)
     model = apply_stage(dense, config, ctx)
     assert isinstance(model.conv2, Factors) and model.conv2[0].groups == 8

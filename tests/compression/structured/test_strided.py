@@ -80,7 +80,8 @@ def test_the_stage_composes_with_pruning_and_sharing_and_decodes_bit_exactly():
     dense = trained(TinyCNN)
     train, held = splits()
     ctx = Context(teacher=dense, example=torch.zeros(1, 1, 12, 12), train=train, eval=held)
-    recipe = Recipe.from_dict({"stages": [{"strided": {"default": {"stride": 3}, "layers": {"conv1": {"stride": 1}}, "images": 64}}, {"prune": {"default": {"keep_fraction": 0.6}}}, {"share": {"default": {"bits": 4}, "fit": True}}]})
+    strided = {"default": {"stride": 3}, "layers": {"conv1": {"stride": 1}}, "images": 64}
+    recipe = Recipe.from_dict({"stages": [{"strided": strided}, {"prune": {"default": {"keep_fraction": 0.6}}}, {"share": {"default": {"bits": 4}, "fit": True}}]})
     recipe.validate(dense, ctx.example)
     model = dense
     for step in recipe.steps:
