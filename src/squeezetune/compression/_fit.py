@@ -26,6 +26,8 @@ from torch import nn
 from squeezetune.compression.structured._sampling import patches, run_until, sample_rows
 from squeezetune.errors import SqueezeError
 
+CHECK_IMAGES = 64
+"""Images held out of every fit, on which a least-squares refit must beat the start it refines."""
 ROWS_PER_UNKNOWN = 4
 """A convolution's rows are sampled at ``points`` positions per image, or more (up to every position)
 so that there are this many rows per weight of a patch: fewer rows over-fit the sample."""
@@ -69,22 +71,6 @@ def channel_rows(t: torch.Tensor) -> torch.Tensor:
     return t.double().movedim(1, -1).reshape(-1, t.shape[1])
 
 
-def refit_checked(module: nn.Module, refit: Callable[[], None], inp: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """Run ``refit`` (a least-squares refit of ``module`` in place) and keep it only if ``module``'s
-    output error on the whole ``inp`` (not only the sampled rows) falls; returns the errors before
-    and after (after == before when the refit was undone)."""
-    start = copy.deepcopy(module.state_dict())
-    with torch.no_grad():
-        before = relative_error(channel_rows(module(inp)), channel_rows(target))
-    refit()
-    with torch.no_grad():
-        after = relative_error(channel_rows(module(inp)), channel_rows(target))
-    if after > before:  # the sampled rows misled the fit
-        module.load_state_dict(start)
-        return before, before
-    return before, after
-
-
 def as_conv2d(m: nn.Module, inp: torch.Tensor, out: torch.Tensor):
     """A Conv1d seen as a Conv2d of height 1 (its geometry, input and output), for :func:`patches`."""
     if not isinstance(m, nn.Conv1d):
@@ -113,34 +99,60 @@ def check_zero_padding(m: nn.Module, name: str) -> None:
 class Samples:
     """Sampled activations for fitting replacements of ``reference``'s layers.
 
-    ``x`` holds training inputs; ``images`` of them are drawn with ``seed``. :meth:`target` gives a
-    reference layer's full output on them, :meth:`inputs` the input of the layer of the same name
-    in the model being rebuilt, and :meth:`rows` turns a layer's input and target maps into
-    regression rows at ``points`` random positions per image.
+    ``x`` holds training inputs; ``images`` of them are drawn with ``seed`` to fit on (more when a
+    Linear to fit has more inputs than :data:`ROWS_PER_UNKNOWN` rows per weight would allow: each
+    image is one row of a Linear, so ``layers`` names the layers to fit), and :data:`CHECK_IMAGES`
+    others to check each fit on. :meth:`target` gives a reference layer's full output on them,
+    :meth:`inputs` the input of the layer of the same name in the model being rebuilt, and
+    :meth:`rows` turns a layer's input and target maps into regression rows at ``points`` random
+    positions per image.
     """
 
-    def __init__(self, reference: nn.Module, x: torch.Tensor, *, images: int, points: int, seed: int, device: torch.device) -> None:
+    def __init__(self, reference: nn.Module, x: torch.Tensor, *, images: int, points: int, seed: int, device: torch.device, layers: list[nn.Module] = ()) -> None:
         self.reference = copy.deepcopy(reference).to(device).eval()
         self.points, self.device = points, device
         self.gen = torch.Generator().manual_seed(seed)
-        self.x = x[torch.randperm(len(x), generator=self.gen)[:images]].to(device)
+        widest = max([m.in_features for m in layers if isinstance(m, nn.Linear)], default=0)
+        fit = max(images, ROWS_PER_UNKNOWN * widest)
+        order = torch.randperm(len(x), generator=self.gen)
+        check = min(CHECK_IMAGES, len(x) // 4)
+        self.x = x[order[: max(1, min(fit, len(x) - check))]].to(device)
+        self.x_check = x[order[len(x) - check :]].to(device) if check else self.x
 
     @torch.no_grad()
-    def target(self, name: str) -> torch.Tensor:
+    def target(self, name: str, *, check: bool = False) -> torch.Tensor:
         store: dict[str, torch.Tensor] = {}
-        run_until(None, self.reference, self.x, set(), store, [name], inputs=False)
+        run_until(None, self.reference, self.x_check if check else self.x, set(), store, [name], inputs=False)
         return store[name]
 
     @torch.no_grad()
-    def inputs(self, model: nn.Module, name: str) -> torch.Tensor:
+    def inputs(self, model: nn.Module, name: str, *, check: bool = False) -> torch.Tensor:
         store: dict[str, torch.Tensor] = {}
         was_training = model.training
         model.eval()
         try:
-            run_until(None, model, self.x, set(), store, [name], inputs=True)
+            run_until(None, model, self.x_check if check else self.x, set(), store, [name], inputs=True)
         finally:
             model.train(was_training)
         return store[name]
+
+    def refit(self, model: nn.Module, name: str, module: nn.Module, refit: Callable[[torch.Tensor, torch.Tensor], None]) -> tuple[float, float]:
+        """Refit ``module`` (the replacement of ``model``'s layer ``name``) with ``refit(inp, target)``
+        on the fitting images, and keep the refit only if the output error on the check images falls.
+
+        Returns the check images' error before and after (after == before when the refit was undone).
+        """
+        start = copy.deepcopy(module.state_dict())
+        inp, target = self.inputs(model, name, check=True), self.target(name, check=True)
+        with torch.no_grad():
+            before = relative_error(channel_rows(module(inp)), channel_rows(target))
+        refit(self.inputs(model, name), self.target(name))
+        with torch.no_grad():
+            after = relative_error(channel_rows(module(inp)), channel_rows(target))
+        if not after < before:  # the fit did not carry over to images it did not see
+            module.load_state_dict(start)
+            return before, before
+        return before, after
 
     def rows(self, layer: nn.Module, inp: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(X, T)``: ``layer``'s input patches and the target at sampled output positions (float64);

@@ -30,6 +30,7 @@ the network rebuilt so far. Follow the stage with a ``finetune`` stage (``distil
 from __future__ import annotations
 
 import copy
+from functools import partial
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -230,7 +231,7 @@ def targets(model: nn.Module, config: DecomposeConfig, example: Any, *, dense_ma
 @register_stage(DecomposeConfig)
 def decompose(model: nn.Module, config: DecomposeConfig, ctx: Context) -> nn.Module:
     """Replace the layers ``config`` covers by factors fitted to them; returns the new model."""
-    from squeezetune.compression._fit import Samples, norm_scales, refit_checked
+    from squeezetune.compression._fit import Samples, norm_scales
     from squeezetune.compression.measure import macs
 
     example = ctx.example
@@ -240,14 +241,15 @@ def decompose(model: nn.Module, config: DecomposeConfig, ctx: Context) -> nn.Mod
     dense_macs = macs(ctx.teacher, example)
     plan = targets(model, config, example, dense_macs=dense_macs, scales=scales, progress=ctx.progress)
     work = copy.deepcopy(model).eval()
-    samples = Samples(model, train.x, images=config.images, points=config.points, seed=ctx.seed, device=ctx.device) if train is not None else None
+    samples = None
+    if train is not None:
+        samples = Samples(model, train.x, images=config.images, points=config.points, seed=ctx.seed, device=ctx.device, layers=[model.get_submodule(n) for n, _, _ in plan])
     for name, technique, rank in plan:
         layer = work.get_submodule(name)
         factors = technique.fit(layer, rank, scales.get(name))
         note = ""
         if samples is not None:
-            inp, target = samples.inputs(work, name), samples.target(name)
-            before, after = refit_checked(factors, lambda: technique.refit(factors, layer, inp, target, samples.rows, scales.get(name)), inp, target)
+            before, after = samples.refit(work, name, factors, partial(technique.refit, factors, layer, rows=samples.rows, scale=scales.get(name)))
             note = f", output error {before:.4f} (SVD) -> {after:.4f} (least squares)" if after < before else f", output error {before:.4f} (SVD; least squares did no better)"
         replace_module(work, name, factors)
         ctx.progress(f"{name}: {technique.name}{f' rank {rank}' if technique.ranked else ''}{note}")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
@@ -308,21 +309,22 @@ class StridedConfig(StageConfig):
 @register_stage(StridedConfig)
 def strided(model: nn.Module, config: StridedConfig, ctx: Context) -> nn.Module:
     """Keep every ``stride``-th kernel position of the covered convolutions; returns the new model."""
-    from squeezetune.compression._fit import Samples, norm_scales, refit_checked
+    from squeezetune.compression._fit import Samples, norm_scales
 
     covered = config.covered(model)
     scales = norm_scales(model, list(covered), ctx.example)
     train = ctx.need_train("strided (refit: true)") if config.refit else None
-    samples = Samples(model, train.x, images=config.images, points=config.points, seed=ctx.seed, device=ctx.device) if train is not None else None
+    samples = None
+    if train is not None:
+        samples = Samples(model, train.x, images=config.images, points=config.points, seed=ctx.seed, device=ctx.device)
     work = copy.deepcopy(model).eval()
     for name, setting in covered.items():
         conv = work.get_submodule(name)
         sparse = strided_conv(conv, config.taps(conv, setting, scales.get(name)))
         note = ""
         if samples is not None:
-            inp, target = samples.inputs(work, name), samples.target(name)
-            before, after = refit_checked(sparse, lambda: refit(sparse, conv, inp, target, samples.rows), inp, target)
-            note = f", output error {before:.4f} (kept weights) -> {after:.4f} (least squares)"
+            before, after = samples.refit(work, name, sparse, partial(refit, sparse, conv, rows=samples.rows))
+            note = f", output error {before:.4f} (kept weights) -> {after:.4f} (least squares)" if after < before else f", output error {before:.4f} (kept weights; least squares did no better)"
         replace_module(work, name, sparse)
         ctx.progress(f"{name}: keeps kernel positions {list(sparse.taps)} of {math.prod(conv.kernel_size)}{note}")
     return work.to(ctx.device)
