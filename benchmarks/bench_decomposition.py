@@ -146,7 +146,7 @@ def lenet300(args) -> None:
         recipe = {"stages": [{"prune": {"layers": {"fc1": {"keep_fraction": lo}, "fc2": {"keep_fraction": lo}}}}, {"finetune": ft}], "encode": {"coder": "auto", "float_bits": 32, "index_bits": "auto"}}
         pruned = run(task, recipe, f"lenet300-prune-{fraction}", args, latency=False)
         loads.append(load())
-        ranks = [t.shape[0] for t in low.tensors if t.name in ("fc1.0.weight", "fc2.0.weight")]
+        ranks = [t.shape[0] for t in low.tensors if t.name in ("fc1.0", "fc2.0")]
         rows.append([f"fc1 rank {ranks[0]}, fc2 rank {ranks[1]}", f"{low.compressed_bytes:,}", pt(low.stages[1].accuracy), pt(low.accuracy),
                      f"{100 * lo:.1f}% of fc1, fc2", f"{pruned.compressed_bytes:,}", pt(pruned.stages[1].accuracy), pt(pruned.accuracy)])
     headers = ["low rank", "bytes", "before FT %", f"after {args.lenet_epochs}-epoch FT %", "pruning keeps", "bytes", "before FT %", f"after {args.lenet_epochs}-epoch FT %"]

@@ -30,9 +30,9 @@ the network rebuilt so far. Follow the stage with a ``finetune`` stage (``distil
 from __future__ import annotations
 
 import copy
-from functools import partial
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Any, ClassVar
 
 import torch

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import copy
 import math
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar, Sequence
 
 import torch
