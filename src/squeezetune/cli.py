@@ -89,16 +89,16 @@ def _load(task, data_dir: Optional[Path]):
 def compress_cmd(
     task: str = TaskOpt,
     recipe: str = typer.Option(
-        "deep-compression", "--recipe", "-r", help="deep-compression, filter-pruning, channel-pruning, or a YAML recipe file."
+        "deep-compression", "--recipe", "-r", help="deep-compression, filter-pruning, channel-pruning, decomposition, data-free-merge, or a YAML recipe file."
     ),
     out: Path = typer.Option(Path("model.sqz"), "--out", "-o", help="Container to write (.sqz); the report goes beside it."),
     data_dir: Optional[Path] = DataDirOpt,
     dense: Optional[Path] = typer.Option(None, "--dense", help="Dense weights (.safetensors); trained and cached if absent."),
     macs_target: Optional[float] = typer.Option(
-        None, "--macs-target", help="Fraction of dense MACs to keep, in (0, 1] (structured recipes; default 0.5)."
+        None, "--macs-target", help="Fraction of dense MACs to keep, in (0, 1] (structured and decomposition recipes; default 0.5)."
     ),
     allocation: Optional[str] = typer.Option(
-        None, "--allocation", help="Per-layer channel counts for --macs-target: uniform or sensitivity."
+        None, "--allocation", help="How --macs-target is spread over layers: uniform or sensitivity (structured), uniform or energy (decompose)."
     ),
     seed: int = SeedOpt,
     device: Optional[str] = DeviceOpt,
@@ -111,8 +111,8 @@ def compress_cmd(
     t = get_task(task)
     _check_out(out, ".sqz")
     _check_device(device)
-    if allocation is not None and allocation not in ("uniform", "sensitivity"):
-        raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity")
+    if allocation is not None and allocation not in ("uniform", "sensitivity", "energy"):
+        raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity (structured pruning), or uniform or energy (decomposition)")
     splits = _load(t, data_dir)
     loaded = load_recipe(recipe, t.model, t.build_model(), macs_target=macs_target, allocation=allocation)
     report = compress(t, loaded, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress)

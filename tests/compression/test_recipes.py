@@ -93,7 +93,7 @@ def test_classic_form_and_list_form_mean_the_same_recipe():
         ({"finetune": {"lr": "fast"}}, r"finetune.lr='fast': expected a finite number"),
         ({"finetune": {"distill": "maybe"}}, r"finetune.distill='maybe': expected true or false"),
         ({"finetune": {"epochs": 2.5}}, r"finetune.epochs=2.5: expected an integer"),
-        ({"stages": [{"prnue": {}}]}, r"unknown stage 'prnue': expected one of \['finetune', 'prune', 'share', 'structured'"),
+        ({"stages": [{"prnue": {}}]}, r"unknown stage 'prnue': expected one of \['decompose', 'finetune', 'merge', 'prune', 'share', 'strided', 'structured'"),
         ({"stages": [{"prune": {}, "share": {}}]}, r"stages\[0\] names 2 stages"),
         ({"stages": [{"encode": {}}]}, r"put encode at the recipe's top level"),
         ({"stages": [{"finetune": {}}, {"finetune": {}, "label": "finetune"}]}, r"two stages labelled 'finetune'"),
@@ -173,8 +173,8 @@ def test_every_stage_config_round_trips_through_json(config):
 
 def test_every_registered_stage_reads_its_own_defaults():
     for name, config in known_stages().items():
-        if name == "structured":
-            continue  # needs a target: checked above
+        if name in ("structured", "decompose", "strided", "merge"):
+            continue  # each needs a target or per-layer settings: checked above and in their own tests
         assert config.from_dict({}) == config()
 
 
@@ -187,3 +187,34 @@ def test_validation_names_the_layer_and_its_limit_before_any_work():
         Recipe.from_dict({"prune": {"layers": {"fc9": {"keep": 1}}}}).validate(model, torch.zeros(1, 1, 28, 28))
     with pytest.raises(SqueezeError, match=r"keep=5000 for layer 'fc3' must be an integer in \[1, 1000\]"):
         Recipe.from_dict({"prune": {"layers": {"fc3": {"keep": 5000}}}}).validate(model, torch.zeros(1, 1, 28, 28))
+
+
+def test_the_decomposition_builtin_takes_the_macs_target_and_its_own_allocation():
+    model = get_task("resnet20-mnist").build_model()
+    r = load_recipe("decomposition", "resnet20", model, macs_target=0.3, allocation="uniform")
+    d = r.first("decompose")
+    assert d.macs_target == 0.3 and d.allocation.value == "uniform" and d.method.value == "lowrank"
+    assert r.step("finetune").config.distill and Recipe.from_dict(r.to_dict()) == r
+    with pytest.raises(SqueezeError, match=r"--allocation='sensitivity' is not known: expected one of \['uniform', 'energy'\]"):
+        load_recipe("decomposition", "resnet20", model, allocation="sensitivity")
+
+
+def test_macs_target_goes_to_the_last_stage_that_plans_to_one():
+    r = Recipe.from_dict({"stages": [{"structured": {"method": "l1", "macs_target": 0.7}}, {"decompose": {"macs_target": 0.5}}]})
+    r = load_recipe(r, "resnet20", nn.Linear(2, 2), macs_target=0.35)
+    assert r.first("structured").macs_target == 0.7 and r.first("decompose").macs_target == 0.35
+
+
+def test_data_free_merge_reads_no_data():
+    r = load_recipe("data-free-merge", "lenet300", get_task("lenet300-mnist").build_model())
+    assert r.data_free and r.first("merge").default.remove_fraction == 0.25
+    assert not load_recipe("decomposition", "lenet300", nn.Linear(2, 2)).data_free
+    assert Recipe.from_dict({"stages": [{"structured": {"method": "l1", "macs_target": 0.5}}, {"prune": {"default": {"keep_fraction": 0.5}}}]}).data_free
+
+
+def test_later_stages_are_checked_against_the_decomposed_model():
+    model = get_task("lenet300-mnist").build_model()
+    recipe = Recipe.from_dict({"stages": [{"decompose": {"layers": {"fc1": {"rank": 16}}}}, {"prune": {"layers": {"fc1": {"keep_fraction": 0.5}, "fc1.1": {"keep": 5000}}}}]})
+    with pytest.raises(SqueezeError, match=r"keep=5000 for layer 'fc1.1' must be an integer in \[1, 4800\]"):
+        recipe.validate(model, torch.zeros(1, 1, 28, 28))
+    Recipe.from_dict({"stages": [{"decompose": {"layers": {"fc1": {"rank": 16}}}}, {"prune": {"layers": {"fc1": {"keep_fraction": 0.5}}}}]}).validate(model, torch.zeros(1, 1, 28, 28))

@@ -1,13 +1,15 @@
 """Compression of a trained PyTorch model: the techniques, as stages a recipe puts in order.
 
 The data path: a model and its task's data -> the recipe's stages (:mod:`.stages`; structured
-channel pruning in :mod:`.structured`, pruning and weight sharing in :mod:`.unstructured`,
-fine-tuning in :mod:`.finetune`) -> the coding into a ``.sqz`` container (:mod:`.coding`) -> the
+channel pruning and strided kernel sparsity in :mod:`.structured`, low-rank, separable and
+asymmetric factorisations and global pooling in :mod:`.decomposition`, data-free neuron merging in
+:mod:`.merging`, pruning and weight sharing in :mod:`.unstructured`, fine-tuning in :mod:`.finetune`;
+replaced layers are described for the container by :mod:`.architecture`) -> the coding into a ``.sqz`` container (:mod:`.coding`) -> the
 decoded model, measured (:mod:`.measure`) into a :class:`Report`.
 
 >>> from squeezetune.compression import Recipe, known_stages
 >>> sorted(known_stages())
-['finetune', 'prune', 'share', 'structured']
+['decompose', 'finetune', 'merge', 'prune', 'share', 'strided', 'structured']
 
 This package needs torch and numpy alone; Ray, Optuna and MLflow belong to :mod:`squeezetune.search`.
 """

@@ -1,7 +1,8 @@
 """Decoding a container back into a runnable model of its task.
 
 The container names its task; the decoder builds the task's architecture, applies the stored
-architecture spec when a stage changed it (refusing any size above the task's dense model), and
+architecture spec when a stage changed it (resized or replaced layers, built from an allow-list of
+module types and refusing any size above the task's dense model), and
 loads every tensor bit-exactly (:func:`~squeezetune.compression.coding.codec.decode_sections`).
 """
 
@@ -42,8 +43,16 @@ def _decode(sections: dict[str, bytes], task: Task | None) -> nn.Module:
 
 
 def _apply_checked_spec(model: nn.Module, spec: Any) -> nn.Module:
-    """Shrink ``model`` to a container's spec, refusing any size above the task's dense model."""
+    """Rebuild a container's architecture on the task's ``model``, refusing anything above its size.
+
+    ``squeezetune.modules/1`` specs (replaced layers, see :mod:`squeezetune.compression.architecture`)
+    and the older ``squeezetune.shrunk/1`` (resized layers only) both read.
+    """
+    from squeezetune.compression.architecture import ARCH_FORMAT, apply_architecture
     from squeezetune.compression.structured.shrink import apply_spec, shrunk_spec
+
+    if isinstance(spec, dict) and spec.get("format") == ARCH_FORMAT:
+        return apply_architecture(model, spec)
 
     current = shrunk_spec(model)["modules"]
     if not isinstance(spec, dict) or not isinstance(spec.get("modules"), dict):

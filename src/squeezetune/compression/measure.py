@@ -7,7 +7,8 @@ or, for convenience, the shape of a float one. Nothing assumes 28x28 images.
 * :func:`layer_macs` / :func:`macs` -- multiply-accumulates of one forward pass, per layer: linear
   and convolutional layers (transposed too), multi-head attention (projections and the two
   attention products), recurrent layers (every gate, every step); norms, activations, pooling,
-  adds and embedding look-ups are not counted;
+  adds and embedding look-ups are not counted; any other module that has a
+  ``count_macs(inputs, output)`` method counts itself (strided kernel sparsity's convolution);
 * :func:`latency_ms` / :func:`compare_latency` -- wall time of forward passes.
 
 >>> from squeezetune.tasks.cnn import ResNet20
@@ -97,7 +98,7 @@ def layer_macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict
     def hook(name: str):
         def fn(m: nn.Module, inputs, output) -> None:
             if isinstance(m, _ConvNd):
-                kernel = int(torch.tensor(m.kernel_size).prod())
+                kernel = math.prod(m.kernel_size)
                 if m.transposed:  # every input element meets out_channels/groups x kernel weights
                     n = inputs[0].numel() * (m.out_channels // m.groups) * kernel
                 else:
@@ -106,6 +107,8 @@ def layer_macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict
                 n = output.numel() * m.in_features
             elif isinstance(m, nn.MultiheadAttention):
                 n = _attention_macs(m, inputs)
+            elif callable(getattr(m, "count_macs", None)):
+                n = m.count_macs(inputs, output)
             else:
                 n = _rnn_macs(m, inputs)
             counts[name] = counts.get(name, 0) + int(n)
@@ -115,7 +118,8 @@ def layer_macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict
     kinds = (_ConvNd, nn.Linear, nn.MultiheadAttention, nn.RNNBase)
     handles = []
     for name, m in model.named_modules():
-        if isinstance(m, kinds) and not _inside_attention(name, model):
+        counted = isinstance(m, kinds) or callable(getattr(m, "count_macs", None))
+        if counted and not _inside_attention(name, model):
             handles.append(m.register_forward_hook(hook(name)))
     was_training = model.training
     try:

@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -28,6 +29,7 @@ from torch.nn.utils import parametrize
 
 from squeezetune._io import atomic_write_text
 from squeezetune.compression import measure
+from squeezetune.compression.architecture import architecture_spec
 from squeezetune.compression.baseline import dense_bytes, dense_model
 from squeezetune.compression.coding import codec
 from squeezetune.compression.coding.container import write_container
@@ -47,26 +49,17 @@ def _quiet(_: str) -> None:
     pass
 
 
-def architecture_spec(model: nn.Module, dense: dict) -> dict | None:
-    """The spec of ``model``'s architecture when it differs from the task's (``dense``), else ``None``."""
-    from squeezetune.compression.structured.shrink import shrunk_spec
-
-    spec = shrunk_spec(model)
-    return spec if spec != dense else None
-
-
 class Encoder:
-    """Encodes the model as the recipe's ``encode`` says, with the architecture spec it needs."""
+    """Encodes the model as the recipe's ``encode`` says, with the architecture spec it needs
+    (:func:`~squeezetune.compression.architecture.architecture_spec`: every layer that differs from the task's)."""
 
     def __init__(self, task: Task, recipe: Recipe, dense: nn.Module) -> None:
-        from squeezetune.compression.structured.shrink import shrunk_spec
-
         self.task, self.config = task.name, recipe.encode
-        self.dense_spec = shrunk_spec(dense)
+        self.dense = copy.deepcopy(dense).cpu()
 
     def __call__(self, model: nn.Module) -> codec.Encoded:
         e = self.config
-        spec = architecture_spec(model, self.dense_spec)
+        spec = architecture_spec(model, self.dense)
         return codec.encode_model(model, task=self.task, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, spec=spec)
 
 
@@ -93,6 +86,12 @@ def compress(
     ``latency=False`` skips the latency measurement. With a ``validation`` split (one carved from
     the training data, as a search selects on), the report adds the dense and the decoded model's
     accuracy on it as ``dense_val_accuracy`` and ``val_accuracy``.
+
+    A data-free recipe (:attr:`Recipe.data_free`: no stage reads training data, e.g.
+    ``data-free-merge``) runs its stages with no data at all: they get neither split, the example
+    input is the task's own or the first *evaluation* input (its shape and type only), and every
+    accuracy is measured after the last stage. Give ``dense`` then, or the baseline is trained (or
+    read from the cache) from the training split as usual.
     """
     started = time.perf_counter()
     task = get_task(task) if isinstance(task, str) else task
@@ -104,19 +103,29 @@ def compress(
         splits = task.load_data(Path(data_dir) if data_dir is not None else None)
     train_split, eval_split = splits
     model = task.build_model()
-    example = example_input(task, train_split)
     recipe = load_recipe(recipe, task.model, model)
+    data_free = recipe.data_free
+    example = example_input(task, eval_split if data_free else train_split)
     recipe.validate(model, example)
     teacher = dense if isinstance(dense, nn.Module) else dense_model(task, splits, dense=dense, device=device, seed=seed, progress=progress)
     teacher = teacher.to(device).eval()
     model.load_state_dict(teacher.state_dict())
     model.to(device)
     encode = Encoder(task, recipe, model)
-    ctx = Context(teacher=teacher, example=example, train=train_split, eval=eval_split, device=device, seed=seed, progress=progress, on_epoch=on_epoch)
+    ctx = Context(
+        teacher=teacher, example=example, train=None if data_free else train_split, eval=None if data_free else eval_split,
+        device=device, seed=seed, progress=progress, on_epoch=on_epoch,
+    )
+    pending: list[tuple[StageRecord, nn.Module]] = []  # data-free: models to measure after the last stage
 
     def record(stage: str, t0: float, size: int | None = None) -> StageRecord:
-        acc = evaluate(model, eval_split, device=device)
         size = size if size is not None else encode(model).file_bytes
+        if data_free:
+            rec = StageRecord(stage, float("nan"), size, round(time.perf_counter() - t0, 3))
+            pending.append((rec, copy_model(model)))
+            progress(f"{stage:<20} bytes {size:,} (accuracy measured after the last stage: data-free)")
+            return rec
+        acc = evaluate(model, eval_split, device=device)
         progress(f"{stage:<20} accuracy {acc:.4f}  bytes {size:,}")
         return StageRecord(stage, acc, size, round(time.perf_counter() - t0, 3))
 
@@ -130,6 +139,10 @@ def compress(
         ctx.snapshot = functools.partial(_snapshot, rest=recipe.steps[i + 1 :], ctx=ctx, encode=encode, task=task, float_bits=recipe.encode.float_bits)
         model = apply_stage(model, step.config, ctx)
         stages.append(record(step.label, t0))
+    for rec, snapshot in pending:
+        rec.accuracy = evaluate(snapshot, eval_split, device=device)
+        progress(f"{rec.stage:<20} accuracy {rec.accuracy:.4f}")
+    pending.clear()
 
     t0 = time.perf_counter()
     codec.round_floats(model, recipe.encode.float_bits)

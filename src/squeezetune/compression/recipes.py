@@ -40,11 +40,19 @@ Built-in recipes (:func:`builtin_recipe`):
   ``macs_target`` of the dense MACs (default 0.5) with per-layer counts spread ``uniform``-ly or by
   ``sensitivity``; then 3 epochs of fine-tuning distilled from the dense teacher. The shrunk model
   is stored with float32 weights, so the decoded model is exactly the fine-tuned one.
+* ``decomposition``: every layer that saves MACs by it replaced by low-rank factors (a Linear by two,
+  a k x k convolution by a k x k one to r channels and a 1 x 1), the ranks planned by singular-value
+  energy to ``macs_target`` of the dense MACs (default 0.5), fitted by SVD and least squares on
+  sampled activations; then 3 epochs of fine-tuning distilled from the dense teacher; float32.
+* ``data-free-merge``: a quarter of the neurons of every layer that can merge them (Linear or
+  Conv2d layers with no BatchNorm or residual add after them) merged into their most similar
+  neighbours (Srinivas & Babu 2015); no stage reads any data. Float32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import typing
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -142,24 +150,30 @@ class Recipe:
     def validate(self, model: nn.Module, example: torch.Tensor) -> None:
         """Fail before any work if a stage cannot apply to ``model``.
 
-        Stages are checked in order against a copy of the model on which the cheap ones that
-        decide later stages' limits run too (pruning, so that sharing is checked against the
-        weights it will keep). After a stage that changes the architecture only names are
-        checked: sizes depend on what that stage finds.
+        Stages are checked in order against a copy of the model that each stage's cheap
+        :meth:`~squeezetune.compression.stages.StageConfig.preview` updates (pruning, so that
+        sharing is checked against the weights it will keep; a decomposition, so that later stages
+        see its factors). After a stage that changes the architecture and has no preview only names
+        are checked: sizes depend on what that stage finds.
         """
         import copy
-
-        from squeezetune.compression.unstructured.pruning import PruneConfig, prune
 
         work = copy.deepcopy(model)
         exact = True
         for step in self.steps:
             step.config.validate(work, example, exact=exact)
-            if exact and isinstance(step.config, PruneConfig):
-                from squeezetune.compression.stages import Context
+            if not exact:
+                continue
+            preview = step.config.preview(work, example)
+            if preview is not None:
+                work = preview
+            elif step.config.changes_architecture:
+                exact = False
 
-                prune(work, step.config, Context(teacher=model, example=example))
-            exact = exact and not step.config.changes_architecture
+    @property
+    def data_free(self) -> bool:
+        """True when no stage reads training data (see :meth:`StageConfig.needs_data`)."""
+        return not any(s.config.needs_data() for s in self.steps if not s.config.is_noop())
 
 
 def _default_labels(stages: list[str]) -> list[str]:
@@ -285,10 +299,37 @@ def structured_pruning(method: str, macs_target: float = 0.5, allocation: str = 
     )
 
 
+def decomposition(macs_target: float = 0.5) -> Recipe:
+    """The ``decomposition`` recipe: low-rank factors planned to ``macs_target``, then a distilled fine-tune."""
+    return Recipe.from_dict(
+        {
+            "name": "decomposition",
+            "stages": [
+                {"decompose": {"method": "lowrank", "macs_target": macs_target, "allocation": "energy"}},
+                {"finetune": {"epochs": 3, "lr": 0.01, "distill": True}},
+            ],
+            "encode": {"coder": "auto", "float_bits": 32},
+        }
+    )
+
+
+def data_free_merge(remove_fraction: float = 0.25) -> Recipe:
+    """The ``data-free-merge`` recipe: merge ``remove_fraction`` of every mergeable layer's neurons, reading no data."""
+    return Recipe.from_dict(
+        {
+            "name": "data-free-merge",
+            "stages": [{"merge": {"score": "saliency", "default": {"remove_fraction": remove_fraction}}}],
+            "encode": {"coder": "auto", "float_bits": 32},
+        }
+    )
+
+
 BUILTIN_RECIPES: dict[str, Callable[[str, nn.Module], Recipe]] = {
     "deep-compression": deep_compression,
     "filter-pruning": lambda name, model: structured_pruning("l1"),
     "channel-pruning": lambda name, model: structured_pruning("lasso"),
+    "decomposition": lambda name, model: decomposition(),
+    "data-free-merge": lambda name, model: data_free_merge(),
 }
 
 
@@ -302,8 +343,10 @@ def load_recipe(
 ) -> Recipe:
     """A built-in recipe by name, or a YAML/JSON recipe file, for a model (``model_name`` keys the paper's tables).
 
-    ``macs_target`` and ``allocation``, when given, replace those of the recipe's structured stage
-    (``--macs-target`` on the command line); a recipe without one is an error.
+    ``macs_target`` and ``allocation``, when given, replace those of the recipe's last stage that
+    plans to a MAC target (``structured`` or ``decompose``; ``--macs-target`` on the command line);
+    a recipe without one is an error. Both stages read the target as a fraction of the dense
+    model's MACs, so the last one decides where the model ends.
     """
     if isinstance(spec, Recipe):
         recipe = spec
@@ -318,22 +361,24 @@ def load_recipe(
         recipe = Recipe.from_dict(load_mapping(path, "recipe file"))
     if macs_target is None and allocation is None:
         return recipe
-    structured = recipe.first("structured")
-    if structured is None:
+    targeted = [s for s in recipe.steps if "macs_target" in {f.name for f in fields(s.config)}]
+    if not targeted:
         raise SqueezeError(
-            f"recipe {recipe.name!r} has no structured stage for --macs-target/--allocation: expected filter-pruning, channel-pruning or a recipe with structured"
+            f"recipe {recipe.name!r} has no structured stage (nor a decompose stage) for --macs-target/--allocation: "
+            "expected filter-pruning, channel-pruning, decomposition or a recipe with a structured or decompose stage"
         )
+    step = targeted[-1]
     from squeezetune.compression.stages import read_value
-    from squeezetune.compression.structured.stage import Allocation
 
     changes: dict[str, Any] = {}
     if macs_target is not None:
         changes["macs_target"] = macs_target
     if allocation is not None:
-        if changes.get("macs_target", structured.macs_target) is None:
-            raise SqueezeError(f"--allocation {allocation!r} needs a macs_target: recipe {recipe.name!r} sets its structured counts by hand")
-        changes["allocation"] = read_value(Allocation, allocation, "--allocation")
-    return recipe.replace_stage("structured", **changes)
+        if changes.get("macs_target", step.config.macs_target) is None:
+            raise SqueezeError(f"--allocation {allocation!r} needs a macs_target: recipe {recipe.name!r} sets its {step.stage} stage by hand")
+        changes["allocation"] = read_value(typing.get_type_hints(type(step.config))["allocation"], allocation, "--allocation")
+    steps = tuple(Step(s.label, replace(s.config, **changes)) if s is step else s for s in recipe.steps)
+    return replace(recipe, steps=steps)
 
 
-__all__ = ["BUILTIN_RECIPES", "CLASSIC_ORDER", "Recipe", "Step", "deep_compression", "generic_layer_rule", "load_recipe", "structured_pruning"]
+__all__ = ["BUILTIN_RECIPES", "CLASSIC_ORDER", "Recipe", "Step", "data_free_merge", "decomposition", "deep_compression", "generic_layer_rule", "load_recipe", "structured_pruning"]

@@ -28,7 +28,7 @@ field) and each bad value is a one-line :class:`~squeezetune.errors.SqueezeError
 >>> FinetuneConfig.from_dict({"epochs": 2, "distill": True}).to_dict()["epochs"]
 2
 >>> sorted(known_stages())
-['finetune', 'prune', 'share', 'structured']
+['decompose', 'finetune', 'merge', 'prune', 'share', 'strided', 'structured']
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ _STAGE_MODULES = (
     "squeezetune.compression.unstructured.pruning",
     "squeezetune.compression.unstructured.sharing",
     "squeezetune.compression.structured.stage",
+    "squeezetune.compression.structured.strided",
+    "squeezetune.compression.decomposition.stage",
+    "squeezetune.compression.merging",
 )
 
 
@@ -153,6 +156,19 @@ class StageConfig:
         ``exact=False`` when an earlier stage will change the architecture first: then only what
         survives that (layer names) can be checked, not sizes.
         """
+
+    def preview(self, model: nn.Module, example: torch.Tensor) -> nn.Module | None:
+        """The model as this stage would leave it, in its layers and sizes (weights need not be
+        fitted), when that is cheap to know without data; ``None`` otherwise.
+
+        A recipe checks each later stage against the preview (exact sizes and the new layer
+        names), and only names after a stage that changes the architecture and has no preview.
+        """
+        return None
+
+    def needs_data(self) -> bool:
+        """False when the stage reads no training data (a recipe of such stages runs data-free)."""
+        return True
 
     def layer_names(self) -> set[str]:
         """Every layer (or tensor) the config names explicitly."""

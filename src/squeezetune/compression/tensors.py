@@ -9,7 +9,10 @@ parameters tied to another module (one tensor under two names).
 
 A tensor is named as a recipe names it: the module's name for its ``weight`` (``fc1``,
 ``layer1.0.conv1``), else ``<module>.<parameter>`` (``encoder.self_attn.in_proj_weight``,
-``rnn.weight_hh_l0``). Pruning masks and shared codebooks live on the tensor as
+``rnn.weight_hh_l0``). A tensor of a layer that a decomposition replaced by factors
+(:class:`~squeezetune.compression.architecture.Factors`) also answers to the replaced layer's
+name (:attr:`Target.replaced`): a setting for ``fc1`` covers ``fc1.0`` and ``fc1.1``, so a recipe or
+search space written for the dense model still applies. Pruning masks and shared codebooks live on the tensor as
 ``torch.nn.utils.parametrize`` parametrizations, so any of them trains like a plain weight.
 
 >>> from torch import nn
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Target", "compressible", "copy_model", "kept_raw", "target_name"]
+__all__ = ["Target", "compressible", "copy_model", "kept_raw", "layer_names", "setting_key", "target_name"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Target:
     module_name: str
     attr: str
     module: nn.Module
+    replaced: str = ""
+    """The name of the layer this tensor is a factor of (a decomposition replaced it), else empty."""
 
     @property
     def key(self) -> str:
@@ -73,8 +78,11 @@ def _in_parametrization(name: str) -> bool:
 
 def compressible(model: nn.Module) -> dict[str, Target]:
     """Every compressible tensor of ``model`` by recipe name, in module order (see the module doc)."""
+    from squeezetune.compression.architecture import Factors
+
     out: dict[str, Target] = {}
     tied = _tied(model)
+    factors_of = {f"{name}.{child}": name for name, m in model.named_modules() if isinstance(m, Factors) for child, _ in m.named_children()}
     for module_name, module in model.named_modules():
         if _in_parametrization(module_name):
             continue
@@ -89,8 +97,22 @@ def compressible(model: nn.Module) -> dict[str, Target]:
         order = {a: i for i, a in enumerate(getattr(module, "_flat_weights_names", ()))}
         for attr in sorted(dict.fromkeys(attrs), key=lambda a: (order.get(a, len(order)), a)):
             name = target_name(module_name, attr)
-            out[name] = Target(name, module_name, attr, module)
+            out[name] = Target(name, module_name, attr, module, factors_of.get(module_name, "") if attr == "weight" else "")
     return out
+
+
+def layer_names(targets: dict[str, Target]) -> list[str]:
+    """The names a setting may use for ``targets``: each tensor's own, and each replaced layer's."""
+    return list(dict.fromkeys([n for t in targets.values() for n in (t.name, t.replaced) if n]))
+
+
+def setting_key(named, name: str, replaced: str = "") -> str | None:
+    """The key of ``named`` (settings by layer name) that covers tensor ``name``: its own name, else
+    ``replaced``, the layer it is a factor of (:attr:`Target.replaced`)."""
+    for key in (name, replaced):
+        if key and key in named:
+            return key
+    return None
 
 
 def _tied(model: nn.Module) -> set[int]:

@@ -216,3 +216,36 @@ def check_setting_keys(setting: Mapping[str, Any], allowed: Sequence[str], where
     if unknown:
         expected = f"{', '.join(allowed[:-1])} or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
         raise SqueezeError(f"unknown knob {unknown[0]!r} in {where}: expected {expected}")
+
+
+def named_layers(cfg: Mapping[str, Any], stage: str, layers: Sequence[str], what: str = "") -> Mapping[str, Any]:
+    """The ``layers:`` mapping of a stage's ``space:`` entry; a layer not among ``layers`` is an error."""
+    named = cfg.get("layers") or {}
+    if not isinstance(named, Mapping):
+        raise SqueezeError(f"space.{stage}.layers is {type(named).__name__}: expected a mapping of layer name to settings")
+    for name in named:
+        if name not in layers:
+            raise SqueezeError(f"unknown layer {name!r} in space.{stage}.layers: expected one of {list(layers)}{what}")
+    return named
+
+
+def per_layer(cfg: Mapping[str, Any], stage: str, layers: Sequence[str], default: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """Each layer's setting in a stage's ``space:`` entry: ``(layer, setting, where)`` in ``layers`` order.
+
+    A layer named in ``cfg["layers"]`` takes its own setting, every other one ``cfg["default"]``
+    (else ``default``); ``false`` leaves the layer out. A named layer not in ``layers`` is an error.
+    """
+    named = named_layers(cfg, stage, layers)
+    fallback = cfg.get("default", default)
+    out = []
+    for name in layers:
+        setting = named.get(name, fallback)
+        if setting is False:
+            continue
+        if setting is None or setting is True:
+            setting = {}
+        where = f"space.{stage}.{'layers.' + name if name in named else 'default'}"
+        if not isinstance(setting, Mapping):
+            raise SqueezeError(f"{where}={setting!r}: expected a mapping or false")
+        out.append((name, dict(setting), where))
+    return out

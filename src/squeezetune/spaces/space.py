@@ -45,13 +45,14 @@ from torch import nn
 
 from squeezetune.compression.coding.codec import CoderChoice
 from squeezetune.compression.finetune import FinetuneConfig
+from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE
 from squeezetune.compression.recipes import Recipe
 from squeezetune.compression.stages import stage_config
 from squeezetune.compression.tensors import compressible
 from squeezetune.compression.unstructured.kmeans import Init
 from squeezetune.compression.unstructured.pruning import Granularity
 from squeezetune.errors import SqueezeError
-from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, check_setting_keys, parse_domain
+from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, check_setting_keys, named_layers, parse_domain
 
 KEEP_FRACTION = (0.001, 0.5)
 """Default range of the fraction of each layer's weights a trial keeps (log-scaled)."""
@@ -409,8 +410,29 @@ def _structured_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
     return structured_knobs(scope.model, cfg, scope.example)
 
 
+def _decompose_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
+    from squeezetune.spaces.decomposition import decompose_knobs
+
+    return decompose_knobs(scope.model, cfg, scope.example if scope.example is not None else DEFAULT_INPUT_SHAPE)
+
+
+def _strided_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
+    from squeezetune.spaces.strided import strided_knobs
+
+    return strided_knobs(scope.model, cfg, scope.example)
+
+
+def _merge_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
+    from squeezetune.spaces.merging import merge_knobs
+
+    return merge_knobs(scope.model, cfg, scope.example)
+
+
 SPACE_STAGES: tuple[SpaceStage, ...] = (
     SpaceStage("structured", "structured", _structured_knobs, default_on=False),
+    SpaceStage("merge", "merge", _merge_knobs, default_on=False),
+    SpaceStage("decompose", "decompose", _decompose_knobs, default_on=False),
+    SpaceStage("strided", "strided", _strided_knobs, default_on=False),
     SpaceStage("prune", "prune", _prune_knobs, keys=("granularity", "default", "layers", "budget", "allocation")),
     SpaceStage("finetune", "finetune", _finetune_knobs("finetune"), keys=tuple(f.name for f in fields(FinetuneConfig))),
     SpaceStage("share", "share", _share_knobs, keys=("init", "default", "layers", "max_iter")),
@@ -455,12 +477,7 @@ def _recipe_knob(name: str, raw: Any, default, target: tuple[str, ...], allowed:
 
 
 def _layer_knobs(stage: str, cfg: Mapping[str, Any], layers: Mapping[str, int], domain_of, groups: Mapping[str, tuple[str, ...]]) -> list[Knob]:
-    named = cfg.get("layers") or {}
-    if not isinstance(named, Mapping):
-        raise SqueezeError(f"space.{stage}.layers is {type(named).__name__}: expected a mapping of layer name to settings")
-    for name in named:
-        if name not in layers:
-            raise SqueezeError(f"unknown layer {name!r} in space.{stage}.layers: expected one of {list(layers)}")
+    named = named_layers(cfg, stage, list(layers))
     default = cfg.get("default")
     if default is not None and default is not False and not isinstance(default, Mapping):
         raise SqueezeError(f"space.{stage}.default={default!r}: expected a mapping, or false to leave unnamed layers alone")

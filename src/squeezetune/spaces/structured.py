@@ -25,7 +25,7 @@ from torch import nn
 
 from squeezetune.compression.structured.stage import StructuredMethod
 from squeezetune.errors import SqueezeError
-from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, check_setting_keys, parse_domain
+from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, check_setting_keys, named_layers, parse_domain
 
 KEEP_CHANNELS = (0.25, 1.0)
 """Default range of the fraction of each group's channels a trial keeps."""
@@ -52,12 +52,7 @@ def structured_knobs(model: nn.Module, cfg: Any, example: Any = None) -> list[Kn
     knobs = [Knob("structured.method", method, ("structured", "method"))]
     if "macs_target" in cfg:
         knobs.append(Knob("structured.macs_target", parse_domain(cfg["macs_target"], FloatRange(0.1, 1.0), "space.structured.macs_target"), ("structured", "macs_target")))
-    named = cfg.get("layers") or {}
-    if not isinstance(named, Mapping):
-        raise SqueezeError(f"space.structured.layers is {type(named).__name__}: expected a mapping of layer name to settings")
-    for name in named:
-        if name not in groups:
-            raise SqueezeError(f"unknown layer {name!r} in space.structured.layers: expected one of {list(groups)} (channel groups)")
+    named = named_layers(cfg, "structured", list(groups), " (channel groups)")
     default = cfg.get("default", {"keep_fraction": list(KEEP_CHANNELS)})
     for name, channels in groups.items():
         setting = named.get(name, default)

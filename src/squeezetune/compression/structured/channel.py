@@ -35,13 +35,13 @@ import copy
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from types import SimpleNamespace
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from squeezetune.compression._fit import as_conv2d, check_zero_padding, ridge_solve, with_intercept
 from squeezetune.compression.finetune import pick_device
 from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
 from squeezetune.compression.structured import _lasso
@@ -130,14 +130,6 @@ _CONVS = (nn.Conv1d, nn.Conv2d)
 """The convolutions whose input patches LASSO channel selection can sample."""
 
 
-def _as_2d(m: nn.Module, inp: torch.Tensor, out: torch.Tensor):
-    """A Conv1d seen as a Conv2d of height 1 (its geometry, input and output), for :func:`patches`."""
-    if not isinstance(m, nn.Conv1d):
-        return m, inp, out
-    view = SimpleNamespace(padding=(0, m.padding[0]), stride=(1, m.stride[0]), dilation=(1, m.dilation[0]), kernel_size=(1, m.kernel_size[0]))
-    return view, inp.unsqueeze(2), out.unsqueeze(2)
-
-
 class _Pruner:
     def __init__(self, model: nn.Module, x: torch.Tensor, config: ChannelPruneConfig, device: torch.device, example: Example) -> None:
         self.config, self.device = config, device
@@ -172,9 +164,8 @@ class _Pruner:
             inp, out = ins[c], self.cache[c]
             extra = {}
             if isinstance(m, _CONVS):
-                if not all(isinstance(p, int) for p in (m.padding if isinstance(m.padding, tuple) else (m.padding,))) or m.padding_mode != "zeros":
-                    raise SqueezeError(f"layer {c!r} uses padding={m.padding!r} mode {m.padding_mode!r}: channel pruning expects integer zero padding")
-                m, inp, out = _as_2d(m, inp, out)
+                check_zero_padding(m, c)
+                m, inp, out = as_conv2d(m, inp, out)
                 B, L = out.shape[0], out.shape[2] * out.shape[3]
                 pos = torch.randint(L, (B, self.config.points), generator=self.gen).to(self.device)
                 X = patches(inp, m, (out.shape[2], out.shape[3]), pos)
@@ -285,13 +276,8 @@ class _Pruner:
                 continue
             AtA, AtT = XX[cols][:, cols], Xk.T @ T
             if intercept:
-                col_sum = Xk.sum(0, keepdim=True)
-                AtA = torch.cat([torch.cat([AtA, col_sum.T], 1), torch.cat([col_sum, torch.full((1, 1), float(len(Xk)), dtype=AtA.dtype, device=AtA.device)], 1)], 0)
-                AtT = torch.cat([AtT, T.sum(0, keepdim=True)], 0)
-            # ridge on column-normalised normal equations: scale-free and well-posed
-            norm = AtA.diagonal().clamp_min(1e-30).sqrt()
-            scaled = AtA / norm[:, None] / norm[None, :] + 1e-8 * torch.eye(len(AtA), dtype=AtA.dtype, device=AtA.device)
-            sol = torch.linalg.solve(scaled, AtT / norm[:, None]) / norm[:, None]
+                AtA, AtT = with_intercept(AtA, AtT, Xk.sum(0), T.sum(0), len(Xk))
+            sol = ridge_solve(AtA, AtT)
             pred = Xk @ sol[: len(cols)] + (sol[len(cols)] if intercept else 0.0)
             sse_after += float(((T - pred) ** 2).sum())
             self._write(c, sol, len(cols), intercept, norms[c])

@@ -105,6 +105,9 @@ class StructuredConfig(StageConfig):
         if self.method is StructuredMethod.L1 and any(c.lam is not None for c in self.layers.values()):
             raise SqueezeError("lambda is given for method='l1': expected method='lasso'")
 
+    def needs_data(self) -> bool:
+        return self.method is StructuredMethod.LASSO or (self.macs_target is not None and self.allocation is Allocation.SENSITIVITY)
+
     def validate(self, model: nn.Module, example: torch.Tensor, *, exact: bool = True) -> None:
         from squeezetune.compression.structured._graph import StructureGraph
         from squeezetune.compression.structured.shrink import check_keep

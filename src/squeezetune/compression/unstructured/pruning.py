@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from squeezetune.compression.stages import Context, StageConfig, register_stage
-from squeezetune.compression.tensors import compressible
+from squeezetune.compression.tensors import compressible, layer_names, setting_key
 from squeezetune.errors import SqueezeError
 
 
@@ -214,27 +214,41 @@ class PruneConfig(StageConfig):
         if self.default is not None and self.default.keep is not None:
             raise SqueezeError(f"prune.default.keep={self.default.keep!r}: a default for every layer takes keep_fraction or quality, not a count of weights")
 
-    def for_layer(self, name: str) -> LayerPrune | None:
-        return self.layers.get(name, self.default)
+    def for_layer(self, name: str, replaced: str = "") -> LayerPrune | None:
+        """The setting of tensor ``name`` (a factor of layer ``replaced``, if a decomposition made it)."""
+        key = setting_key(self.layers, name, replaced)
+        return self.layers[key] if key is not None else self.default
 
     def validate(self, model: nn.Module, example: torch.Tensor, *, exact: bool = True) -> None:
         targets = compressible(model)
+        known = layer_names(targets)
         for name in self.layers:
-            if name not in targets:
-                raise SqueezeError(f"unknown layer {name!r} in prune.layers: expected one of {list(targets)}")
+            if name not in known:
+                raise SqueezeError(f"unknown layer {name!r} in prune.layers: expected one of {known}")
         if not exact:
             return
-        for name, setting in self.layers.items():
-            n = targets[name].numel
-            if setting.keep is not None and not 1 <= setting.keep <= n:
-                raise SqueezeError(f"keep={setting.keep!r} for layer {name!r} must be an integer in [1, {n}]")
+        for t in targets.values():
+            key = setting_key(self.layers, t.name, t.replaced)
+            keep = self.layers[key].keep if key is not None else None
+            if keep is not None and not 1 <= keep <= t.numel:
+                raise SqueezeError(f"keep={keep!r} for layer {t.name!r} must be an integer in [1, {t.numel}]")
+
+    def preview(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        import copy
+
+        from squeezetune.compression.stages import Context
+
+        return prune(copy.deepcopy(model), self, Context(teacher=model, example=example))
+
+    def needs_data(self) -> bool:
+        return False
 
 
 @register_stage(PruneConfig)
 def prune(model: nn.Module, config: PruneConfig, ctx: Context) -> nn.Module:
     """Prune every tensor the config covers by magnitude, holding the masks."""
     for name, t in compressible(model).items():
-        setting = config.for_layer(name)
+        setting = config.for_layer(name, t.replaced)
         if setting is not None:
             prune_layer(t.module, granularity=config.granularity, name=name, attr=t.attr, **setting.resolve(t.numel))
     return model

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from squeezetune.compression.stages import Context, StageConfig, register_stage
-from squeezetune.compression.tensors import compressible
+from squeezetune.compression.tensors import compressible, layer_names, setting_key
 from squeezetune.compression.unstructured.kmeans import Init, kmeans_1d
 from squeezetune.compression.unstructured.pruning import mask_of
 from squeezetune.errors import SqueezeError
@@ -134,15 +134,17 @@ class ShareConfig(StageConfig):
         if self.max_iter < 1:
             raise SqueezeError(f"share.max_iter={self.max_iter!r} must be an integer >= 1")
 
-    def for_layer(self, name: str) -> LayerShare | None:
-        return self.layers.get(name, self.default)
+    def for_layer(self, name: str, replaced: str = "") -> LayerShare | None:
+        """The setting of tensor ``name`` (a factor of layer ``replaced``, if a decomposition made it)."""
+        key = setting_key(self.layers, name, replaced)
+        return self.layers[key] if key is not None else self.default
 
-    def clusters(self, name: str, alive: int) -> int | None:
+    def clusters(self, name: str, alive: int, replaced: str = "") -> int | None:
         """The cluster count for tensor ``name`` with ``alive`` surviving weights (``None``: leave it unshared)."""
-        setting = self.for_layer(name)
+        setting = self.for_layer(name, replaced)
         if setting is None:
             return None
-        fit = self.fit or name not in self.layers
+        fit = self.fit or setting_key(self.layers, name, replaced) is None
         k = min(setting.k, alive) if fit else setting.k
         if fit and k < 2:
             return None
@@ -152,19 +154,23 @@ class ShareConfig(StageConfig):
 
     def validate(self, model: nn.Module, example: torch.Tensor, *, exact: bool = True) -> None:
         targets = compressible(model)
+        known = layer_names(targets)
         for name in self.layers:
-            if name not in targets:
-                raise SqueezeError(f"unknown layer {name!r} in share.layers: expected one of {list(targets)}")
+            if name not in known:
+                raise SqueezeError(f"unknown layer {name!r} in share.layers: expected one of {known}")
         if exact:
             for name, t in targets.items():
-                self.clusters(name, surviving(t.module, t.attr))
+                self.clusters(name, surviving(t.module, t.attr), t.replaced)
+
+    def needs_data(self) -> bool:
+        return False
 
 
 @register_stage(ShareConfig)
 def share(model: nn.Module, config: ShareConfig, ctx: Context) -> nn.Module:
     """Replace each covered tensor's surviving weights by their nearest of k shared values."""
     for name, t in compressible(model).items():
-        k = config.clusters(name, surviving(t.module, t.attr))
+        k = config.clusters(name, surviving(t.module, t.attr), t.replaced)
         if k is not None:
             share_layer(t.module, k=k, init=config.init, max_iter=config.max_iter, seed=ctx.seed, name=name, attr=t.attr)
     return model

@@ -1,0 +1,80 @@
+"""The decompose stage: checked before any work, planned to a MAC target, stored in the container, composing with the other stages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from squeezetune.compression import Context, Recipe, apply_stage, compress, decode_file
+from squeezetune.compression.architecture import Factors
+from squeezetune.compression.coding import codec
+from squeezetune.compression.coding.container import pack_sections
+from squeezetune.compression.decode import decode_bytes
+from squeezetune.compression.decomposition import DecomposeConfig
+from squeezetune.compression.measure import macs
+from squeezetune.errors import SqueezeError
+from squeezetune.tasks.cnn import ResNet20
+from tests.compression._tiny import CNN_TASK, TinyCNN, splits, trained
+
+EXAMPLE = torch.zeros(1, 1, 12, 12)
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"layers": {"conv9": {"rank": 2}}}, r"unknown layer 'conv9' in decompose.layers"),
+        ({"layers": {"conv2": {"rank": 50}}}, r"rank=50 for layer 'conv2' \(lowrank\) must be in \[1, 13\]: above 13 the factors hold more weights than the layer"),
+        ({"layers": {"fc2": {"method": "separable", "rank": 1}}}, r"separable cannot replace layer 'fc2': it is a Linear \(expected Conv2d\)"),
+        ({"layers": {"fc2": {"method": "pool"}}}, r"pool cannot replace layer 'fc2': it is a layer whose input is not a flattened feature map"),
+        ({"layers": {"conv2": {}}}, r"decompose.layers.conv2 has no rank"),
+        ({"macs_target": 0.5, "default": {"rank": 2}}, "both a default rank and a macs_target"),
+        ({"macs_target": 1.5}, r"macs_target=1.5 must be in \(0, 1\]"),
+    ],
+)
+def test_bad_settings_are_one_line_errors_before_any_work(settings, message):
+    with pytest.raises(SqueezeError, match=message):
+        Recipe.from_dict({"stages": [{"decompose": settings}]}).validate(TinyCNN(), EXAMPLE)
+
+
+@pytest.mark.parametrize("allocation", ["energy", "uniform"])
+def test_a_macs_target_plans_ranks_that_reach_it(allocation):
+    model = ResNet20(blocks=1).eval()
+    config = DecomposeConfig.from_dict({"method": "lowrank", "macs_target": 0.5, "allocation": allocation})
+    small = config.preview(model, torch.zeros(1, 1, 28, 28))
+    ratio = macs(small, (1, 1, 28, 28)) / macs(model, (1, 1, 28, 28))
+    assert 0.4 < ratio <= 0.5
+    ranks = [m[0].weight.shape[0] for m in small.modules() if isinstance(m, Factors)]
+    assert ranks and all(r % 8 == 0 or r < 8 for r in ranks)  # multiples of round_to where the layer allows
+
+
+def test_the_stage_fits_each_layer_and_the_container_rebuilds_it_bit_exactly():
+    dense = trained(TinyCNN)
+    train, held = splits()
+    ctx = Context(teacher=dense, example=EXAMPLE, train=train, eval=held)
+    layers = {"conv2": {"method": "separable", "rank": 1}, "conv3": {"method": "asymmetric", "rank": 4}, "fc1": {"method": "pool"}, "fc2": {"rank": 2}}
+    config = DecomposeConfig.from_dict({"layers": layers, "images": 64})
+    Recipe.from_dict({"stages": [{"decompose": config.to_dict()}]}).validate(dense, EXAMPLE)
+    model = apply_stage(dense, config, ctx)
+    assert isinstance(model.conv2, Factors) and model.conv2[0].groups == 8
+    assert model.conv3[0].kernel_size == (3, 1) and model.fc1[3].in_features == 16 and model.fc2[0].out_features == 2
+    assert macs(model, EXAMPLE) < macs(dense, EXAMPLE)
+    for stage in ({"prune": {"default": {"keep_fraction": 0.5}, "layers": {"conv2": {"keep_fraction": 0.8}}}}, {"share": {"default": {"bits": 4}, "fit": True}}):
+        config = Recipe.from_dict({"stages": [stage]}).steps[0].config
+        model = apply_stage(model, config, ctx)
+    assert model.conv2[0].parametrizations.weight[0].mask.mean() == pytest.approx(0.8, abs=0.05)  # the replaced layer's name covers its factors
+    from squeezetune.compression.architecture import architecture_spec
+
+    encoded = codec.encode_model(model, task=CNN_TASK.name, spec=architecture_spec(model, TinyCNN()))
+    decoded = decode_bytes(pack_sections(encoded.sections), task=CNN_TASK)
+    x = held.x[:16]
+    with torch.no_grad():
+        assert torch.equal(decoded(x), model.eval()(x))
+
+
+def test_a_decomposition_recipe_runs_through_compress(tmp_path, cache_dir):
+    recipe = Recipe.from_dict({"stages": [{"decompose": {"method": "lowrank", "macs_target": 0.6, "round_to": 2, "images": 32}}, {"finetune": {"epochs": 1, "distill": True}}]})
+    report = compress(CNN_TASK, recipe, out=tmp_path / "d.sqz", dense=trained(TinyCNN), latency=False)
+    decoded = decode_file(tmp_path / "d.sqz", task=CNN_TASK)
+    assert any(isinstance(m, Factors) for m in decoded.modules())
+    assert report.macs <= 0.6 * report.dense_macs and report.params == sum(p.numel() for p in decoded.parameters())
+    assert [s.stage for s in report.stages] == ["dense", "decompose", "finetune", "encode"]
