@@ -8,6 +8,9 @@ from torch import nn
 
 from squeezetune.compression import FinetuneConfig, PruneConfig, ShareConfig, StructuredConfig, known_stages
 from squeezetune.compression.recipes import Recipe, deep_compression, load_recipe
+from squeezetune.compression.structured.neurons import NeuronsConfig
+from squeezetune.compression.unstructured.gradual import GradualPruneConfig, IterativePruneConfig
+from squeezetune.compression.unstructured.soft_sharing import SoftShareConfig
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import get_task
 
@@ -93,7 +96,7 @@ def test_classic_form_and_list_form_mean_the_same_recipe():
         ({"finetune": {"lr": "fast"}}, r"finetune.lr='fast': expected a finite number"),
         ({"finetune": {"distill": "maybe"}}, r"finetune.distill='maybe': expected true or false"),
         ({"finetune": {"epochs": 2.5}}, r"finetune.epochs=2.5: expected an integer"),
-        ({"stages": [{"prnue": {}}]}, r"unknown stage 'prnue': expected one of \['finetune', 'prune', 'share', 'structured'"),
+        ({"stages": [{"prnue": {}}]}, r"unknown stage 'prnue': expected one of \['finetune', 'gradual_prune', 'iterative_prune', 'neurons', 'prune', 'share', 'soft_share', 'structured'"),
         ({"stages": [{"prune": {}, "share": {}}]}, r"stages\[0\] names 2 stages"),
         ({"stages": [{"encode": {}}]}, r"put encode at the recipe's top level"),
         ({"stages": [{"finetune": {}}, {"finetune": {}, "label": "finetune"}]}, r"two stages labelled 'finetune'"),
@@ -166,14 +169,26 @@ def test_auto_index_bits_round_trips():
     assert r.encode.index_bits == "auto" and Recipe.from_dict(r.to_dict()) == r
 
 
-@pytest.mark.parametrize("config", [PruneConfig(), ShareConfig(fit=True), FinetuneConfig(epochs=3, distill=True), StructuredConfig(macs_target=0.5)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        PruneConfig(),
+        ShareConfig(fit=True),
+        FinetuneConfig(epochs=3, distill=True, group_lasso=1e-4, group_lasso_groups="rows"),
+        StructuredConfig(macs_target=0.5),
+        GradualPruneConfig.from_dict({"layers": {"fc1": {"keep": 100}}, "budget": {"keep_fraction": 0.05}, "finetune": {"epochs": 4}, "regrow": True}),
+        IterativePruneConfig.from_dict({"default": {"keep_fraction": 0.1}, "steps": 3, "max_drop": 0.2}),
+        NeuronsConfig(inputs=False),
+        SoftShareConfig(components=8),
+    ],
+)
 def test_every_stage_config_round_trips_through_json(config):
     assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_every_registered_stage_reads_its_own_defaults():
     for name, config in known_stages().items():
-        if name == "structured":
+        if name in ("structured", "gradual_prune", "iterative_prune"):
             continue  # needs a target: checked above
         assert config.from_dict({}) == config()
 

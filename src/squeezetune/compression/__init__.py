@@ -7,7 +7,7 @@ decoded model, measured (:mod:`.measure`) into a :class:`Report`.
 
 >>> from squeezetune.compression import Recipe, known_stages
 >>> sorted(known_stages())
-['finetune', 'prune', 'share', 'structured']
+['finetune', 'gradual_prune', 'iterative_prune', 'neurons', 'prune', 'share', 'soft_share', 'structured']
 
 This package needs torch and numpy alone; Ray, Optuna and MLflow belong to :mod:`squeezetune.search`.
 """

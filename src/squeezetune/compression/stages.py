@@ -28,7 +28,7 @@ field) and each bad value is a one-line :class:`~squeezetune.errors.SqueezeError
 >>> FinetuneConfig.from_dict({"epochs": 2, "distill": True}).to_dict()["epochs"]
 2
 >>> sorted(known_stages())
-['finetune', 'prune', 'share', 'structured']
+['finetune', 'gradual_prune', 'iterative_prune', 'neurons', 'prune', 'share', 'soft_share', 'structured']
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ _STAGE_MODULES = (
     "squeezetune.compression.unstructured.pruning",
     "squeezetune.compression.unstructured.sharing",
     "squeezetune.compression.structured.stage",
+    "squeezetune.compression.unstructured.gradual",
+    "squeezetune.compression.unstructured.soft_sharing",
+    "squeezetune.compression.structured.neurons",
 )
 
 
