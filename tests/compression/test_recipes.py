@@ -202,3 +202,62 @@ def test_validation_names_the_layer_and_its_limit_before_any_work():
         Recipe.from_dict({"prune": {"layers": {"fc9": {"keep": 1}}}}).validate(model, torch.zeros(1, 1, 28, 28))
     with pytest.raises(SqueezeError, match=r"keep=5000 for layer 'fc3' must be an integer in \[1, 1000\]"):
         Recipe.from_dict({"prune": {"layers": {"fc3": {"keep": 5000}}}}).validate(model, torch.zeros(1, 1, 28, 28))
+
+
+def _one_epoch(recipe: Recipe) -> Recipe:
+    """``recipe`` with every fine-tune shortened to one epoch (for a fast test)."""
+
+    def shorten(node):
+        if isinstance(node, dict):
+            return {k: (1 if k == "epochs" else shorten(v)) for k, v in node.items()}
+        return [shorten(v) for v in node] if isinstance(node, list) else node
+
+    return Recipe.from_dict(shorten(recipe.to_dict()))
+
+
+class _TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(8 * 3 * 3, 32)
+        self.fc2 = nn.Linear(32, 3)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def test_max_compression_runs_on_a_tiny_model(tmp_path):
+    from squeezetune.compression import compress, decode_file
+    from squeezetune.compression.recipes import max_compression
+    from squeezetune.tasks import Split, Task
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 1, 8, 8, generator=g)
+    y = x.flatten(1)[:, :3].argmax(1)
+    splits = (Split(x[:128], y[:128]), Split(x[128:], y[128:]))
+    task = Task("tiny", "tiny", _TinyNet, lambda _: splits)
+    torch.manual_seed(0)
+    dense = _TinyNet().eval()
+    recipe = max_compression("tiny", dense)  # no tuned rates: the generic rule
+    assert recipe.first("gradual_prune").budget.keep_fraction == 0.05
+    assert [s.label for s in recipe.steps] == ["gradual_prune", "neurons", "share", "finetune_centroids"]
+    report = compress(task, _one_epoch(recipe), out=tmp_path / "m.sqz", dense=dense, latency=False)
+    assert report.compressed_bytes < report.dense_bytes / 5
+    decoded = decode_file(tmp_path / "m.sqz", task=task)
+    assert sum(p.numel() for p in decoded.parameters()) < sum(p.numel() for p in dense.parameters())
+    assert [s.stage for s in report.stages] == ["dense", "gradual_prune", "neurons", "share", "finetune_centroids", "encode"]
+
+
+@pytest.mark.parametrize("task", ["lenet300-mnist", "lenet5-mnist"])
+def test_max_compression_has_tuned_rates_for_the_mnist_nets(task):
+    from squeezetune.compression.recipes import MAX_RATES
+
+    t = get_task(task)
+    recipe = load_recipe("max-compression", t.model, t.build_model())
+    gradual = recipe.first("gradual_prune")
+    assert {n: p.keep_fraction for n, p in gradual.layers.items()} == MAX_RATES[t.model]["keep"]
+    assert gradual.finetune.distill and recipe.encode.index_bits == "auto"
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    recipe.validate(t.build_model(), torch.zeros(1, 1, 28, 28))

@@ -161,7 +161,7 @@ def neurons(model: nn.Module, config: NeuronsConfig, ctx: Context) -> nn.Module:
     if shared:
         raise SqueezeError(f"neurons cannot cut shared tensor {shared[0]!r}: expected the neurons stage before share")
     pruned = {n for n, t in targets.items() if mask_of(t.module, t.attr) is not None}
-    work = ungather(bake(copy.deepcopy(model))).cpu()
+    work = ungather(copy.deepcopy(bake(model))).cpu()  # masks come back below, from the zeros
     x = ctx.train.x[: config.images] if ctx.train is not None else ctx.example
     work, removed = remove_dead(work, x.cpu(), ctx.example)
     gathered = gather_unused_inputs(work) if config.inputs else {}

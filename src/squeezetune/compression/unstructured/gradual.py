@@ -13,7 +13,10 @@ with the masks recomputed every ``every`` optimizer steps over the ``ramp`` shar
 that starts at ``begin``; the rest of the training recovers at the final sparsity. With
 ``regrow: true`` the masks can be revised as in Dynamic Network Surgery (Guo et al. 2016): pruned
 weights keep receiving their gradient (straight through the mask) and come back when their
-magnitude ranks among the kept again.
+magnitude ranks among the kept again. A pruned weight also decays by :data:`REGROW_DECAY` per step,
+so what it holds is a running sum of its recent gradients: it returns when they keep pointing the
+same way, and returns at about the size of the weights it joins (unbounded, pruned weights drift
+far and break the network when they are spliced back).
 
 ``iterative_prune`` is the loop of the Deep Compression seeds: prune a step, fine-tune, check the
 accuracy, repeat; the kept fraction falls geometrically over ``steps`` steps. It stops early when
@@ -46,6 +49,10 @@ from squeezetune.compression.unstructured.pruning import Granularity, LayerPrune
 from squeezetune.compression.unstructured.sensitivity import Allocation, Budget, allocate, prediction_drift
 from squeezetune.compression.unstructured.sharing import shared_of
 from squeezetune.errors import SqueezeError
+
+
+REGROW_DECAY = 0.01
+"""With regrowth: the share of its value a pruned weight loses at every optimizer step."""
 
 
 def cubic_keep(progress: float, final: float, initial: float = 1.0) -> float:
@@ -166,6 +173,13 @@ def _set_keep(t: Target, holder: Mask, keep: int, granularity: Granularity, surg
         original.mul_(holder.mask)
 
 
+@torch.no_grad()
+def _decay_pruned(targets: dict[str, Target], held: dict[str, Mask]) -> None:
+    for name, t in targets.items():
+        mask = held[name].mask
+        _original(t).mul_(mask + (1.0 - mask) * (1.0 - REGROW_DECAY))
+
+
 def _release(targets: dict[str, Target], held: dict[str, Mask]) -> None:
     """Leave plain :class:`Mask` parametrizations with the pruned originals at zero."""
     for name, t in targets.items():
@@ -241,6 +255,8 @@ def gradual_prune(model: nn.Module, config: GradualPruneConfig, ctx: Context) ->
 
     def after_step() -> None:
         step[0] += 1
+        if config.regrow:
+            _decay_pruned(targets, held)
         p = schedule.progress(step[0])
         if p is not None:
             update(p)
