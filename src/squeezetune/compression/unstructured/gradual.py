@@ -45,11 +45,10 @@ from torch.nn.utils import parametrize
 from squeezetune.compression.finetune import FinetuneConfig, evaluate, train_in
 from squeezetune.compression.stages import Context, StageConfig, register_stage
 from squeezetune.compression.tensors import Target, compressible
-from squeezetune.compression.unstructured.pruning import Granularity, LayerPrune, Mask, apply_mask, magnitude_mask, mask_of
+from squeezetune.compression.unstructured.pruning import Granularity, LayerPrune, Mask, apply_mask, check_layers, magnitude_mask, mask_of
 from squeezetune.compression.unstructured.sensitivity import Allocation, Budget, allocate, prediction_drift
 from squeezetune.compression.unstructured.sharing import shared_of
 from squeezetune.errors import SqueezeError
-
 
 REGROW_DECAY = 0.01
 """With regrowth: the share of its value a pruned weight loses at every optimizer step."""
@@ -96,15 +95,7 @@ class TargetConfig(StageConfig):
             raise SqueezeError(f"{where}.default.keep={self.default.keep!r}: a default for every layer takes keep_fraction or quality, not a count of weights")
 
     def validate(self, model: nn.Module, example: torch.Tensor, *, exact: bool = True) -> None:
-        targets = compressible(model)
-        for name in self.layers:
-            if name not in targets:
-                raise SqueezeError(f"unknown layer {name!r} in {self.stage}.layers: expected one of {list(targets)}")
-        if exact:
-            for name, setting in self.layers.items():
-                n = targets[name].numel
-                if setting.keep is not None and not 1 <= setting.keep <= n:
-                    raise SqueezeError(f"keep={setting.keep!r} for layer {name!r} must be an integer in [1, {n}]")
+        check_layers(self.stage, self.layers, model, exact=exact)
 
     def covered(self, model: nn.Module) -> dict[str, Target]:
         """The tensors the stage prunes (shared ones are left alone: their labels are fixed)."""

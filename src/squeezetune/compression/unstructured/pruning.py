@@ -218,16 +218,21 @@ class PruneConfig(StageConfig):
         return self.layers.get(name, self.default)
 
     def validate(self, model: nn.Module, example: torch.Tensor, *, exact: bool = True) -> None:
-        targets = compressible(model)
-        for name in self.layers:
-            if name not in targets:
-                raise SqueezeError(f"unknown layer {name!r} in prune.layers: expected one of {list(targets)}")
-        if not exact:
-            return
-        for name, setting in self.layers.items():
-            n = targets[name].numel
-            if setting.keep is not None and not 1 <= setting.keep <= n:
-                raise SqueezeError(f"keep={setting.keep!r} for layer {name!r} must be an integer in [1, {n}]")
+        check_layers(self.stage, self.layers, model, exact=exact)
+
+
+def check_layers(stage: str, layers: dict[str, LayerPrune], model: nn.Module, *, exact: bool = True) -> None:
+    """Every tensor ``layers`` names exists in ``model`` and (``exact``) can keep its count; one-line errors."""
+    targets = compressible(model)
+    for name in layers:
+        if name not in targets:
+            raise SqueezeError(f"unknown layer {name!r} in {stage}.layers: expected one of {list(targets)}")
+    if not exact:
+        return
+    for name, setting in layers.items():
+        n = targets[name].numel
+        if setting.keep is not None and not 1 <= setting.keep <= n:
+            raise SqueezeError(f"keep={setting.keep!r} for layer {name!r} must be an integer in [1, {n}]")
 
 
 @register_stage(PruneConfig)
