@@ -242,12 +242,12 @@ def test_max_compression_runs_on_a_tiny_model(tmp_path):
     dense = _TinyNet().eval()
     recipe = max_compression("tiny", dense)  # no tuned rates: the generic rule
     assert recipe.first("gradual_prune").budget.keep_fraction == 0.05
-    assert [s.label for s in recipe.steps] == ["gradual_prune", "neurons", "share", "finetune_centroids"]
+    assert [s.label for s in recipe.steps] == ["gradual_prune", "neurons", "finetune_recover", "share", "finetune_centroids"]
     report = compress(task, _one_epoch(recipe), out=tmp_path / "m.sqz", dense=dense, latency=False)
     assert report.compressed_bytes < report.dense_bytes / 5
     decoded = decode_file(tmp_path / "m.sqz", task=task)
     assert sum(p.numel() for p in decoded.parameters()) < sum(p.numel() for p in dense.parameters())
-    assert [s.stage for s in report.stages] == ["dense", "gradual_prune", "neurons", "share", "finetune_centroids", "encode"]
+    assert [s.stage for s in report.stages] == ["dense", "gradual_prune", "neurons", "finetune_recover", "share", "finetune_centroids", "encode"]
 
 
 @pytest.mark.parametrize("task", ["lenet300-mnist", "lenet5-mnist"])

@@ -13,7 +13,10 @@ component's mean. The result is the state the ``prune`` and ``share`` stages lea
 :class:`~squeezetune.compression.unstructured.sharing.SharedWeight` codebook per tensor), so the
 container codes it the same way and a ``finetune`` stage can train the means further.
 
-Weights already pruned stay pruned; already shared tensors are left alone.
+Weights already pruned stay pruned and take no part in the prior; already shared tensors are left
+alone. ``pi_zero`` is the paper's 0.99 for a dense start (most weights end at zero); after a
+pruning stage, whose survivors should mostly stay, a small one (0.2-0.5) fits. The means start
+evenly spread over the weights' range, each component's deviation half their spacing.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class MixturePrior(nn.Module):
         super().__init__()
         self.pi_zero = pi_zero
         self.means = nn.Parameter(torch.linspace(-span, span, components))
-        self.gammas = nn.Parameter(torch.full((components + 1,), -2.0 * math.log(span / 4)))  # log precisions
+        self.gammas = nn.Parameter(torch.full((components + 1,), -2.0 * math.log(span / components)))  # log precisions: sd = mean spacing / 2
         self.rhos = nn.Parameter(torch.zeros(components))
 
     def mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
