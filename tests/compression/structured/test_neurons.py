@@ -161,3 +161,21 @@ def test_a_container_whose_input_selection_disagrees_is_refused():
     state["inputs"] = torch.ones(20, dtype=torch.bool)
     with pytest.raises(SqueezeError, match=r"selects 20 of 20 input features: expected 15 of 20"):
         layer.load_state_dict(state)
+
+
+def test_a_container_spec_cannot_widen_a_gathered_layer():
+    from squeezetune.compression.decode import _apply_checked_spec
+
+    spec = shrunk_spec(MLP())
+    spec["modules"]["fc1"] = {"type": "Linear", "in_features": 17, "out_features": 12, "gather": 21}
+    with pytest.raises(SqueezeError, match=r"container spec gives layer 'fc1' gather=21: expected an integer in \[1, 20\]"):
+        _apply_checked_spec(MLP(), spec)
+
+
+def test_structured_pruning_after_the_neurons_stage_is_a_one_line_error():
+    from squeezetune.compression.structured._graph import StructureGraph
+    from squeezetune.compression.unstructured.pruning import bake
+
+    model = _run(_mlp_with_dead_units(), torch.randn(16, 1, 4, 5))
+    with pytest.raises(SqueezeError, match=r"layer 'fc1' reads 17 of 20 input features: expected structured pruning before the neurons stage"):
+        StructureGraph(bake(model), torch.zeros(1, 1, 4, 5))
