@@ -89,7 +89,7 @@ def _load(task, data_dir: Optional[Path]):
 def compress_cmd(
     task: str = TaskOpt,
     recipe: str = typer.Option(
-        "deep-compression", "--recipe", "-r", help="deep-compression, filter-pruning, channel-pruning, decomposition, data-free-merge, or a YAML recipe file."
+        "deep-compression", "--recipe", "-r", help="deep-compression, max-compression, filter-pruning, channel-pruning, decomposition, data-free-merge, or a YAML recipe file."
     ),
     out: Path = typer.Option(Path("model.sqz"), "--out", "-o", help="Container to write (.sqz); the report goes beside it."),
     data_dir: Optional[Path] = DataDirOpt,

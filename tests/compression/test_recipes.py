@@ -8,6 +8,9 @@ from torch import nn
 
 from squeezetune.compression import FinetuneConfig, PruneConfig, ShareConfig, StructuredConfig, known_stages
 from squeezetune.compression.recipes import Recipe, deep_compression, load_recipe
+from squeezetune.compression.structured.neurons import NeuronsConfig
+from squeezetune.compression.unstructured.gradual import GradualPruneConfig, IterativePruneConfig
+from squeezetune.compression.unstructured.soft_sharing import SoftShareConfig
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks import get_task
 
@@ -93,7 +96,7 @@ def test_classic_form_and_list_form_mean_the_same_recipe():
         ({"finetune": {"lr": "fast"}}, r"finetune.lr='fast': expected a finite number"),
         ({"finetune": {"distill": "maybe"}}, r"finetune.distill='maybe': expected true or false"),
         ({"finetune": {"epochs": 2.5}}, r"finetune.epochs=2.5: expected an integer"),
-        ({"stages": [{"prnue": {}}]}, r"unknown stage 'prnue': expected one of \['decompose', 'finetune', 'merge', 'prune', 'share', 'strided', 'structured'"),
+        ({"stages": [{"prnue": {}}]}, r"unknown stage 'prnue': expected one of \['decompose', 'finetune', 'gradual_prune', 'iterative_prune', 'merge', 'neurons', 'prune', 'share', 'soft_share', 'strided', 'structured'"),
         ({"stages": [{"prune": {}, "share": {}}]}, r"stages\[0\] names 2 stages"),
         ({"stages": [{"encode": {}}]}, r"put encode at the recipe's top level"),
         ({"stages": [{"finetune": {}}, {"finetune": {}, "label": "finetune"}]}, r"two stages labelled 'finetune'"),
@@ -166,14 +169,26 @@ def test_auto_index_bits_round_trips():
     assert r.encode.index_bits == "auto" and Recipe.from_dict(r.to_dict()) == r
 
 
-@pytest.mark.parametrize("config", [PruneConfig(), ShareConfig(fit=True), FinetuneConfig(epochs=3, distill=True), StructuredConfig(macs_target=0.5)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        PruneConfig(),
+        ShareConfig(fit=True),
+        FinetuneConfig(epochs=3, distill=True, group_lasso=1e-4, group_lasso_groups="rows"),
+        StructuredConfig(macs_target=0.5),
+        GradualPruneConfig.from_dict({"layers": {"fc1": {"keep": 100}}, "budget": {"keep_fraction": 0.05}, "finetune": {"epochs": 4}, "regrow": True}),
+        IterativePruneConfig.from_dict({"default": {"keep_fraction": 0.1}, "steps": 3, "max_drop": 0.2}),
+        NeuronsConfig(inputs=False),
+        SoftShareConfig(components=8),
+    ],
+)
 def test_every_stage_config_round_trips_through_json(config):
     assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_every_registered_stage_reads_its_own_defaults():
     for name, config in known_stages().items():
-        if name in ("structured", "decompose", "strided", "merge"):
+        if name in ("structured", "decompose", "strided", "merge", "gradual_prune", "iterative_prune"):
             continue  # each needs a target or per-layer settings: checked above and in their own tests
         assert config.from_dict({}) == config()
 
@@ -218,3 +233,62 @@ def test_later_stages_are_checked_against_the_decomposed_model():
     with pytest.raises(SqueezeError, match=r"keep=5000 for layer 'fc1.1' must be an integer in \[1, 4800\]"):
         recipe.validate(model, torch.zeros(1, 1, 28, 28))
     Recipe.from_dict({"stages": [{"decompose": {"layers": {"fc1": {"rank": 16}}}}, {"prune": {"layers": {"fc1": {"keep_fraction": 0.5}}}}]}).validate(model, torch.zeros(1, 1, 28, 28))
+
+
+def _one_epoch(recipe: Recipe) -> Recipe:
+    """``recipe`` with every fine-tune shortened to one epoch (for a fast test)."""
+
+    def shorten(node):
+        if isinstance(node, dict):
+            return {k: (1 if k == "epochs" else shorten(v)) for k, v in node.items()}
+        return [shorten(v) for v in node] if isinstance(node, list) else node
+
+    return Recipe.from_dict(shorten(recipe.to_dict()))
+
+
+class _TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(8 * 3 * 3, 32)
+        self.fc2 = nn.Linear(32, 3)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def test_max_compression_runs_on_a_tiny_model(tmp_path):
+    from squeezetune.compression import compress, decode_file
+    from squeezetune.compression.recipes import max_compression
+    from squeezetune.tasks import Split, Task
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 1, 8, 8, generator=g)
+    y = x.flatten(1)[:, :3].argmax(1)
+    splits = (Split(x[:128], y[:128]), Split(x[128:], y[128:]))
+    task = Task("tiny", "tiny", _TinyNet, lambda _: splits)
+    torch.manual_seed(0)
+    dense = _TinyNet().eval()
+    recipe = max_compression("tiny", dense)  # no tuned rates: the generic rule
+    assert recipe.first("gradual_prune").budget.keep_fraction == 0.05
+    assert [s.label for s in recipe.steps] == ["gradual_prune", "neurons", "finetune_recover", "share", "finetune_centroids"]
+    report = compress(task, _one_epoch(recipe), out=tmp_path / "m.sqz", dense=dense, latency=False)
+    assert report.compressed_bytes < report.dense_bytes / 5
+    decoded = decode_file(tmp_path / "m.sqz", task=task)
+    assert sum(p.numel() for p in decoded.parameters()) < sum(p.numel() for p in dense.parameters())
+    assert [s.stage for s in report.stages] == ["dense", "gradual_prune", "neurons", "finetune_recover", "share", "finetune_centroids", "encode"]
+
+
+@pytest.mark.parametrize("task", ["lenet300-mnist", "lenet5-mnist"])
+def test_max_compression_has_tuned_rates_for_the_mnist_nets(task):
+    from squeezetune.compression.recipes import MAX_RATES
+
+    t = get_task(task)
+    recipe = load_recipe("max-compression", t.model, t.build_model())
+    gradual = recipe.first("gradual_prune")
+    assert {n: p.keep_fraction for n, p in gradual.layers.items()} == MAX_RATES[t.model]["keep"]
+    assert gradual.finetune.distill and recipe.encode.index_bits == "auto"
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    recipe.validate(t.build_model(), torch.zeros(1, 1, 28, 28))

@@ -9,7 +9,7 @@ decoded model, measured (:mod:`.measure`) into a :class:`Report`.
 
 >>> from squeezetune.compression import Recipe, known_stages
 >>> sorted(known_stages())
-['decompose', 'finetune', 'merge', 'prune', 'share', 'strided', 'structured']
+['decompose', 'finetune', 'gradual_prune', 'iterative_prune', 'merge', 'neurons', 'prune', 'share', 'soft_share', 'strided', 'structured']
 
 This package needs torch and numpy alone; Ray, Optuna and MLflow belong to :mod:`squeezetune.search`.
 """

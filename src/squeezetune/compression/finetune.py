@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from squeezetune.compression.stages import Context, StageConfig, register_stage
+from squeezetune.compression.structured.group_lasso import GroupLasso, LassoGroups
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks.data import Split
 
@@ -59,7 +60,10 @@ class FinetuneConfig(StageConfig):
 
     With distillation the loss is ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE``.
     The ``finetune`` stage trains whatever the model holds: pruned weights stay zero, shared
-    weights move only through their centroids.
+    weights move only through their centroids. ``group_lasso`` > 0 adds a group-lasso penalty of
+    that strength on the rows and/or columns (``group_lasso_groups``) of every compressible tensor
+    (:mod:`squeezetune.compression.structured.group_lasso`), so that survivors cluster into few
+    neurons.
     """
 
     stage: ClassVar[str] = "finetune"
@@ -73,6 +77,8 @@ class FinetuneConfig(StageConfig):
     temperature: float = 4.0
     alpha: float = 0.7
     seed: int = 0
+    group_lasso: float = 0.0
+    group_lasso_groups: LassoGroups = LassoGroups.BOTH
 
     def is_noop(self) -> bool:
         return self.epochs == 0
@@ -92,6 +98,8 @@ class FinetuneConfig(StageConfig):
             raise SqueezeError(f"temperature={self.temperature!r} must be > 0")
         if not 0.0 <= self.alpha <= 1.0:
             raise SqueezeError(f"alpha={self.alpha!r} must be in [0, 1]")
+        if not self.group_lasso >= 0:
+            raise SqueezeError(f"group_lasso={self.group_lasso!r} must be >= 0 (the penalty's strength)")
 
 
 @torch.no_grad()
@@ -118,12 +126,15 @@ def train(
     progress: Progress | None = None,
     after_step: Callable[[], None] | None = None,
     epoch_end: Callable[[int, float], None] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``data``; returns it.
 
     ``teacher`` is needed when ``config.distill`` is set; its logits over the training set are
     computed once. ``after_step`` runs after every optimizer step (structured pruning uses it
-    to hold zeroed channels); ``epoch_end(epoch, mean loss)`` after every epoch. Raises :class:`SqueezeError` if the loss becomes NaN or infinite.
+    to hold zeroed channels); ``epoch_end(epoch, mean loss)`` after every epoch. ``penalty()``, when
+    given, is added to every step's loss (soft weight-sharing's prior; the caller steps any
+    parameters of its own in ``after_step``). Raises :class:`SqueezeError` if the loss becomes NaN or infinite.
     """
     if config.epochs == 0 or len(data) == 0:
         return model
@@ -139,6 +150,7 @@ def train(
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(config.seed)
+    lasso = GroupLasso(model, config.group_lasso, config.group_lasso_groups) if config.group_lasso > 0 else None
     x_all, y_all = data.x.to(device), data.y.to(device)
     for epoch in range(config.epochs):
         model.train()
@@ -152,11 +164,15 @@ def train(
                 t = config.temperature
                 kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(soft[idx] / t, 1), reduction="batchmean")
                 loss = config.alpha * t * t * kd + (1.0 - config.alpha) * loss
+            if penalty is not None:
+                loss = loss + penalty()
             if not torch.isfinite(loss):
                 raise SqueezeError(f"training loss became {loss.item()} in epoch {epoch + 1}: expected a finite loss (lower the lr={config.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if lasso is not None:
+                lasso.step(opt.param_groups[0]["lr"] / (1.0 - config.momentum))  # momentum's effective step
             sched.step()
             if after_step is not None:
                 after_step()
@@ -169,17 +185,37 @@ def train(
     return model
 
 
+def train_in(
+    ctx: Context,
+    model: nn.Module,
+    config: FinetuneConfig,
+    *,
+    after_step: Callable[[], None] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    epoch_offset: int = 0,
+    epochs: int | None = None,
+    note: Callable[[], str] | None = None,
+) -> nn.Module:
+    """:func:`train` as a stage runs it: the training split, teacher and device from ``ctx``, progress
+    and every epoch reported through it (as epoch ``epoch_offset + e`` of ``epochs``, for a stage
+    that trains more than once). ``note()`` is appended to each epoch's progress line."""
+    total = epochs if epochs is not None else config.epochs
+    return train(
+        model,
+        ctx.need_train(ctx.label or "finetune"),
+        config,
+        teacher=ctx.teacher,
+        device=ctx.device,
+        progress=lambda m: ctx.progress(f"{ctx.label} {m}{note() if note is not None else ''}"),
+        after_step=after_step,
+        epoch_end=lambda epoch, loss: ctx.epoch_end(model, epoch_offset + epoch, total, loss),
+        penalty=penalty,
+    )
+
+
 @register_stage(FinetuneConfig)
 def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Module:
     """Fine-tune ``model`` on the training split, distilling from the dense teacher if asked."""
     if config.epochs == 0:
         return model
-    return train(
-        model,
-        ctx.need_train("finetune"),
-        config,
-        teacher=ctx.teacher,
-        device=ctx.device,
-        progress=lambda m: ctx.progress(f"{ctx.label} {m}"),
-        epoch_end=lambda epoch, loss: ctx.epoch_end(model, epoch, config.epochs, loss),
-    )
+    return train_in(ctx, model, config)

@@ -35,6 +35,15 @@ Built-in recipes (:func:`builtin_recipe`):
   tensor keeps (``share.fit``), so small tensors never fail. Fine-tuning distils from the dense
   teacher; each stream takes the smallest of its Huffman, ANS and fixed-width codes; codebooks
   and biases are stored as float16 (the decoded model is what is measured).
+* ``max-compression``: what measures best past the paper (BENCHMARKS.md). Pruning rises along a
+  cubic schedule during distilled fine-tuning (``gradual_prune``) with a group-lasso penalty on
+  rows and columns, so that survivors cluster; dead neurons, channels and unread input features
+  are then removed from the architecture (``neurons``) and the rest recovers in a fine-tune without
+  the penalty; the survivors are shared at 4-5 bits with centroid fine-tuning, and positions and
+  weights take the smallest code. LeNet-300-100 and
+  LeNet-5 have their tuned per-layer rates (:data:`MAX_RATES`); any other model gets the generic
+  rule: one global budget (5% of the weights) split by per-layer sensitivity, 5-bit convolutions
+  and 4-bit other tensors (5-bit classifier).
 * ``filter-pruning`` and ``channel-pruning``: structured pruning alone, by L1 filter norms (Li et
   al. 2017) or by LASSO channel selection with least-squares reconstruction (He et al. 2017), to
   ``macs_target`` of the dense MACs (default 0.5) with per-layer counts spread ``uniform``-ly or by
@@ -283,6 +292,64 @@ def deep_compression(model_name: str, model: nn.Module) -> Recipe:
     )
 
 
+MAX_RATES: dict[str, dict[str, Any]] = {
+    "lenet300": {
+        "keep": {"fc1": 0.016, "fc2": 0.04, "fc3": 0.2},
+        "bits": {"fc1": 4, "fc2": 4, "fc3": 5},
+        "prune": {"epochs": 30, "lr": 0.02, "group_lasso": 1e-5},
+        "recover": {"epochs": 10, "lr": 0.01},
+        "centroids": {"epochs": 4, "lr": 0.002},
+    },
+    "lenet5": {
+        "keep": {"conv1": 0.5, "conv2": 0.05, "fc1": 0.008, "fc2": 0.08},
+        "bits": {"conv1": 5, "conv2": 5, "fc1": 4, "fc2": 4},
+        "prune": {"epochs": 24, "lr": 0.01, "group_lasso": 1e-5},
+        "recover": {"epochs": 6, "lr": 0.005},
+        "centroids": {"epochs": 4, "lr": 0.002},
+    },
+}
+"""The ``max-compression`` settings of the built-in MNIST networks: final kept fraction and shared
+bits per layer, the fine-tune that prunes (with its group-lasso strength), the one that recovers
+after the neurons are removed, and the centroid fine-tune."""
+
+GENERIC_BUDGET = 0.05
+"""The ``max-compression`` generic rule's global kept fraction, split by sensitivity."""
+GENERIC_SCHEDULE = {"prune": {"epochs": 24, "lr": 0.01, "group_lasso": 1e-5}, "recover": {"epochs": 6, "lr": 0.005}, "centroids": {"epochs": 4, "lr": 0.002}}
+
+
+def max_compression(model_name: str, model: nn.Module) -> Recipe:
+    """The ``max-compression`` recipe for a model: tuned rates where :data:`MAX_RATES` has them, else the generic rule.
+
+    Stages: ``gradual_prune`` (the cubic schedule over 80% of a distilled fine-tune with a
+    row/column group lasso), ``neurons``, a distilled fine-tune without the penalty
+    (``finetune_recover``), ``share``, and the centroid fine-tune (``finetune_centroids``).
+    """
+    rates = MAX_RATES.get(model_name)
+    if rates is not None:
+        targets: dict[str, Any] = {"layers": {n: {"keep_fraction": f} for n, f in rates["keep"].items()}}
+        share: dict[str, Any] = {"layers": {n: {"bits": b} for n, b in rates["bits"].items()}}
+        schedule = rates
+    else:
+        targets = {"budget": {"keep_fraction": GENERIC_BUDGET, "allocation": "sensitivity", "min_keep_fraction": 0.01}}
+        tensors = compressible(model)
+        last = list(tensors)[-1] if tensors else None
+        share = {"layers": {n: {"bits": 5 if t.is_conv or n == last else 4} for n, t in tensors.items()}}
+        schedule = GENERIC_SCHEDULE
+    return Recipe.from_dict(
+        {
+            "name": "max-compression",
+            "stages": [
+                {"gradual_prune": {**targets, "finetune": {**schedule["prune"], "distill": True}, "ramp": 0.8}},
+                {"neurons": {}},
+                {"finetune": {**schedule["recover"], "distill": True}, "label": "finetune_recover"},
+                {"share": {"init": "linear", **share, "fit": True}},
+                {"finetune": {**schedule["centroids"], "distill": True}, "label": "finetune_centroids"},
+            ],
+            "encode": {"index_bits": "auto", "coder": "auto", "float_bits": 16},
+        }
+    )
+
+
 def structured_pruning(method: str, macs_target: float = 0.5, allocation: str = "uniform") -> Recipe:
     """The ``filter-pruning`` (``method="l1"``) or ``channel-pruning`` (``"lasso"``) recipe."""
     return Recipe.from_dict(
@@ -326,6 +393,7 @@ def data_free_merge(remove_fraction: float = 0.25) -> Recipe:
 
 BUILTIN_RECIPES: dict[str, Callable[[str, nn.Module], Recipe]] = {
     "deep-compression": deep_compression,
+    "max-compression": max_compression,
     "filter-pruning": lambda name, model: structured_pruning("l1"),
     "channel-pruning": lambda name, model: structured_pruning("lasso"),
     "decomposition": lambda name, model: decomposition(),
@@ -381,4 +449,4 @@ def load_recipe(
     return replace(recipe, steps=steps)
 
 
-__all__ = ["BUILTIN_RECIPES", "CLASSIC_ORDER", "Recipe", "Step", "data_free_merge", "decomposition", "deep_compression", "generic_layer_rule", "load_recipe", "structured_pruning"]
+__all__ = ["BUILTIN_RECIPES", "CLASSIC_ORDER", "MAX_RATES", "Recipe", "Step", "data_free_merge", "decomposition", "deep_compression", "generic_layer_rule", "load_recipe", "max_compression", "structured_pruning"]

@@ -28,7 +28,7 @@ field) and each bad value is a one-line :class:`~squeezetune.errors.SqueezeError
 >>> FinetuneConfig.from_dict({"epochs": 2, "distill": True}).to_dict()["epochs"]
 2
 >>> sorted(known_stages())
-['decompose', 'finetune', 'merge', 'prune', 'share', 'strided', 'structured']
+['decompose', 'finetune', 'gradual_prune', 'iterative_prune', 'merge', 'neurons', 'prune', 'share', 'soft_share', 'strided', 'structured']
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ _STAGE_MODULES = (
     "squeezetune.compression.structured.strided",
     "squeezetune.compression.decomposition.stage",
     "squeezetune.compression.merging",
+    "squeezetune.compression.unstructured.gradual",
+    "squeezetune.compression.unstructured.soft_sharing",
+    "squeezetune.compression.structured.neurons",
 )
 
 

@@ -19,7 +19,7 @@ fixes, narrows or excludes any of them::
       finetune: {epochs: [1, 3], distill: [true, false], lr: 0.01}   # false: no fine-tune
       share:                          # false: no weight sharing
         init: [forgy, density, linear]
-        default: {bits: [2, 8]}       # 2**bits clusters; or clusters: [4, 200]
+        default: {bits: [1, 8]}       # 2**bits clusters (1 bit on a pruned layer: ternary); or clusters: [3, 200]
         layers: {fc3: {bits: 6}}
       finetune_centroids: {epochs: [0, 2], lr: 0.002}
       encode: {coder: [huffman, ans, auto], index_bits: [3, 8]}   # default: both fixed at auto
@@ -39,6 +39,7 @@ kept weights (``bits: 8`` on a tensor keeping 100 weights gives 100 clusters: ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, Callable, Mapping
 
 from torch import nn
@@ -57,7 +58,7 @@ from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, 
 KEEP_FRACTION = (0.001, 0.5)
 """Default range of the fraction of each layer's weights a trial keeps (log-scaled)."""
 BITS = (1, 8)
-"""Default range of k-means bits per layer (2**bits clusters)."""
+"""Default range of k-means bits per layer (2**bits clusters; 1 bit on a pruned tensor gives ternary weights)."""
 
 _OPTIONS = ("group", "group_depth")
 GROUPINGS = ("tensor", "kind", "block")
@@ -369,19 +370,31 @@ def _prune_knobs(scope: Scope, prune: dict[str, Any]) -> list[Knob]:
 
 def _finetune_knobs(key: str) -> Callable[[Scope, dict[str, Any]], list[Knob]]:
     def knobs(scope: Scope, ft: dict[str, Any]) -> list[Knob]:
-        out = []
-        defaults = _FINETUNE_DEFAULTS[key]
-        for f in fields(FinetuneConfig):
-            base = defaults.get(f.name)
-            if base is None:
-                v = f.default
-                base = Choice((v,)) if isinstance(v, bool) else IntRange(v, v) if isinstance(v, int) else FloatRange(v, v, log=v > 0)
-            if f.name not in ft and f.name not in defaults:
-                continue
-            out.append(_recipe_knob(f"{key}.{f.name}", ft.get(f.name), base, (key, f.name), (True, False) if isinstance(f.default, bool) else ()))
-        return out
+        return finetune_knobs((key,), ft, _FINETUNE_DEFAULTS[key])
 
     return knobs
+
+
+def finetune_knobs(where: tuple[str, ...], ft: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[Knob]:
+    """Knobs of the :class:`FinetuneConfig` fields at ``where`` in the recipe: those in ``defaults``
+    and those the user's ``ft`` names (each fixed at its dataclass default unless given)."""
+    out = []
+    for f in fields(FinetuneConfig):
+        base = defaults.get(f.name)
+        if f.name not in ft and base is None:
+            continue
+        allowed: tuple = ()
+        if base is None:
+            v = f.default
+            if isinstance(v, Enum):
+                allowed = tuple(m.value for m in type(v))
+                base = Choice((v.value,))
+            else:
+                base = Choice((v,)) if isinstance(v, bool) else IntRange(v, v) if isinstance(v, int) else FloatRange(v, v, log=v > 0)
+        if isinstance(f.default, bool):
+            allowed = (True, False)
+        out.append(_recipe_knob(".".join((*where, f.name)), ft.get(f.name), base, (*where, f.name), allowed))
+    return out
 
 
 def _share_knobs(scope: Scope, share: dict[str, Any]) -> list[Knob]:
@@ -428,13 +441,34 @@ def _merge_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
     return merge_knobs(scope.model, cfg, scope.example)
 
 
+def _gradual_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
+    from squeezetune.spaces.gradual import gradual_knobs
+
+    return gradual_knobs(scope, cfg)
+
+
+def _neuron_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
+    from squeezetune.spaces.neurons import neuron_knobs
+
+    return neuron_knobs(cfg)
+
+
+def _soft_share_knobs(scope: Scope, cfg: dict[str, Any]) -> list[Knob]:
+    from squeezetune.spaces.soft_sharing import soft_share_knobs
+
+    return soft_share_knobs(cfg)
+
+
 SPACE_STAGES: tuple[SpaceStage, ...] = (
     SpaceStage("structured", "structured", _structured_knobs, default_on=False),
     SpaceStage("merge", "merge", _merge_knobs, default_on=False),
     SpaceStage("decompose", "decompose", _decompose_knobs, default_on=False),
     SpaceStage("strided", "strided", _strided_knobs, default_on=False),
+    SpaceStage("gradual_prune", "gradual_prune", _gradual_knobs, default_on=False),
     SpaceStage("prune", "prune", _prune_knobs, keys=("granularity", "default", "layers", "budget", "allocation")),
     SpaceStage("finetune", "finetune", _finetune_knobs("finetune"), keys=tuple(f.name for f in fields(FinetuneConfig))),
+    SpaceStage("neurons", "neurons", _neuron_knobs, default_on=False),
+    SpaceStage("soft_share", "soft_share", _soft_share_knobs, default_on=False),
     SpaceStage("share", "share", _share_knobs, keys=("init", "default", "layers", "max_iter")),
     SpaceStage("finetune_centroids", "finetune", _finetune_knobs("finetune_centroids"), keys=tuple(f.name for f in fields(FinetuneConfig))),
 )
@@ -500,9 +534,9 @@ def _layer_knobs(stage: str, cfg: Mapping[str, Any], layers: Mapping[str, int], 
     return knobs
 
 
-def _keep_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:
+def _keep_domain(name: str, n: int, setting: dict, from_default: bool, stage: str = "prune", default: tuple[float, float] = KEEP_FRACTION) -> Knob:
     """A tensor's kept fraction (of the tensor as pruning finds it), or a count of weights if the user asks."""
-    where = f"space.prune.{'default' if from_default else 'layers.' + name}"
+    where = f"space.{stage}.{'default' if from_default else 'layers.' + name}"
     check_setting_keys(setting, ("keep", "keep_fraction"), where)
     if len(setting) > 1:
         raise SqueezeError(f"{where} gives both keep and keep_fraction: expected one")
@@ -514,12 +548,12 @@ def _keep_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:
         for v in (lo, hi):
             if not 1 <= v <= n:
                 raise SqueezeError(f"{where}.keep={v!r} for layer {name!r} must be in [1, {n}]")
-        return Knob(f"prune.{name}.keep", domain, ("prune", "layers", name, "keep"))
-    frac = parse_domain(setting.get("keep_fraction", list(KEEP_FRACTION)), FloatRange(*KEEP_FRACTION, log=True), f"{where}.keep_fraction")
+        return Knob(f"{stage}.{name}.keep", domain, (stage, "layers", name, "keep"))
+    frac = parse_domain(setting.get("keep_fraction", list(default)), FloatRange(*default, log=True), f"{where}.keep_fraction")
     for f in _corners(frac):
         if not 0 < f <= 1:
             raise SqueezeError(f"{where}.keep_fraction={f!r} must be in (0, 1]")
-    return Knob(f"prune.{name}.keep_fraction", frac, ("prune", "layers", name, "keep_fraction"))
+    return Knob(f"{stage}.{name}.keep_fraction", frac, (stage, "layers", name, "keep_fraction"))
 
 
 def _share_domain(name: str, n: int, setting: dict, from_default: bool) -> Knob:

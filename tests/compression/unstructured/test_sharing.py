@@ -55,3 +55,24 @@ def test_bad_k_names_the_value_and_surviving_count(k):
     prune_layer(layer, keep=50)
     with pytest.raises(SqueezeError, match=rf"k={k} clusters for layer 'fc' must be an integer in \[2, 50\]"):
         share_layer(layer, k=k, name="fc")
+
+
+@pytest.mark.parametrize("setting,values", [({"clusters": 3}, 3), ({"bits": 1}, 2), ({"clusters": 2}, 2)])
+def test_ternary_and_binary_sharing_code_and_decode_exactly(setting, values):
+    from squeezetune.compression.coding import codec
+    from squeezetune.compression.coding.container import pack_sections, unpack_sections
+    from squeezetune.compression.stages import Context, apply_stage
+    from squeezetune.compression.unstructured.sharing import ShareConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 4))
+    prune_layer(model[0], keep=150)
+    apply_stage(model, ShareConfig.from_dict({"default": setting}), Context(teacher=model, example=torch.zeros(1, 30)))
+    w = model[0].weight.detach()
+    assert len(torch.unique(w[w != 0])) <= values  # 1 bit on a pruned layer: ternary weights {a, 0, b}
+    assert len(torch.unique(model[2].weight.detach())) == values  # unpruned: exactly `values` levels
+    sections = unpack_sections(pack_sections(codec.encode_model(model, task="toy", coder="auto", index_bits="auto").sections))
+    fresh = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 4))
+    decoded = codec.decode_sections(sections, fresh)
+    for i in (0, 2):
+        assert torch.equal(decoded[i].weight, model[i].weight.detach())

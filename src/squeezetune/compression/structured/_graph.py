@@ -63,8 +63,13 @@ def _is_depthwise(m: nn.Module) -> bool:
 
 
 def check_plain(model: nn.Module) -> None:
-    """Structured pruning rewrites weight tensors, so masks and codebooks must be baked first."""
+    """Structured pruning rewrites weight tensors, so masks and codebooks must be baked first, and
+    a layer must read all of its input (a gathered layer's columns are not its producer's channels)."""
+    from squeezetune.compression.structured.gather import GatheredLinear
+
     for name, m in model.named_modules():
+        if isinstance(m, GatheredLinear):
+            raise SqueezeError(f"layer {name!r} reads {m.in_features} of {m.dense_features} input features: expected structured pruning before the neurons stage")
         if getattr(m, "parametrizations", None):
             raise SqueezeError(
                 f"layer {name!r} carries a parametrization ({', '.join(m.parametrizations.keys())}): "

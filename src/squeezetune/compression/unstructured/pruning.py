@@ -220,18 +220,7 @@ class PruneConfig(StageConfig):
         return self.layers[key] if key is not None else self.default
 
     def validate(self, model: nn.Module, example: torch.Tensor, *, exact: bool = True) -> None:
-        targets = compressible(model)
-        known = layer_names(targets)
-        for name in self.layers:
-            if name not in known:
-                raise SqueezeError(f"unknown layer {name!r} in prune.layers: expected one of {known}")
-        if not exact:
-            return
-        for t in targets.values():
-            key = setting_key(self.layers, t.name, t.replaced)
-            keep = self.layers[key].keep if key is not None else None
-            if keep is not None and not 1 <= keep <= t.numel:
-                raise SqueezeError(f"keep={keep!r} for layer {t.name!r} must be an integer in [1, {t.numel}]")
+        check_layers(self.stage, self.layers, model, exact=exact)
 
     def preview(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
         import copy
@@ -242,6 +231,23 @@ class PruneConfig(StageConfig):
 
     def needs_data(self) -> bool:
         return False
+
+
+def check_layers(stage: str, layers: dict[str, LayerPrune], model: nn.Module, *, exact: bool = True) -> None:
+    """Every tensor ``layers`` names exists in ``model`` (a replaced layer's name covers its factors)
+    and (``exact``) can keep its count; one-line errors."""
+    targets = compressible(model)
+    known = layer_names(targets)
+    for name in layers:
+        if name not in known:
+            raise SqueezeError(f"unknown layer {name!r} in {stage}.layers: expected one of {known}")
+    if not exact:
+        return
+    for t in targets.values():
+        key = setting_key(layers, t.name, t.replaced)
+        keep = layers[key].keep if key is not None else None
+        if keep is not None and not 1 <= keep <= t.numel:
+            raise SqueezeError(f"keep={keep!r} for layer {t.name!r} must be an integer in [1, {t.numel}]")
 
 
 @register_stage(PruneConfig)

@@ -1,0 +1,118 @@
+"""A linear layer that reads only some features of its input, so that unused inputs cost nothing.
+
+When every weight of some columns of a linear layer is zero (input pixels no kept weight reads,
+say), :func:`gather_unused_inputs` replaces the layer by a :class:`GatheredLinear`: the same
+layer over the features it still reads, with a boolean ``inputs`` buffer naming them among the
+original ones. The model still takes its original input; the columns are gone from the weight
+tensor, from the container (their positions no longer need coding; the buffer costs about one
+bit per original feature, entropy coded) and from the MACs.
+
+The shrunk-model spec (:func:`~squeezetune.compression.structured.shrink.shrunk_spec`) writes such a
+layer as a ``Linear`` with a ``gather`` entry (the original input width), from which the decoder
+rebuilds it. :func:`ungather` turns it back into a plain linear layer with zero columns, which
+DepGraph can trace.
+
+>>> layer = nn.Linear(6, 2)
+>>> with torch.no_grad():
+...     layer.weight[:, [1, 4]] = 0
+>>> small = GatheredLinear.from_linear(layer, layer.weight.abs().sum(0) > 0)
+>>> small.weight.shape, bool(torch.allclose(small(torch.ones(1, 6)), layer(torch.ones(1, 6))))
+(torch.Size([2, 4]), True)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from squeezetune.errors import SqueezeError
+
+
+class GatheredLinear(nn.Linear):
+    """``y = W x[..., inputs] + b``: a linear layer over the features of its input that ``inputs`` names."""
+
+    def __init__(self, dense_features: int, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        if not 1 <= in_features <= dense_features:
+            raise SqueezeError(f"a gathered linear layer reads {in_features} of {dense_features} features: expected 1 to {dense_features}")
+        inputs = torch.zeros(dense_features, dtype=torch.bool, device=device)
+        inputs[:in_features] = True
+        self.register_buffer("inputs", inputs)
+        self.register_buffer("index", torch.arange(in_features, device=device), persistent=False)
+
+    @property
+    def dense_features(self) -> int:
+        return self.inputs.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.index_select(-1, self.index), self.weight, self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        inputs = state_dict.get(prefix + "inputs")
+        if inputs is not None:
+            read = int(inputs.sum()) if inputs.dtype == torch.bool else -1
+            if read != self.in_features or inputs.numel() != self.dense_features:
+                raise SqueezeError(f"layer {prefix[:-1]!r} selects {read} of {inputs.numel()} input features: expected {self.in_features} of {self.dense_features}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.index = torch.nonzero(self.inputs).squeeze(1).to(self.inputs.device)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, of {self.dense_features} input features"
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, layer: nn.Linear, keep: torch.Tensor) -> "GatheredLinear":
+        """``layer`` restricted to the input features where ``keep`` is true."""
+        keep = keep.to(torch.bool).cpu()
+        w = layer.weight
+        out = cls(layer.in_features, int(keep.sum()), layer.out_features, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+        out.inputs.copy_(keep.to(w.device))
+        out.index = torch.nonzero(out.inputs).squeeze(1)
+        out.weight.copy_(w[:, out.index])
+        if layer.bias is not None:
+            out.bias.copy_(layer.bias)
+        return out
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """The same function as a plain linear layer over every input feature (zero columns where unread)."""
+        w = self.weight
+        out = nn.Linear(self.dense_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        out.weight.zero_()
+        out.weight[:, self.index] = w
+        if self.bias is not None:
+            out.bias.copy_(self.bias)
+        return out
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def gather_unused_inputs(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Replace every plain linear layer with all-zero input columns by a :class:`GatheredLinear`, in place.
+
+    Returns ``{layer: (features read, features before)}`` for each layer replaced. Layers must
+    carry no parametrization (bake masks first).
+    """
+    done = {}
+    for name, m in list(model.named_modules()):
+        if type(m) is not nn.Linear or parametrize.is_parametrized(m):
+            continue
+        used = m.weight.detach().ne(0).any(0)
+        if bool(used.all()) or not bool(used.any()):
+            continue
+        _replace(model, name, GatheredLinear.from_linear(m, used))
+        done[name] = (int(used.sum()), m.in_features)
+    return done
+
+
+def ungather(model: nn.Module) -> nn.Module:
+    """Turn every :class:`GatheredLinear` back into a plain linear layer, in place; returns ``model``."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, GatheredLinear):
+            _replace(model, name, m.to_linear())
+    return model
