@@ -66,8 +66,8 @@ def test_auto_index_bits_codes_each_layer_at_its_smallest_width():
     prune_layer(model[0], keep=600)  # sparse: long gaps favour wide indices
     prune_layer(model[2], keep=1500)  # dense-ish: short gaps favour narrow ones
     share_layer(model[0], k=16)
-    fixed = {bits: codec.encode_model(model, task="t", index_bits=bits, coder="ans").layers for bits in codec.AUTO_INDEX_BITS}
-    auto = codec.encode_model(model, task="t", index_bits="auto", coder="ans")
+    fixed = {bits: codec.encode_model(model, task="t", index_bits=bits, coder="ans", positions="relative").layers for bits in codec.AUTO_INDEX_BITS}
+    auto = codec.encode_model(model, task="t", index_bits="auto", coder="ans", positions="relative")
     for i, layer in enumerate(auto.layers):
         sizes = {bits: layers[i].coded_bytes for bits, layers in fixed.items()}
         assert layer.coded_bytes == min(sizes.values())

@@ -1,0 +1,174 @@
+"""A pruning mask as a bitmask coded with adaptive, context-modelled probabilities (ANS through ``constriction``).
+
+The mask is viewed as ``rows x cols`` (the weight's first axis against the rest) and coded row
+by row, one binary symbol per weight. The probability that bit ``(r, c)`` is set comes from
+counts that grow as coding proceeds:
+
+* the column's rate so far, ``(ones_c + beta * K / N) / (r + beta)``: how many of the ``r`` rows
+  above keep column ``c``, shrunk towards the layer's density ``K / N`` by a prior of ``beta``
+  rows, so that a removed input (a dead column) soon costs almost nothing while an i.i.d. mask
+  pays little for learning (``beta = 0`` codes every bit at the layer's density);
+* optionally the row's count ``k_r``, stored beforehand (:func:`.positions.encode_row_counts`):
+  the column's odds are then scaled by the row's odds against the layer's,
+  ``odds = odds_c * (k_r / (cols - k_r)) / (K / (N - K))``, and rows with ``k_r`` of 0 or
+  ``cols`` (removed outputs, dense rows) cost nothing more.
+
+A row's probabilities depend only on the rows above it, so the decoder decodes a whole row at
+once. The encoder tries every ``beta`` of :data:`BETAS`, with and without row counts, and keeps
+the model whose ideal code length is smallest; the stream names it.
+
+Probabilities are computed from integers with IEEE ``+ - * /`` alone and rounded down to a
+multiple of ``2**-20`` before ``constriction`` sees them, so encoder and decoder agree bit for bit
+on any platform.
+
+Layout: model byte (``0x80`` if rows are counted, ``| index into BETAS``); the row counts or, if
+rows are not counted, ``K`` as a varint; the payload, little-endian uint32 ANS words.
+
+>>> mask = np.zeros((6, 10), dtype=bool); mask[:, 3] = True; mask[2, 7] = True
+>>> data, bits, payload = encode_bitmask(mask, [Coder.ANS, Coder.RAW])
+>>> decode_bitmask(data, 6, 10).tolist() == np.flatnonzero(mask).tolist()
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from squeezetune.compression.coding.ans import _constriction, decoding
+from squeezetune.compression.coding.container import _varint
+from squeezetune.compression.coding.positions import decode_row_counts, encode_row_counts
+from squeezetune.compression.coding.streams import Coder, _Reader
+from squeezetune.errors import SqueezeError
+
+#: Prior strengths (in rows) of the column rates the encoder tries; 0: columns not modelled.
+BETAS = (0, 1, 4, 16, 64, 256)
+_GRID = float(1 << 20)  # probabilities are multiples of 1 / _GRID, in [1 / _GRID, 1 - 1 / _GRID]
+_BLOCK = 1 << 18  # bits per vectorised step of the encoder
+
+
+def _probabilities(ones: np.ndarray, seen: np.ndarray, k: np.ndarray, cols: int, kept: int, total: int, beta: int, counted: bool) -> np.ndarray:
+    """P(bit = 1) for a block of rows: ``ones`` (rows x cols) set bits above in each column,
+    ``seen`` (rows x 1) rows above, ``k`` (rows x 1) row counts (used if ``counted``)."""
+    prior = beta * kept / total
+    if counted and beta:
+        num = (ones + prior) * (k * float(total - kept))
+        den = (seen - ones + (beta - prior)) * ((cols - k) * float(kept))
+        p = num / (num + den)
+    elif counted:
+        p = np.broadcast_to(k / cols, ones.shape)
+    elif beta:
+        p = (ones + prior) / (seen + beta)
+    else:
+        p = np.full(ones.shape, kept / total)
+    return np.clip(np.floor(p * _GRID), 1.0, _GRID - 1.0) / _GRID
+
+
+def _blocks(mask: np.ndarray, reverse: bool = False) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, rows, set bits above each bit in its column) for blocks of rows."""
+    rows, cols = mask.shape
+    step = max(1, _BLOCK // max(cols, 1))
+    starts = range(0, rows, step)
+    above = np.zeros(cols, dtype=np.int64) if not reverse else mask.sum(0, dtype=np.int64)
+    for r0 in reversed(starts) if reverse else starts:
+        block = mask[r0 : r0 + step]
+        if reverse:
+            above = above - block.sum(0)
+        ones = above + np.cumsum(block, 0, dtype=np.int64) - block
+        yield r0, block, ones
+        if not reverse:
+            above = ones[-1] + block[-1]
+
+
+def _coded_rows(counts: np.ndarray, cols: int, counted: bool) -> np.ndarray:
+    return (counts > 0) & (counts < cols) if counted else np.ones(len(counts), dtype=bool)
+
+
+def _model_byte(beta: int, counted: bool) -> int:
+    return 0x80 * counted | BETAS.index(beta)
+
+
+def encode_bitmask(mask: np.ndarray, coders: Sequence[Coder]) -> tuple[bytes, float, int]:
+    """Code a 2-D boolean ``mask`` with the best model of :data:`BETAS` x (rows counted or not).
+
+    Returns the bytes, the ideal code length in bits of the mask under the chosen model
+    (``-sum(log2 p)`` of its bits, plus the empirical entropy of the row counts if stored), and
+    the size of the ANS payload in bytes.
+    ``coders`` are those the row counts may use.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    cols = mask.shape[1]
+    total, kept = mask.size, int(mask.sum())
+    counts = mask.sum(1, dtype=np.int64)
+    if kept in (0, total):
+        return bytes([_model_byte(0, False)]) + _varint(kept), 0.0, 0
+    heads, count_bits = {False: _varint(kept)}, 0.0
+    if cols < 2**31:  # else too long a row to count
+        heads[True], count_bits = encode_row_counts(counts, cols, coders)
+    models = [(beta, counted) for counted in heads for beta in BETAS]
+    bits = dict.fromkeys(models, 0.0)
+    for r0, block, ones in _blocks(mask):
+        k = counts[r0 : r0 + len(block), None]
+        for beta, counted in models:
+            coded = _coded_rows(k[:, 0], cols, counted)
+            p = _probabilities(ones[coded], np.arange(r0, r0 + len(block))[coded, None], k[coded], cols, kept, total, beta, counted)
+            bits[beta, counted] -= float(np.log2(np.where(block[coded], p, 1.0 - p)).sum())
+    beta, counted = min(models, key=lambda m: bits[m] + 8 * len(heads[m[1]]))
+    coder = _constriction().stream.stack.AnsCoder()
+    family = _constriction().stream.model.Bernoulli(perfect=False)
+    for r0, block, ones in _blocks(mask, reverse=True):  # a stack: the last row goes in first
+        k = counts[r0 : r0 + len(block), None]
+        coded = _coded_rows(k[:, 0], cols, counted)
+        p = _probabilities(ones[coded], np.arange(r0, r0 + len(block))[coded, None], k[coded], cols, kept, total, beta, counted)
+        coder.encode_reverse(block[coded].reshape(-1).astype(np.int32), family, p.reshape(-1))
+    words = coder.get_compressed().astype("<u4").tobytes()
+    return bytes([_model_byte(beta, counted)]) + heads[counted] + words, bits[beta, counted] + counted * count_bits, len(words)
+
+
+def decode_bitmask(data: bytes, rows: int, cols: int) -> np.ndarray:
+    """The flat kept positions of the ``rows x cols`` mask coded in ``data`` by :func:`encode_bitmask`.
+
+    Raises :class:`SqueezeError` (only) when ``data`` is damaged; memory stays within the mask's
+    ``rows * cols`` bits whatever ``data`` holds.
+    """
+    reader = _Reader(bytes(data))
+    model = reader.byte("bitmask model")
+    counted, index = bool(model & 0x80), model & 0x7F
+    if index >= len(BETAS):
+        raise SqueezeError(f"bitmask model byte 0x{model:02x} names prior {index}; expected below {len(BETAS)}")
+    beta, total = BETAS[index], rows * cols
+    if counted:
+        counts = decode_row_counts(reader, rows, cols)
+        kept = int(counts.sum())
+    else:
+        kept = reader.varint("kept count", 0, total)
+        counts = np.zeros(rows, dtype=np.int64)
+    mask = np.zeros((rows, cols), dtype=bool)
+    if kept in (0, total):
+        if reader.left():
+            raise SqueezeError(f"bitmask of a {'full' if kept else 'empty'} mask has {reader.left()} bytes more; expected none")
+        mask[:] = bool(kept)
+        return np.flatnonzero(mask)
+    payload = reader.rest()
+    if len(payload) % 4:
+        raise SqueezeError(f"bitmask payload has {len(payload)} bytes; expected a multiple of 4")
+    coded = _coded_rows(counts, cols, counted)
+    mask[counts == cols] = True
+    above = np.zeros(cols, dtype=np.int64)
+    with decoding(f"bitmask payload of {len(payload)} bytes"):
+        coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+        family = _constriction().stream.model.Bernoulli(perfect=False)
+        for r in range(rows):
+            if coded[r]:
+                p = _probabilities(above[None], np.array([[r]]), counts[r : r + 1, None], cols, kept, total, beta, counted)
+                mask[r] = coder.decode(family, p.reshape(-1)) != 0
+                if counted and int(mask[r].sum()) != counts[r]:
+                    raise SqueezeError(f"bitmask row {r} decodes to {int(mask[r].sum())} kept weights; its row count says {int(counts[r])}")
+            above += mask[r]
+        empty = coder.is_empty()
+    if not empty:
+        raise SqueezeError(f"bitmask payload of {len(payload)} bytes has data left after {rows} rows; expected it to end there")
+    if int(above.sum()) != kept:
+        raise SqueezeError(f"bitmask decodes to {int(above.sum())} kept weights; expected {kept}")
+    return np.flatnonzero(mask)
