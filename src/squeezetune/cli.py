@@ -118,7 +118,7 @@ def format_layers(report: dict) -> str:
     rows = [f"{'layer':<14} {'weights':>9} {'kept':>8} {'kept%':>6} {'clusters':>8} {'idx bits':>8} {'fillers':>7} {'bytes':>8}  streams (coded/entropy bytes)"]
     for layer in report["layers"]:
         streams = ", ".join(
-            f"{k}: {v['coder']} {v['total_bytes']}/{v['entropy_bits'] / 8:.0f}" for k, v in layer.get("streams", {}).items()
+            f"{k}: {v['coding'] + '/' if 'coding' in v else ''}{v['coder']} {v['total_bytes']}/{v['entropy_bits'] / 8:.0f}" for k, v in layer.get("streams", {}).items()
         )
         rows.append(
             f"{layer['name']:<14} {layer['weights']:>9,} {layer['kept']:>8,} {100 * layer['kept'] / layer['weights']:>5.1f}% "
