@@ -114,3 +114,11 @@ def test_a_binary_file_is_not_a_recipe(tmp_path):
 def test_auto_index_bits_round_trips():
     r = Recipe.from_dict({"encode": {"index_bits": "auto"}})
     assert r.encode.index_bits == "auto" and Recipe.from_dict(r.to_dict()) == r
+
+
+def test_position_coding_round_trips_and_defaults_to_the_smallest_per_layer():
+    assert Recipe.from_dict({}).encode.positions.value == "auto"
+    r = Recipe.from_dict({"encode": {"positions": "relative"}})
+    assert r.encode.positions.value == "relative" and Recipe.from_dict(r.to_dict()) == r
+    with pytest.raises(SqueezeError, match="encode.positions"):
+        Recipe.from_dict({"encode": {"positions": "zigzag"}})

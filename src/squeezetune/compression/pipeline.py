@@ -250,7 +250,7 @@ def compress(
 
     def _encode(m: nn.Module) -> codec.Encoded:
         e = recipe.encode
-        return codec.encode_model(m, task=task.name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, spec=spec)
+        return codec.encode_model(m, task=task.name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, spec=spec, positions=e.positions.value)
 
     def record(stage: str, t0: float) -> None:
         acc = evaluate(model, eval_split, device=device)

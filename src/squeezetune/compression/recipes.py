@@ -24,7 +24,8 @@ A recipe is a YAML file or a built-in name. Every stage is optional::
       finetune: {epochs: 5, lr: 0.01}
     # coder: huffman | ans | raw | auto (smallest of the three per stream); index_bits: 1-16, or auto (per layer,
     # the width whose position stream codes smallest); float_bits: 32 | 16 for codebooks,
-    # kept values of unshared layers, biases and other raw tensors
+    # kept values of unshared layers, biases and other raw tensors; positions: auto (per layer, the smallest
+    # of relative indices, row run lengths and an adaptive bitmask) | relative | runs | bitmask
 
 Layers named in neither ``layers`` nor covered by ``default`` are left alone by that stage.
 
@@ -64,6 +65,15 @@ class CoderChoice(str, Enum):
     ANS = "ans"
     RAW = "raw"
     AUTO = "auto"
+
+
+class PositionChoice(str, Enum):
+    """How kept positions are coded: one coding of :mod:`.coding.sparse` for every layer, or the smallest per layer."""
+
+    AUTO = "auto"
+    RELATIVE = "relative"
+    RUNS = "runs"
+    BITMASK = "bitmask"
 
 
 def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
@@ -154,6 +164,7 @@ class EncodeConfig:
     """Width of a relative-index symbol, or ``"auto"``: per layer, the width whose stream codes smallest."""
     coder: CoderChoice = CoderChoice.AUTO
     float_bits: int = 32
+    positions: PositionChoice = PositionChoice.AUTO
 
     def __post_init__(self) -> None:
         if self.index_bits != "auto" and (isinstance(self.index_bits, bool) or not isinstance(self.index_bits, int) or not 1 <= self.index_bits <= 16):
@@ -304,6 +315,7 @@ class Recipe:
                 index_bits=e.get("index_bits", 5),
                 coder=_enum(CoderChoice, e.get("coder", "auto"), "encode.coder"),
                 float_bits=e.get("float_bits", 32),
+                positions=_enum(PositionChoice, e.get("positions", "auto"), "encode.positions"),
             )
         if data.get("structured") is not None:
             kw["structured"] = StructuredConfig.from_dict(data["structured"])

@@ -85,6 +85,14 @@ def _coded_rows(counts: np.ndarray, cols: int, counted: bool) -> np.ndarray:
     return (counts > 0) & (counts < cols) if counted else np.ones(len(counts), dtype=bool)
 
 
+def _block_bits(r0: int, block: np.ndarray, ones: np.ndarray, counts: np.ndarray, kept: int, beta: int, counted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The bits of a block's coded rows, and their probabilities of being set."""
+    k = counts[r0 : r0 + len(block), None]
+    coded = _coded_rows(k[:, 0], block.shape[1], counted)
+    seen = np.arange(r0, r0 + len(block))[coded, None]
+    return block[coded], _probabilities(ones[coded], seen, k[coded], block.shape[1], kept, counts.size * block.shape[1], beta, counted)
+
+
 def _model_byte(beta: int, counted: bool) -> int:
     return 0x80 * counted | BETAS.index(beta)
 
@@ -109,19 +117,15 @@ def encode_bitmask(mask: np.ndarray, coders: Sequence[Coder]) -> tuple[bytes, fl
     models = [(beta, counted) for counted in heads for beta in BETAS]
     bits = dict.fromkeys(models, 0.0)
     for r0, block, ones in _blocks(mask):
-        k = counts[r0 : r0 + len(block), None]
         for beta, counted in models:
-            coded = _coded_rows(k[:, 0], cols, counted)
-            p = _probabilities(ones[coded], np.arange(r0, r0 + len(block))[coded, None], k[coded], cols, kept, total, beta, counted)
-            bits[beta, counted] -= float(np.log2(np.where(block[coded], p, 1.0 - p)).sum())
+            x, p = _block_bits(r0, block, ones, counts, kept, beta, counted)
+            bits[beta, counted] -= float(np.log2(np.where(x, p, 1.0 - p)).sum())
     beta, counted = min(models, key=lambda m: bits[m] + 8 * len(heads[m[1]]))
     coder = _constriction().stream.stack.AnsCoder()
     family = _constriction().stream.model.Bernoulli(perfect=False)
     for r0, block, ones in _blocks(mask, reverse=True):  # a stack: the last row goes in first
-        k = counts[r0 : r0 + len(block), None]
-        coded = _coded_rows(k[:, 0], cols, counted)
-        p = _probabilities(ones[coded], np.arange(r0, r0 + len(block))[coded, None], k[coded], cols, kept, total, beta, counted)
-        coder.encode_reverse(block[coded].reshape(-1).astype(np.int32), family, p.reshape(-1))
+        x, p = _block_bits(r0, block, ones, counts, kept, beta, counted)
+        coder.encode_reverse(x.reshape(-1).astype(np.int32), family, p.reshape(-1))
     words = coder.get_compressed().astype("<u4").tobytes()
     return bytes([_model_byte(beta, counted)]) + heads[counted] + words, bits[beta, counted] + counted * count_bits, len(words)
 
