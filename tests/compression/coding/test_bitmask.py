@@ -23,7 +23,7 @@ def _entropy_bits(mask: np.ndarray) -> float:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.integers(1, 40),
+    st.one_of(st.integers(1, 40), st.integers(60, 300)),
     st.integers(1, 200),
     st.sampled_from([0.0, 0.005, 0.02, 0.1, 0.5, 1.0]),
     st.sampled_from(["iid", "dead", "clustered"]),
@@ -36,6 +36,17 @@ def test_round_trip_is_bit_exact(rows, cols, density, kind, seed):
     assert payload % 4 == 0 and payload <= len(data)
     # ANS stays within a few words of the model's own code length
     assert 8 * payload <= bits + 64 + 0.001 * bits
+
+
+@pytest.mark.parametrize("beta", bitmask.BETAS)
+@pytest.mark.parametrize("counted", [False, True])
+@pytest.mark.parametrize("shape", [(200, 30), (97, 300), (33, 5)])
+def test_every_model_round_trips_when_rows_share_their_column_counts(beta, counted, shape):
+    mask = _mask(*shape, 0.1, "dead", beta)
+    assert bitmask.rows_per_step(*shape) > 1 or shape[0] < 64
+    data, _, _ = encode_bitmask(mask, CODERS, models=[(beta, counted)])
+    assert data[0] == (0x80 if counted else 0) | bitmask.BETAS.index(beta)
+    assert np.array_equal(decode_bitmask(data, *shape), np.flatnonzero(mask))
 
 
 @pytest.mark.parametrize(

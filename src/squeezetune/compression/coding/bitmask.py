@@ -46,6 +46,13 @@ from squeezetune.errors import SqueezeError
 BETAS = (0, 1, 4, 16, 64, 256)
 _GRID = float(1 << 20)  # probabilities are multiples of 1 / _GRID, in [1 / _GRID, 1 - 1 / _GRID]
 _BLOCK = 1 << 18  # bits per vectorised step of the encoder
+_STEP_BITS = 8192  # the column counts are updated after about this many bits ...
+_STEP_ROWS = (1, 16)  # ... but after 1 to 16 rows, and at least 32 times per mask
+
+
+def rows_per_step(rows: int, cols: int) -> int:
+    """How many rows are coded with the same column counts (the decoder decodes them at once)."""
+    return max(_STEP_ROWS[0], min(_STEP_BITS // max(cols, 1), rows // 32, _STEP_ROWS[1]))
 
 
 def _probabilities(ones: np.ndarray, seen: np.ndarray, k: np.ndarray, cols: int, kept: int, total: int, beta: int, counted: bool) -> np.ndarray:
@@ -57,7 +64,7 @@ def _probabilities(ones: np.ndarray, seen: np.ndarray, k: np.ndarray, cols: int,
         den = (seen - ones + (beta - prior)) * ((cols - k) * float(kept))
         p = num / (num + den)
     elif counted:
-        p = np.broadcast_to(k / cols, ones.shape)
+        p = np.broadcast_to(k / cols, np.broadcast_shapes(ones.shape, k.shape))
     elif beta:
         p = (ones + prior) / (seen + beta)
     else:
@@ -66,19 +73,20 @@ def _probabilities(ones: np.ndarray, seen: np.ndarray, k: np.ndarray, cols: int,
 
 
 def _blocks(mask: np.ndarray, reverse: bool = False) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(first row, rows, set bits above each bit in its column) for blocks of rows."""
+    """(first row, rows, the column counts each row is coded with) for blocks of whole steps of rows."""
     rows, cols = mask.shape
-    step = max(1, _BLOCK // max(cols, 1))
+    per_step = rows_per_step(rows, cols)
+    step = per_step * max(1, _BLOCK // (per_step * max(cols, 1)))
     starts = range(0, rows, step)
     above = np.zeros(cols, dtype=np.int64) if not reverse else mask.sum(0, dtype=np.int64)
     for r0 in reversed(starts) if reverse else starts:
         block = mask[r0 : r0 + step]
         if reverse:
             above = above - block.sum(0)
-        ones = above + np.cumsum(block, 0, dtype=np.int64) - block
-        yield r0, block, ones
+        ones = above + np.cumsum(block, 0, dtype=np.int64) - block  # set bits above each row ...
+        yield r0, block, np.repeat(ones[::per_step], per_step, 0)[: len(block)]  # ... as of its step's first row
         if not reverse:
-            above = ones[-1] + block[-1]
+            above = above + block.sum(0)
 
 
 def _coded_rows(counts: np.ndarray, cols: int, counted: bool) -> np.ndarray:
@@ -89,7 +97,8 @@ def _block_bits(r0: int, block: np.ndarray, ones: np.ndarray, counts: np.ndarray
     """The bits of a block's coded rows, and their probabilities of being set."""
     k = counts[r0 : r0 + len(block), None]
     coded = _coded_rows(k[:, 0], block.shape[1], counted)
-    seen = np.arange(r0, r0 + len(block))[coded, None]
+    per_step = rows_per_step(len(counts), block.shape[1])
+    seen = (np.arange(r0, r0 + len(block)) // per_step * per_step)[coded, None]
     return block[coded], _probabilities(ones[coded], seen, k[coded], block.shape[1], kept, counts.size * block.shape[1], beta, counted)
 
 
@@ -97,13 +106,14 @@ def _model_byte(beta: int, counted: bool) -> int:
     return 0x80 * counted | BETAS.index(beta)
 
 
-def encode_bitmask(mask: np.ndarray, coders: Sequence[Coder]) -> tuple[bytes, float, int]:
+def encode_bitmask(mask: np.ndarray, coders: Sequence[Coder], models: Sequence[tuple[int, bool]] | None = None) -> tuple[bytes, float, int]:
     """Code a 2-D boolean ``mask`` with the best model of :data:`BETAS` x (rows counted or not).
 
     Returns the bytes, the ideal code length in bits of the mask under the chosen model
     (``-sum(log2 p)`` of its bits, plus the empirical entropy of the row counts if stored), and
     the size of the ANS payload in bytes.
-    ``coders`` are those the row counts may use.
+    ``coders`` are those the row counts may use; ``models`` (pairs of beta and counted) limits
+    the models tried.
     """
     mask = np.asarray(mask, dtype=bool)
     cols = mask.shape[1]
@@ -114,7 +124,9 @@ def encode_bitmask(mask: np.ndarray, coders: Sequence[Coder]) -> tuple[bytes, fl
     heads, count_bits = {False: _varint(kept)}, 0.0
     if cols < 2**31:  # else too long a row to count
         heads[True], count_bits = encode_row_counts(counts, cols, coders)
-    models = [(beta, counted) for counted in heads for beta in BETAS]
+    models = [(beta, counted) for counted in heads for beta in BETAS if models is None or (beta, counted) in models]
+    if not models:
+        raise SqueezeError(f"no bitmask model to try; expected pairs (beta, counted) with beta in {BETAS}")
     bits = dict.fromkeys(models, 0.0)
     for r0, block, ones in _blocks(mask):
         for beta, counted in models:
@@ -160,16 +172,19 @@ def decode_bitmask(data: bytes, rows: int, cols: int) -> np.ndarray:
     coded = _coded_rows(counts, cols, counted)
     mask[counts == cols] = True
     above = np.zeros(cols, dtype=np.int64)
+    per_step = rows_per_step(rows, cols)
     with decoding(f"bitmask payload of {len(payload)} bytes"):
         coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
         family = _constriction().stream.model.Bernoulli(perfect=False)
-        for r in range(rows):
-            if coded[r]:
-                p = _probabilities(above[None], np.array([[r]]), counts[r : r + 1, None], cols, kept, total, beta, counted)
-                mask[r] = coder.decode(family, p.reshape(-1)) != 0
-                if counted and int(mask[r].sum()) != counts[r]:
-                    raise SqueezeError(f"bitmask row {r} decodes to {int(mask[r].sum())} kept weights; its row count says {int(counts[r])}")
-            above += mask[r]
+        for r0 in range(0, rows, per_step):
+            step = slice(r0, min(r0 + per_step, rows))
+            live = np.flatnonzero(coded[step]) + r0
+            if len(live):
+                p = _probabilities(above[None], np.array([[r0]]), counts[live, None], cols, kept, total, beta, counted)
+                mask[live] = (coder.decode(family, np.broadcast_to(p, (len(live), cols)).reshape(-1)) != 0).reshape(len(live), cols)
+                if counted and not np.array_equal(mask[live].sum(1), counts[live]):
+                    raise SqueezeError(f"bitmask rows {r0}-{step.stop - 1} decode to {mask[live].sum(1).tolist()[:4]} kept weights; their row counts say {counts[live].tolist()[:4]}")
+            above += mask[step].sum(0)
         empty = coder.is_empty()
     if not empty:
         raise SqueezeError(f"bitmask payload of {len(payload)} bytes has data left after {rows} rows; expected it to end there")
