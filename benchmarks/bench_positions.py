@@ -173,7 +173,7 @@ def container_rows(data_dir: str, containers: Path | None) -> tuple[list[list[ob
                         f"{new.streams['weights']['total_bytes']:,}" if "weights" in new.streams else "-",
                     ]
                 )
-            print(markdown_table(["task"] * 8, summary[-1:]), flush=True)
+            print(" | ".join(map(str, summary[-1])), flush=True)
     return summary, per_layer
 
 
