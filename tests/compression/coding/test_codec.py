@@ -181,3 +181,19 @@ def test_an_unknown_position_coding_is_a_one_line_error():
     prune_layer(model[0], keep=10)
     with pytest.raises(SqueezeError, match="positions='zigzag' must be 'auto' or one of"):
         codec.encode_model(model, task="t", positions="zigzag")
+
+
+@pytest.mark.parametrize("positions", ["relative", "runs", "bitmask"])
+def test_transcoding_keeps_the_model_and_the_position_coding(positions):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(60, 40), nn.ReLU(), nn.Linear(40, 5))
+    prune_layer(model[0], keep=300)
+    share_layer(model[0], k=8)
+    prune_layer(model[2], keep=40)
+    sections = codec.encode_model(model, task="t", index_bits="auto", positions=positions).sections
+    for coder in ("huffman", "ans", "raw"):
+        out = codec.transcode(sections, coder)
+        assert [m.get("pc", "relative") for m in codec.read_meta(out)["layers"]] == [positions, positions]
+        decoded = codec.decode_sections(unpack_sections(pack_sections(out)), nn.Sequential(nn.Linear(60, 40), nn.ReLU(), nn.Linear(40, 5)))
+        for key, value in plain_state_dict(model).items():
+            assert torch.equal(decoded.state_dict()[key], value), key
