@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from _report import machine, markdown_table, write_section  # noqa: E402
 from squeezetune.compression.coding import codec  # noqa: E402
 from squeezetune.compression.coding.codebook import unpack_codebook  # noqa: E402
 from squeezetune.compression.coding.container import pack_sections, read_container  # noqa: E402
-from squeezetune.compression.coding.sparse import PositionCoding, encode_mask  # noqa: E402
+from squeezetune.compression.coding.sparse import PositionCoding, decode_mask, encode_mask  # noqa: E402
 from squeezetune.compression.coding.streams import Coder, decode_stream  # noqa: E402
 from squeezetune.compression.pipeline import compress, decode_file, dense_bytes, dense_model  # noqa: E402
 from squeezetune.compression.recipes import deep_compression  # noqa: E402
@@ -63,15 +64,24 @@ def views(mask: np.ndarray) -> dict[str, np.ndarray]:
     return {"out": mask.reshape(mask.shape[0], -1), "in": np.swapaxes(mask, 0, 1).reshape(mask.shape[1], -1)}
 
 
-def measure(mask: np.ndarray) -> dict[str, tuple[int, float, str]]:
-    """Per coding: (bytes, entropy bits under its model, orientation), the orientation that codes smaller."""
-    best: dict[str, tuple[int, float, str]] = {}
+def measure(mask: np.ndarray) -> dict[str, tuple[int, float, str, float]]:
+    """Per coding: (bytes, entropy bits under its model, orientation, decode ms), the orientation that codes smaller."""
+    best: dict[str, tuple[int, float, str, float]] = {}
     for orientation, view in views(mask).items():
         for coding in PositionCoding:
             coded, _ = encode_mask(view, "auto", CODERS, [coding])
             if coding.value not in best or len(coded.data) < best[coding.value][0]:
-                best[coding.value] = (len(coded.data), coded.entropy_bits, orientation)
+                best[coding.value] = (len(coded.data), coded.entropy_bits, orientation, decode_ms(coded, *view.shape))
     return best
+
+
+def decode_ms(coded, rows: int, cols: int, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        decode_mask(coded.data, coded.coding, rows, cols, entries=coded.entries, index_bits=coded.index_bits, coder=coded.coder)
+        times.append(time.perf_counter() - t0)
+    return 1000 * min(times)
 
 
 def masks(data_dir: str) -> list[tuple[str, float, np.ndarray]]:
@@ -92,8 +102,8 @@ def masks(data_dir: str) -> list[tuple[str, float, np.ndarray]]:
     return out
 
 
-def mask_rows(data_dir: str) -> list[list[object]]:
-    rows = []
+def mask_rows(data_dir: str) -> tuple[list[list[object]], list[list[object]]]:
+    rows, timings = [], []
     for name, density, mask in sorted(masks(data_dir), key=lambda m: (m[1], m[0].startswith("lenet"), m[0])):
         t0 = time.perf_counter()
         sizes = measure(mask)
@@ -104,8 +114,9 @@ def mask_rows(data_dir: str) -> list[list[object]]:
             + [f"{'**' if c == best else ''}{sizes[c][0]:,}{'**' if c == best else ''} ({sizes[c][1] / 8:,.0f}) {sizes[c][2]}" for c in (p.value for p in PositionCoding)]
             + [f"{sizes[best][0] / (bernoulli_bits(kept, mask.size) / 8):.3f}"]
         )
+        timings.append([name, f"{100 * density:g}%"] + [f"{sizes[c][3]:.1f}" for c in (p.value for p in PositionCoding)])
         print(" | ".join(map(str, rows[-1])), f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    return rows
+    return rows, timings
 
 
 def rebuild(model: torch.nn.Module, sections: dict[str, bytes]) -> torch.nn.Module:
@@ -184,7 +195,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    rows = mask_rows(args.data_dir)
+    load = os.getloadavg()[0]
+    rows, timings = mask_rows(args.data_dir)
     summary, per_layer = container_rows(args.data_dir, args.containers)
     codings = [p.value for p in PositionCoding]
     text = "\n\n".join(
@@ -199,6 +211,9 @@ def main() -> None:
             " codes, differences at the best width of 1-8 bits. Real masks: magnitude pruning of the trained dense baseline"
             " (MNIST protocol, seed 0), no fine-tuning.",
             markdown_table(["mask", "density", "kept", "Bernoulli B"] + [f"{c} B (entropy)" for c in codings] + ["best / Bernoulli"], rows),
+            f"Decoding each mask, ms (best of 3; 1-minute load average {load:.1f} on the shared cores before, so times"
+            " are upper bounds): the bitmask decodes one ANS symbol per weight, the others one per kept weight or filler.",
+            markdown_table(["mask", "density"] + codings, timings),
             "### `deep-compression` containers before and after the per-layer choice",
             "Each container of the built-in recipe (5-bit index width, as the recipe sets it) is decoded and re-encoded with"
             " relative indices only, the coding every layer used before, and with the per-layer choice. `same as file`: the"

@@ -13,9 +13,13 @@ counts that grow as coding proceeds:
   ``odds = odds_c * (k_r / (cols - k_r)) / (K / (N - K))``, and rows with ``k_r`` of 0 or
   ``cols`` (removed outputs, dense rows) cost nothing more.
 
-A row's probabilities depend only on the rows above it, so the decoder decodes a whole row at
-once. The encoder tries every ``beta`` of :data:`BETAS`, with and without row counts, and keeps
-the model whose ideal code length is smallest; the stream names it.
+Here ``ones_c`` and ``r`` count the rows above the current *step*: the column counts are updated
+after every :func:`rows_per_step` rows (1 to 16, about 8192 bits), so a row's probabilities
+depend only on earlier steps and the decoder decodes a whole step at once; a model without
+column counts (``beta = 0``) decodes 2**18 bits at a time, and one without row counts either
+uses a single Bernoulli for every bit. The encoder compares every ``beta`` of :data:`BETAS`,
+with and without row counts, by their ideal code lengths (on evenly spread blocks of about
+2**20 bits of a larger mask) and keeps the smallest; the stream names it.
 
 Probabilities are computed from integers with IEEE ``+ - * /`` alone and rounded down to a
 multiple of ``2**-20`` before ``constriction`` sees them, so encoder and decoder agree bit for bit
@@ -43,9 +47,10 @@ from squeezetune.compression.coding.streams import Coder, _Reader
 from squeezetune.errors import SqueezeError
 
 #: Prior strengths (in rows) of the column rates the encoder tries; 0: columns not modelled.
-BETAS = (0, 1, 4, 16, 64, 256)
+BETAS = (0, 4, 16, 64)
 _GRID = float(1 << 20)  # probabilities are multiples of 1 / _GRID, in [1 / _GRID, 1 - 1 / _GRID]
-_BLOCK = 1 << 18  # bits per vectorised step of the encoder
+_BLOCK = 1 << 18  # bits per vectorised step of the encoder (and of the decoder where columns are not modelled)
+_SELECT_BITS = 1 << 20  # the models are compared on about this many bits of a larger mask (evenly spread blocks)
 _STEP_BITS = 8192  # the column counts are updated after about this many bits ...
 _STEP_ROWS = (1, 16)  # ... but after 1 to 16 rows, and at least 32 times per mask
 
@@ -102,6 +107,20 @@ def _block_bits(r0: int, block: np.ndarray, ones: np.ndarray, counts: np.ndarray
     return block[coded], _probabilities(ones[coded], seen, k[coded], block.shape[1], kept, counts.size * block.shape[1], beta, counted)
 
 
+def _code_length(x: np.ndarray, p: np.ndarray) -> float:
+    """``-sum(log2 P(x))`` in bits for bits ``x`` set with probabilities ``p``."""
+    return -float(np.log2(np.where(x, p, 1.0 - p)).sum())
+
+
+def _model(p: np.ndarray, beta: int, counted: bool) -> tuple:
+    """``constriction``'s model for bits with probabilities ``p``: one Bernoulli for all when the
+    model is static (decoded at about three times the speed), else a parameter per bit."""
+    bernoulli = _constriction().stream.model.Bernoulli
+    if not beta and not counted:
+        return (bernoulli(float(p.flat[0]), perfect=False),)
+    return bernoulli(perfect=False), np.ascontiguousarray(p.reshape(-1))
+
+
 def _model_byte(beta: int, counted: bool) -> int:
     return 0x80 * counted | BETAS.index(beta)
 
@@ -127,19 +146,20 @@ def encode_bitmask(mask: np.ndarray, coders: Sequence[Coder], models: Sequence[t
     models = [(beta, counted) for counted in heads for beta in BETAS if models is None or (beta, counted) in models]
     if not models:
         raise SqueezeError(f"no bitmask model to try; expected pairs (beta, counted) with beta in {BETAS}")
-    bits = dict.fromkeys(models, 0.0)
-    for r0, block, ones in _blocks(mask):
-        for beta, counted in models:
-            x, p = _block_bits(r0, block, ones, counts, kept, beta, counted)
-            bits[beta, counted] -= float(np.log2(np.where(x, p, 1.0 - p)).sum())
-    beta, counted = min(models, key=lambda m: bits[m] + 8 * len(heads[m[1]]))
+    estimate = dict.fromkeys(models, 0.0)
+    sample = -(-total // _SELECT_BITS)  # every sample-th block
+    for i, (r0, block, ones) in enumerate(_blocks(mask)):
+        for beta, counted in models if i % sample == 0 else ():
+            estimate[beta, counted] += _code_length(*_block_bits(r0, block, ones, counts, kept, beta, counted))
+    beta, counted = min(models, key=lambda m: sample * estimate[m] + 8 * len(heads[m[1]]))
     coder = _constriction().stream.stack.AnsCoder()
-    family = _constriction().stream.model.Bernoulli(perfect=False)
+    bits = counted * count_bits + (estimate[beta, counted] if sample == 1 else 0.0)
     for r0, block, ones in _blocks(mask, reverse=True):  # a stack: the last row goes in first
         x, p = _block_bits(r0, block, ones, counts, kept, beta, counted)
-        coder.encode_reverse(x.reshape(-1).astype(np.int32), family, p.reshape(-1))
+        coder.encode_reverse(x.reshape(-1).astype(np.int32), *_model(p, beta, counted))
+        bits += _code_length(x, p) if sample > 1 else 0.0
     words = coder.get_compressed().astype("<u4").tobytes()
-    return bytes([_model_byte(beta, counted)]) + heads[counted] + words, bits[beta, counted] + counted * count_bits, len(words)
+    return bytes([_model_byte(beta, counted)]) + heads[counted] + words, bits, len(words)
 
 
 def decode_bitmask(data: bytes, rows: int, cols: int) -> np.ndarray:
@@ -172,16 +192,17 @@ def decode_bitmask(data: bytes, rows: int, cols: int) -> np.ndarray:
     coded = _coded_rows(counts, cols, counted)
     mask[counts == cols] = True
     above = np.zeros(cols, dtype=np.int64)
-    per_step = rows_per_step(rows, cols)
+    per_step = rows_per_step(rows, cols) if beta else max(1, _BLOCK // cols)  # without column counts, rows do not wait for each other
     with decoding(f"bitmask payload of {len(payload)} bytes"):
         coder = _constriction().stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-        family = _constriction().stream.model.Bernoulli(perfect=False)
         for r0 in range(0, rows, per_step):
             step = slice(r0, min(r0 + per_step, rows))
             live = np.flatnonzero(coded[step]) + r0
             if len(live):
                 p = _probabilities(above[None], np.array([[r0]]), counts[live, None], cols, kept, total, beta, counted)
-                mask[live] = (coder.decode(family, np.broadcast_to(p, (len(live), cols)).reshape(-1)) != 0).reshape(len(live), cols)
+                model = _model(np.broadcast_to(p, (len(live), cols)), beta, counted)
+                bits = coder.decode(*model, len(live) * cols) if len(model) == 1 else coder.decode(*model)
+                mask[live] = (bits != 0).reshape(len(live), cols)
                 if counted and not np.array_equal(mask[live].sum(1), counts[live]):
                     raise SqueezeError(f"bitmask rows {r0}-{step.stop - 1} decode to {mask[live].sum(1).tolist()[:4]} kept weights; their row counts say {counts[live].tolist()[:4]}")
             above += mask[step].sum(0)
