@@ -75,7 +75,7 @@ def measure(mask: np.ndarray) -> dict[str, tuple[int, float, str, float]]:
     return best
 
 
-def decode_ms(coded, rows: int, cols: int, repeats: int = 3) -> float:
+def decode_ms(coded, rows: int, cols: int, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -211,7 +211,7 @@ def main() -> None:
             " codes, differences at the best width of 1-8 bits. Real masks: magnitude pruning of the trained dense baseline"
             " (MNIST protocol, seed 0), no fine-tuning.",
             markdown_table(["mask", "density", "kept", "Bernoulli B"] + [f"{c} B (entropy)" for c in codings] + ["best / Bernoulli"], rows),
-            f"Decoding each mask, ms (best of 3; 1-minute load average {load:.1f} on the shared cores before, so times"
+            f"Decoding each mask, ms (best of 5; 1-minute load average {load:.1f} on the shared cores before, so times"
             " are upper bounds): the bitmask decodes one ANS symbol per weight, the others one per kept weight or filler.",
             markdown_table(["mask", "density"] + codings, timings),
             "### `deep-compression` containers before and after the per-layer choice",
