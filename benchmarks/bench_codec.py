@@ -41,14 +41,14 @@ def build(width: int, depth: int, density: float, bits: int) -> Stack:
     return model
 
 
-def measure(model: Stack, coder: str, repeats: int = 3) -> dict:
+def measure(model: Stack, coder: str, positions: str, repeats: int = 3) -> dict:
     params = sum(layer.weight.numel() + layer.bias.numel() for layer in model.layers)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.sqz"
         enc_times, dec_times = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            encoded = codec.encode_model(model, task="bench", coder=coder)
+            encoded = codec.encode_model(model, task="bench", coder=coder, positions=positions)
             size = write_container(path, encoded.sections)
             enc_times.append(time.perf_counter() - t0)
             fresh = Stack(model.layers[0].in_features, len(model.layers))
@@ -67,12 +67,13 @@ def main() -> None:
     configs = [(1000, 1), (2000, 4), (5000, 1)]
     for width, depth in configs:
         model = build(width, depth, density=0.1, bits=5)
-        for coder in ("huffman", "ans"):
-            r = measure(model, coder, repeats=3 if width * width * depth < 10_000_000 else 1)
+        for coder, positions in (("huffman", "auto"), ("ans", "auto"), ("ans", "relative")):
+            r = measure(model, coder, positions, repeats=3 if width * width * depth < 10_000_000 else 1)
             rows.append(
                 [
                     f"{r['params'] / 1e6:.1f}M",
                     coder,
+                    positions,
                     f"{r['bytes']:,}",
                     f"{4 * r['params'] / r['bytes']:.1f}x",
                     f"{r['encode_s']:.2f}",
@@ -87,9 +88,11 @@ def main() -> None:
         "Stacks of `nn.Linear` layers pruned by magnitude to 10% density and shared with 5-bit k-means "
         "(random init weights, so positions are close to random). Encode = entropy coding + writing the file; "
         "decode = reading it, verifying every CRC, entropy decoding and rebuilding the dense tensors. Medians of 3 "
-        "runs (1 run at 25M).\n\n"
+        "runs (1 run at 25M). Positions `auto` codes each layer's positions every way and keeps the smallest (on these "
+        "near-random masks a static bitmask, a few bytes under relative indices, decoded one symbol per weight); "
+        "`relative` keeps relative indices for every layer, the only coding before the choice.\n\n"
         + markdown_table(
-            ["parameters", "coder", "file bytes", "ratio", "encode s", "encode M params/s", "decode s", "decode M params/s"], rows
+            ["parameters", "coder", "positions", "file bytes", "ratio", "encode s", "encode M params/s", "decode s", "decode M params/s"], rows
         )
         + f"\n\nMeasured on {machine()} by `benchmarks/bench_codec.py`.\n"
     )

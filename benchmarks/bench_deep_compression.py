@@ -40,6 +40,8 @@ def layer_rows(report: dict) -> list[list[object]]:
         w_bits = math.log2(layer["clusters"]) if layer["clusters"] else 32
         w_coded = 8 * streams["weights"]["total_bytes"] / kept if "weights" in streams else 32
         i_coded = 8 * streams["positions"]["total_bytes"] / kept if "positions" in streams else 0
+        coding = streams.get("positions", {}).get("coding", "relative")
+        positions = {"relative": str(layer["index_bits"]), "runs": f"runs, {layer['index_bits']}"}.get(coding, coding)
         rows.append(
             [
                 layer["name"],
@@ -47,7 +49,7 @@ def layer_rows(report: dict) -> list[list[object]]:
                 f"{100 * kept / layer['weights']:.1f}%",
                 f"{w_bits:.0f}",
                 f"{w_coded:.2f}",
-                layer["index_bits"],
+                positions,
                 f"{i_coded:.2f}",
                 f"{layer['fillers']:,}",
                 f"{layer['coded_bytes']:,}",
@@ -100,14 +102,15 @@ def main() -> None:
                 ]
             )
             table = markdown_table(
-                ["layer", "#weights", "kept", "weight bits (P+Q)", "weight bits coded", "index bits", "index bits coded", "fillers", "bytes", "rate"],
+                ["layer", "#weights", "kept", "weight bits (P+Q)", "weight bits coded", "index bits or coding", "position bits coded", "fillers", "bytes", "rate"],
                 layer_rows(report),
             )
             sections.append(f"#### {name}\n\n{table}\n")
             print(table, flush=True)
     text = (
         "### Deep Compression on the MNIST protocol\n\n"
-        "Recipe `deep-compression`: the paper's per-layer keep rates and weight bits, 5-bit index diffs, fine-tuning "
+        "Recipe `deep-compression`: the paper's per-layer keep rates and weight bits, 5-bit index diffs (or, per layer, "
+        "row run lengths or an adaptive bitmask where smaller; see the position codings section), fine-tuning "
         "by distillation from the dense model, float16 codebooks and biases, each stream coded with the smallest of "
         "Huffman, ANS and fixed-width codes. Train: first 8,000 images of MNIST's test split; evaluate: last 2,000; seed 0. Accuracy is "
         "that of the model decoded from the written file; ratio = dense fp32 bytes / file bytes. The "

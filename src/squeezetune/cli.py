@@ -136,15 +136,15 @@ def inspect_cmd(container: Path = typer.Argument(..., help="A .sqz container."))
         reasons = kept_raw(get_task(info.task).build_model())
     typer.echo(f"{container}: task {info.task}, {container.stat().st_size:,} bytes, {len(sections)} sections")
     width = max([len(t.key) for t in info.tensors] + [14])
-    typer.echo(f"{'tensor':<{width}} {'shape':<16} {'entries':>8} {'clusters':>8} {'idx bits':>8} {'order':<14} {'bytes':>8}")
+    typer.echo(f"{'tensor':<{width}} {'shape':<16} {'entries':>8} {'clusters':>8} {'idx bits':>8} {'positions':<9} {'order':<14} {'bytes':>8}")
     for t in info.tensors:
         shape = "x".join(map(str, t.shape))
         if t.coded:
-            typer.echo(f"{t.key:<{width}} {shape:<16} {t.entries:>8,} {t.clusters or '-':>8} {t.index_bits or '-':>8} {t.order:<14} {t.bytes:>8,}")
+            typer.echo(f"{t.key:<{width}} {shape:<16} {t.entries:>8,} {t.clusters or '-':>8} {t.index_bits or '-':>8} {t.positions or '-':<9} {t.order:<14} {t.bytes:>8,}")
         else:
             typer.echo(f"{t.key:<{width}} {shape:<16} raw {t.dtype}: {reasons.get(t.key, 'not pruned or shared by the recipe')}")
-    typer.echo(f"{'(raw section)':<{width}} {'':<58} {info.raw_bytes:>8,}")
-    typer.echo(f"{'(meta)':<{width}} {'':<58} {info.meta_bytes:>8,}")
+    typer.echo(f"{'(raw section)':<{width}} {'':<68} {info.raw_bytes:>8,}")
+    typer.echo(f"{'(meta)':<{width}} {'':<68} {info.meta_bytes:>8,}")
 
 
 @app.command("evaluate")

@@ -292,3 +292,11 @@ def test_max_compression_has_tuned_rates_for_the_mnist_nets(task):
     assert gradual.finetune.distill and recipe.encode.index_bits == "auto"
     assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
     recipe.validate(t.build_model(), torch.zeros(1, 1, 28, 28))
+
+
+def test_position_coding_round_trips_and_defaults_to_the_smallest_per_layer():
+    assert Recipe.from_dict({}).encode.positions.value == "auto"
+    r = Recipe.from_dict({"encode": {"positions": "relative"}})
+    assert r.encode.positions.value == "relative" and Recipe.from_dict(r.to_dict()) == r
+    with pytest.raises(SqueezeError, match="encode.positions"):
+        Recipe.from_dict({"encode": {"positions": "zigzag"}})

@@ -60,7 +60,7 @@ class Encoder:
     def __call__(self, model: nn.Module) -> codec.Encoded:
         e = self.config
         spec = architecture_spec(model, self.dense)
-        return codec.encode_model(model, task=self.task, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, spec=spec)
+        return codec.encode_model(model, task=self.task, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, spec=spec, positions=e.positions.value)
 
 
 def compress(

@@ -175,7 +175,7 @@ def format_tensors(tensors: list[TensorRecord]) -> str:
         if t.action == "raw":
             rows.append(f"{t.name:<{width}} {t.kind:<18} {t.weights:>9,} {'-':>8} {'-':>6} {'-':>8} {'-':>8} {'-':>8}  raw: {t.why}")
             continue
-        streams = ", ".join(f"{k}: {v['coder']} {v['total_bytes']}/{v['entropy_bits'] / 8:.0f}" for k, v in t.streams.items())
+        streams = ", ".join(f"{k}: {v['coding'] + '/' if 'coding' in v else ''}{v['coder']} {v['total_bytes']}/{v['entropy_bits'] / 8:.0f}" for k, v in t.streams.items())
         rows.append(
             f"{t.name:<{width}} {t.kind:<18} {t.weights:>9,} {t.kept:>8,} {100 * t.kept / max(t.weights, 1):>5.1f}% "
             f"{t.clusters or '-':>8} {t.index_bits or '-':>8} {t.coded_bytes or 0:>8,}  {t.action}; {streams}"

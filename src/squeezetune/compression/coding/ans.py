@@ -19,6 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
 from squeezetune.errors import SqueezeError
@@ -30,6 +33,19 @@ def _constriction():  # -> the constriction module, whose submodules are attribu
     import constriction
 
     return constriction
+
+
+@contextlib.contextmanager
+def decoding(what: str) -> Iterator[None]:
+    """Turn whatever ``constriction`` raises inside the block (Rust panics too) into a one-line SqueezeError about ``what``."""
+    try:
+        yield
+    except SqueezeError:
+        raise
+    except BaseException as exc:  # constriction's Rust panics arrive as pyo3 PanicException(BaseException)
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        raise SqueezeError(f"{what} does not decode: {exc}") from exc
 
 
 def _model(counts: np.ndarray):  # -> constriction.stream.model.Categorical
@@ -66,19 +82,13 @@ def decode(words: np.ndarray, counts: np.ndarray, n: int, values: np.ndarray | N
         raise SqueezeError(f"an ANS model needs >= 2 positive counts; got {counts.tolist()[:8]}")
     values = np.arange(len(counts), dtype=np.int32) if values is None else np.asarray(values)
     out = np.empty(n, dtype=values.dtype)
-    try:
+    with decoding(f"ANS payload of {len(words)} words"):
         model = _model(counts)
         coder = _constriction().stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
         for lo in range(0, n, _CHUNK):
             ranks = coder.decode(model, min(_CHUNK, n - lo))
             out[lo : lo + len(ranks)] = values[ranks]
         empty = coder.is_empty()
-    except SqueezeError:
-        raise
-    except BaseException as exc:  # constriction's Rust panics arrive as pyo3 PanicException(BaseException)
-        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
-            raise
-        raise SqueezeError(f"ANS payload of {len(words)} words does not decode: {exc}") from exc
     if not empty:
         raise SqueezeError(f"ANS payload of {len(words)} words has data left after {n} symbols; expected it to end there")
     return out

@@ -4,8 +4,9 @@ For every pruned or shared tensor (any compressible tensor, see
 :mod:`squeezetune.compression.tensors`, carrying a mask or a shared codebook) the encoder writes
 up to three sections, named by the tensor's position ``i`` among the compressible ones:
 
-``{i}p``  kept positions as relative index diffs with filler zeros (:mod:`.sparse`), entropy coded
-          (absent when nothing is pruned);
+``{i}p``  kept positions (absent when nothing is pruned), in whichever coding of :mod:`.sparse`
+          is smallest for the layer: relative index diffs with filler zeros, row-wise run
+          lengths, or an adaptive bitmask;
 ``{i}w``  the cluster index of each kept weight, entropy coded; or, for a layer that is pruned but
           not shared, the kept values as raw float32;
 ``{i}c``  the codebook: the centroids that kept weights use, ascending, float32 or float16,
@@ -15,7 +16,8 @@ The weight tensor is flattened in its stored order or with its first two axes sw
 first), whichever codes smaller; the choice is recorded. Every other tensor of the state dict
 (biases, batch-norm statistics, layers left dense) goes into section ``r`` in its own dtype (float16
 with ``float_bits=16``), split into byte planes that are entropy coded apart.
-Section ``m`` is zlib-compressed JSON naming the task, each layer's shape, order, index bits,
+Section ``m`` is zlib-compressed JSON naming the task, each layer's shape, order, position
+coding (key ``pc``; absent for relative indices, the only coding of older files), index bits,
 cluster count, entry count and coders, the raw tensors, and (after structured pruning) the
 shrunk architecture. The decoder rebuilds the model bit-exactly from the file alone, given the
 task's architecture.
@@ -39,13 +41,8 @@ from squeezetune.compression.coding.codebook import (
     unpack_codebook,
 )
 from squeezetune.compression.coding.container import _varint, pack_sections
-from squeezetune.compression.coding.positions import decode_positions, encode_positions
-from squeezetune.compression.coding.streams import (
-    Coder,
-    StreamStats,
-    decode_stream,
-    encode_stream_with_stats,
-)
+from squeezetune.compression.coding.sparse import AUTO_INDEX_BITS, PositionCoding, decode_mask, encode_mask
+from squeezetune.compression.coding.streams import Coder, StreamStats, decode_stream, smallest_stream
 from squeezetune.compression.report import TensorRecord
 from squeezetune.compression.stages import StageConfig
 from squeezetune.compression.tensors import Target, compressible
@@ -61,6 +58,15 @@ class CoderChoice(str, Enum):
     AUTO = "auto"
 
 
+class PositionChoice(str, Enum):
+    """How kept positions are coded: one coding of :mod:`.sparse` for every tensor, or the smallest per tensor."""
+
+    AUTO = "auto"
+    RELATIVE = "relative"
+    RUNS = "runs"
+    BITMASK = "bitmask"
+
+
 @dataclass(frozen=True)
 class EncodeConfig(StageConfig):
     """How the final model is coded into the container (the recipe's ``encode`` entry).
@@ -69,13 +75,15 @@ class EncodeConfig(StageConfig):
     ``index_bits`` the width of a relative-index symbol (1-16) or ``auto`` (per tensor, the width
     whose position stream codes smallest); ``float_bits`` 32 or 16 for codebooks, kept values of
     unshared tensors, biases and every other raw tensor (the model is rounded to match first, so
-    what is measured is what decodes).
+    what is measured is what decodes); ``positions`` ``auto`` (per tensor, the smallest of relative
+    indices, row run lengths and an adaptive bitmask) or one of ``relative``, ``runs``, ``bitmask``.
     """
 
     stage: ClassVar[str] = "encode"
     index_bits: int | str = 5
     coder: CoderChoice = CoderChoice.AUTO
     float_bits: int = 32
+    positions: PositionChoice = PositionChoice.AUTO
 
     def __post_init__(self) -> None:
         if self.index_bits != "auto" and (isinstance(self.index_bits, bool) or not isinstance(self.index_bits, int) or not 1 <= self.index_bits <= 16):
@@ -106,12 +114,7 @@ def _coders(choice: str) -> list[Coder]:
 
 
 def _code(symbols: np.ndarray, alphabet: int, choice: str) -> tuple[bytes, StreamStats]:
-    best = None
-    for coder in _coders(choice):
-        data, stats = encode_stream_with_stats(symbols, alphabet, coder)
-        if best is None or len(data) < len(best[0]):
-            best = (data, stats)
-    return best
+    return smallest_stream(symbols, alphabet, _coders(choice))
 
 
 def _stats_dict(stats: StreamStats) -> dict[str, Any]:
@@ -124,26 +127,11 @@ def _flat(t: torch.Tensor, order: int) -> torch.Tensor:
     return (t.transpose(0, 1) if order else t).reshape(-1)
 
 
-AUTO_INDEX_BITS = range(1, 9)
-"""The widths ``index_bits="auto"`` tries for each layer's position stream."""
+def _codings(choice: str) -> tuple[PositionCoding, ...]:
+    return tuple(PositionCoding) if choice == "auto" else (PositionCoding(choice),)
 
 
-def _positions(alive: np.ndarray, index_bits: int | str, coder: str) -> tuple[int, bytes, StreamStats, int, int]:
-    """The coded position stream of ``alive``: (width, data, stats, entries, fillers).
-
-    ``index_bits="auto"`` codes the stream at every width in :data:`AUTO_INDEX_BITS` and keeps the
-    smallest; the decoder reads the width from the layer's metadata.
-    """
-    best = None
-    for bits in AUTO_INDEX_BITS if index_bits == "auto" else (index_bits,):
-        symbols, fillers = encode_positions(np.flatnonzero(alive), bits)
-        data, stats = _code(symbols, 1 << bits, coder)
-        if best is None or len(data) < len(best[1]):
-            best = (bits, data, stats, len(symbols), fillers)
-    return best
-
-
-def _encode_layer(index: int, target: Target, index_bits: int | str, coder: str, fdt: str) -> tuple[dict[str, bytes], dict, TensorRecord] | None:
+def _encode_layer(index: int, target: Target, index_bits: int | str, coder: str, fdt: str, positions: str) -> tuple[dict[str, bytes], dict, TensorRecord] | None:
     shared, mask = shared_of(target.module, target.attr), mask_of(target.module, target.attr)
     if shared is None and mask is None:
         return None
@@ -163,9 +151,14 @@ def _encode_layer(index: int, target: Target, index_bits: int | str, coder: str,
             # A dense layer has no position stream: its width is only range-checked on decoding.
             meta["b"], meta["e"] = 5 if index_bits == "auto" else index_bits, int(weight.numel())
         else:
-            bits, sections[f"{index}p"], stats, entries, fillers = _positions(alive, index_bits, coder)
-            streams["positions"] = _stats_dict(stats)
-            meta["b"], meta["e"], meta["cp"] = bits, entries, streams["positions"]["coder"]
+            rows = weight.shape[order] if weight.dim() > 1 else 1
+            coded, tried = encode_mask(alive.reshape(rows, -1), index_bits, _coders(coder), _codings(positions))
+            sections[f"{index}p"], bits, fillers = coded.data, coded.index_bits, coded.fillers
+            streams["positions"] = {**coded.report(), "tried": tried}
+            if coded.coding is PositionCoding.RELATIVE:
+                meta["b"], meta["e"], meta["cp"] = bits, coded.entries, coded.coder.value
+            else:
+                meta["e"], meta["pc"] = coded.entries, coded.coding.value
         if shared is not None:
             # Only the centroids some kept weight uses are stored; labels are renumbered to match.
             # The codebook is sorted (for its compact coding) and the labels renumbered to match.
@@ -268,22 +261,28 @@ def encode_model(
     coder: str = "auto",
     float_bits: int = 32,
     spec: dict | None = None,
+    positions: str = "auto",
 ) -> Encoded:
     """Encode a (pruned and/or shared) model into container sections.
 
     ``index_bits`` may be one width for all layers or a per-layer mapping (default 5); ``"auto"``
     picks, per layer, the width of :data:`AUTO_INDEX_BITS` whose position stream codes smallest.
+    ``positions`` is a :class:`.sparse.PositionCoding` for every layer, or ``"auto"`` (default):
+    per layer, the smallest of relative indices (at that width), row-wise run lengths (at that
+    width) and the adaptive bitmask, relative indices on ties.
     ``coder`` is ``huffman``, ``ans``, ``raw`` or ``auto`` (the smallest of the three per stream).
     ``float_bits=16`` stores codebooks, unshared kept values and raw floating-point tensors as
     float16; call :func:`round_floats` on the model first so that decoding stays bit-exact.
     """
-    coder = getattr(coder, "value", coder)
+    coder, positions = getattr(coder, "value", coder), getattr(positions, "value", positions)
+    if positions != "auto" and positions not in {c.value for c in PositionCoding}:
+        raise SqueezeError(f"positions={positions!r} must be 'auto' or one of {[c.value for c in PositionCoding]}")
     fdt = {32: "<f4", 16: "<f2"}[float_bits]
     sections: dict[str, bytes] = {}
     layers_meta, reports, covered = [], [], set()
     for index, (name, target) in enumerate(compressible(model).items()):
         bits = index_bits.get(name, 5) if isinstance(index_bits, dict) else index_bits
-        encoded = _encode_layer(index, target, bits, coder, fdt)
+        encoded = _encode_layer(index, target, bits, coder, fdt, positions)
         if encoded is None:
             continue
         layer_sections, meta, report = encoded
@@ -347,23 +346,24 @@ def read_meta(sections: dict[str, bytes]) -> dict[str, Any]:
 
 
 def _decode_layer(sections: dict[str, bytes], m: dict, fb: int) -> torch.Tensor:
-    shape, order, bits, k, entries = m["s"], int(m["o"]), int(m["b"]), int(m["k"]), int(m["e"])
+    shape, order, k, entries = m["s"], int(m["o"]), int(m["k"]), int(m["e"])
     fdt = {32: "<f4", 16: "<f2"}[fb]
     n = int(np.prod(shape))
     i = int(m["i"])
-    if not 1 <= bits <= 16 or entries < 0 or entries > n * 2 + (n >> max(bits - 1, 0)) + 1:
-        raise SqueezeError(f"layer {m['n']!r}: index_bits={bits} or entries={entries} out of range")
-    if "cp" in m:
-        symbols = decode_stream(sections[f"{i}p"], Coder(m["cp"]), expected=entries)
-        if len(symbols) and symbols.max() >= 1 << bits:
-            raise SqueezeError(f"layer {m['n']!r}: position stream holds a symbol above its {bits}-bit width")
-        positions = decode_positions(symbols, bits)
+    if "pc" in m or "cp" in m:
+        coding = m.get("pc", PositionCoding.RELATIVE.value)
+        if coding not in {c.value for c in PositionCoding}:
+            raise SqueezeError(f"layer {m['n']!r}: position coding {coding!r} is unknown; expected one of {[c.value for c in PositionCoding]}")
+        rows = int(shape[order]) if len(shape) > 1 else 1
+        try:
+            positions = decode_mask(sections[f"{i}p"], coding, rows, n // rows if rows else 0, entries=entries, index_bits=int(m.get("b", 0)), coder=m.get("cp", "ans"))
+        except SqueezeError as exc:
+            raise SqueezeError(f"layer {m['n']!r}: {exc}") from None
     else:
-        if entries != n:
-            raise SqueezeError(f"layer {m['n']!r}: dense layer has {entries} entries, expected {n}")
+        bits = int(m["b"])
+        if not 1 <= bits <= 16 or entries != n:
+            raise SqueezeError(f"layer {m['n']!r}: dense layer has index_bits={bits} and {entries} entries; expected [1, 16] and {n}")
         positions = np.arange(n, dtype=np.int64)
-    if len(positions) and positions[-1] >= n:
-        raise SqueezeError(f"layer {m['n']!r}: position {int(positions[-1])} is outside its {n} weights")
     if k:
         labels = decode_stream(sections[f"{i}w"], Coder(m["cw"]), expected=len(positions))
         if not 1 <= k <= 1 << 16:
@@ -434,6 +434,8 @@ class CodedTensor:
     entries: int = 0
     clusters: int = 0
     index_bits: int = 0
+    positions: str = ""
+    """The position coding (``relative``, ``runs``, ``bitmask``; empty for an unpruned tensor)."""
     order: str = ""
     bytes: int = 0
 
@@ -463,6 +465,7 @@ def describe(sections: dict[str, bytes]) -> ContainerInfo:
                     entries=int(m["e"]),
                     clusters=int(m["k"]),
                     index_bits=int(m["b"]) if "cp" in m else 0,
+                    positions=str(m.get("pc", "relative" if "cp" in m else "")),
                     order="inputs-first" if m["o"] else "outputs-first",
                     bytes=sum(len(sections.get(f"{i}{s}", b"")) for s in "pwc"),
                 )
@@ -478,10 +481,18 @@ def transcode(sections: dict[str, bytes], coder: str) -> dict[str, bytes]:
     """Re-code every entropy-coded stream of a container's sections with ``coder``; lossless.
 
     The symbols are unchanged, so the decoded model is identical; only the coded sizes differ.
+    Positions in run lengths or a bitmask keep their coding; the streams inside are re-coded.
     """
     meta = read_meta(sections)
     out = dict(sections)
     for m in meta["layers"]:
+        if "pc" in m:
+            name, order = f"{m['i']}p", int(m["o"])
+            rows = int(m["s"][order]) if len(m["s"]) > 1 else 1
+            mask = np.zeros(int(np.prod(m["s"])), dtype=bool)
+            mask[decode_mask(sections[name], m["pc"], rows, len(mask) // rows, entries=int(m["e"]))] = True
+            coded, _ = encode_mask(mask.reshape(rows, -1), "auto", _coders(coder), (m["pc"],))
+            out[name], m["e"] = coded.data, coded.entries
         for key, section in (("cp", "p"), ("cw", "w")):
             if key in m:
                 name = f"{m['i']}{section}"

@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -162,6 +163,18 @@ def decode_stream(data: bytes, coder: Coder, expected: int | None = None) -> np.
     return out
 
 
+def stream_coder(data: bytes) -> Coder:
+    """The coder named by the tag of a stream written by :func:`encode_stream` (the rest is not checked).
+
+    >>> stream_coder(encode_stream(np.array([1, 0, 1]), 2, Coder.ANS)).value
+    'ans'
+    """
+    known = {_FORMAT_VERSION << 4 | i: Coder(name) for name, i in _CODER_IDS.items()}
+    if not data or data[0] not in known:
+        raise SqueezeError(f"stream tag {bytes(data[:1]).hex() or 'missing'} names no coder; expected one of {sorted(f'{t:02x}' for t in known)}")
+    return known[data[0]]
+
+
 def empirical_entropy_bits(symbols: np.ndarray, alphabet_size: int) -> float:
     """``n * H(p)`` in bits, where ``p`` is the histogram of ``symbols``: the ideal payload size.
 
@@ -175,15 +188,21 @@ def best_coder(
     symbols: np.ndarray, alphabet_size: int, candidates: tuple[Coder, ...] = (Coder.HUFFMAN, Coder.ANS)
 ) -> tuple[Coder, bytes]:
     """Encode with each candidate and return the one with the fewest total bytes (first on ties)."""
+    data, stats = smallest_stream(symbols, alphabet_size, candidates)
+    return stats.coder, data
+
+
+def smallest_stream(symbols: np.ndarray, alphabet_size: int, candidates: Sequence[Coder]) -> tuple[bytes, StreamStats]:
+    """The fewest bytes that any of ``candidates`` codes ``symbols`` in (the first on ties), with its stats."""
     if not candidates:
-        raise SqueezeError("best_coder needs at least one candidate coder; got none")
+        raise SqueezeError("a stream needs at least one candidate coder; got none")
     coders = [_as_coder(c) for c in candidates]
     symbols, counts = _validate(symbols, alphabet_size)
-    best: tuple[Coder, bytes] | None = None
+    best: tuple[bytes, StreamStats] | None = None
     for coder in coders:
-        data = _encode(symbols, counts, coder)[0]
-        if best is None or len(data) < len(best[1]):
-            best = (coder, data)
+        data, stats = _encode(symbols, counts, coder)
+        if best is None or len(data) < len(best[0]):
+            best = (data, stats)
     return best
 
 
