@@ -28,8 +28,11 @@ def test_a_recipe_with_exponent_numbers_loads(tmp_path):
 
     path = tmp_path / "r.yaml"
     path.write_text("name: r\nprune: {default: {keep_fraction: 0.1}}\nfinetune: {epochs: 1, lr: 1e-3, weight_decay: 1e-5}\nfinetune_centroids: {epochs: 1, lr: 5e-4}\n")
-    recipe = load_recipe(str(path), "lenet300", {})
-    assert recipe.finetune.lr == 0.001 and recipe.finetune.weight_decay == 1e-5 and recipe.finetune_centroids.lr == 5e-4
+    from squeezetune.tasks import get_task
+
+    recipe = load_recipe(str(path), "lenet300", get_task("lenet300-mnist").build_model())
+    finetune, centroids = recipe.step("finetune").config, recipe.step("finetune_centroids").config
+    assert finetune.lr == 0.001 and finetune.weight_decay == 1e-5 and centroids.lr == 5e-4
 
 
 def test_a_search_config_with_exponent_numbers_loads(tmp_path):

@@ -73,21 +73,40 @@ _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 class _Type:
-    def __init__(self, cls: type[nn.Module], fields: Mapping[str, Any], build: Callable[[dict], nn.Module], cost: Callable[[dict], int], read: Callable[[nn.Module], dict]) -> None:
-        self.cls, self.fields, self.build, self.cost, self.read = cls, dict(fields), build, cost, read
+    def __init__(self, cls, fields, build, cost, read, fits=None) -> None:
+        self.cls, self.fields, self.build, self.cost, self.read, self.fits = cls, dict(fields), build, cost, read, fits
 
 
 MODULE_TYPES: dict[str, _Type] = {}
 """The module types a spec may name, by type name."""
 
+_TYPE_MODULES = ("squeezetune.compression.structured.strided", "squeezetune.compression.structured.gather")
+"""The package's modules that register types of their own: imported before any spec is read or written."""
 
-def register_module_type(cls: type[nn.Module], fields: Mapping[str, Any], build: Callable[[dict], nn.Module], cost: Callable[[dict], int], read: Callable[[nn.Module], dict]) -> None:
+
+def _load_types() -> None:
+    import importlib
+
+    for module in _TYPE_MODULES:
+        importlib.import_module(module)
+
+
+def register_module_type(
+    cls: type[nn.Module],
+    fields: Mapping[str, Any],
+    build: Callable[[dict], nn.Module],
+    cost: Callable[[dict], int],
+    read: Callable[[nn.Module], dict],
+    fits: Callable[[dict, nn.Module], str | None] | None = None,
+) -> None:
     """Allow ``cls`` in architecture specs (the package's own small modules register themselves).
 
     ``fields`` maps each constructor argument to its kind (see above), ``build`` makes the module
-    from checked arguments, ``cost`` counts what it allocates from them, ``read`` describes one.
+    from checked arguments, ``cost`` counts what it allocates from them, ``read`` describes one;
+    ``fits`` (optional) says what is wrong with a description as the replacement of a given layer
+    of the task's model, or ``None`` when it fits.
     """
-    MODULE_TYPES[cls.__name__] = _Type(cls, fields, build, cost, read)
+    MODULE_TYPES[cls.__name__] = _Type(cls, fields, build, cost, read, fits)
 
 
 def conv_fields(dims: int) -> dict[str, Any]:
@@ -153,6 +172,7 @@ register_module_type(Factors, {"modules": "modules"}, lambda d: Factors(*d["modu
 
 def describe(module: nn.Module) -> dict[str, Any]:
     """``module`` as plain data: ``{"type": ..., <constructor arguments>}`` (see the module doc)."""
+    _load_types()
     cls = parametrize.type_before_parametrizations(module)
     kind = MODULE_TYPES.get(cls.__name__)
     if kind is None or kind.cls is not cls:
@@ -287,6 +307,7 @@ def apply_architecture(model: nn.Module, spec: Any) -> nn.Module:
     types within range, and allocate no more than the layer it replaces. New layers are freshly
     initialised: load the weights next.
     """
+    _load_types()
     if not isinstance(spec, Mapping) or spec.get("format") != ARCH_FORMAT or not isinstance(spec.get("modules"), Mapping):
         raise SqueezeError(f"container spec is malformed: expected format {ARCH_FORMAT!r} with a 'modules' table")
     leaves = _leaves(model)
@@ -296,6 +317,10 @@ def apply_architecture(model: nn.Module, spec: Any) -> nn.Module:
         if dense is None:
             raise SqueezeError(f"container spec names layer {name!r}, which the task's model does not have as a conv, linear or BatchNorm")
         checked = _checked(desc, repr(name))
+        wrong = MODULE_TYPES[checked["type"]].fits
+        wrong = wrong(checked, dense) if wrong is not None else None
+        if wrong:
+            raise SqueezeError(f"container spec gives layer {name!r} {wrong}")
         allowed = _module_cost(dense)
         if cost(checked) > allowed:
             raise SqueezeError(f"container spec gives layer {name!r} a {checked['type']} of {cost(checked):,} parameters and buffers: expected at most {allowed:,}, the task's layer")

@@ -62,7 +62,6 @@ def _apply_checked_spec(model: nn.Module, spec: Any) -> nn.Module:
         if dense is None or not isinstance(entry, dict):
             raise SqueezeError(f"container spec names layer {name!r}, which the task's model does not have")
         for key, value in entry.items():
-            limit = dense.get("in_features", 0) if key == "gather" else dense.get(key, 0)  # a gathered layer's input width
-            if key != "type" and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit):
-                raise SqueezeError(f"container spec gives layer {name!r} {key}={value!r}: expected an integer in [1, {limit}]")
+            if key != "type" and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= dense.get(key, 0)):
+                raise SqueezeError(f"container spec gives layer {name!r} {key}={value!r}: expected an integer in [1, {dense.get(key)}]")
     return apply_spec(model, spec)

@@ -9,7 +9,7 @@ from torch import nn
 from squeezetune.compression.coding import codec
 from squeezetune.compression.coding.container import pack_sections
 from squeezetune.compression.decode import decode_bytes
-from squeezetune.compression.pipeline import architecture_spec
+from squeezetune.compression.architecture import architecture_spec
 from squeezetune.compression.stages import Context, apply_stage
 from squeezetune.compression.structured.gather import GatheredLinear, gather_unused_inputs, ungather
 from squeezetune.compression.structured.neurons import NeuronsConfig
@@ -68,7 +68,7 @@ def _run(model: nn.Module, x: torch.Tensor, **kw) -> nn.Module:
 
 
 def _round_trip(model: nn.Module, dense: nn.Module, factory) -> nn.Module:
-    spec = architecture_spec(model, shrunk_spec(dense))
+    spec = architecture_spec(model, dense)
     data = pack_sections(codec.encode_model(model, task="toy", spec=spec).sections)
     task = Task("toy", "toy", factory, lambda _: (None, None))
     return decode_bytes(data, task=task)
@@ -164,11 +164,11 @@ def test_a_container_whose_input_selection_disagrees_is_refused():
 
 
 def test_a_container_spec_cannot_widen_a_gathered_layer():
+    from squeezetune.compression.architecture import ARCH_FORMAT
     from squeezetune.compression.decode import _apply_checked_spec
 
-    spec = shrunk_spec(MLP())
-    spec["modules"]["fc1"] = {"type": "Linear", "in_features": 17, "out_features": 12, "gather": 21}
-    with pytest.raises(SqueezeError, match=r"container spec gives layer 'fc1' gather=21: expected an integer in \[1, 20\]"):
+    spec = {"format": ARCH_FORMAT, "modules": {"fc1": {"type": "GatheredLinear", "dense_features": 21, "in_features": 17, "out_features": 12, "bias": True}}}
+    with pytest.raises(SqueezeError, match=r"container spec gives layer 'fc1' dense_features=21: expected at most 20, the input width of the task's layer"):
         _apply_checked_spec(MLP(), spec)
 
 

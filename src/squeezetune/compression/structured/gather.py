@@ -7,9 +7,11 @@ original ones. The model still takes its original input; the columns are gone fr
 tensor, from the container (their positions no longer need coding; the buffer costs about one
 bit per original feature, entropy coded) and from the MACs.
 
-The shrunk-model spec (:func:`~squeezetune.compression.structured.shrink.shrunk_spec`) writes such a
-layer as a ``Linear`` with a ``gather`` entry (the original input width), from which the decoder
-rebuilds it. :func:`ungather` turns it back into a plain linear layer with zero columns, which
+A container describes such a layer as a ``GatheredLinear`` with its original input width
+(``dense_features``; see :mod:`squeezetune.compression.architecture`), from which the decoder
+rebuilds it. A layer is gathered only where the weights it drops take more memory than its ``inputs``
+buffer (one byte per feature: a quarter of a float32 weight), so the rebuilt layer never
+allocates more than the task's. :func:`ungather` turns it back into a plain linear layer with zero columns, which
 DepGraph can trace.
 
 >>> layer = nn.Linear(6, 2)
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from squeezetune.compression.architecture import register_module_type
 from squeezetune.errors import SqueezeError
 
 
@@ -87,13 +90,29 @@ class GatheredLinear(nn.Linear):
         return out
 
 
+def _buffer_cost(features: int) -> int:
+    """The ``inputs`` buffer in float32-sized elements (a bool takes a byte)."""
+    return -(-features // 4)
+
+
+register_module_type(
+    GatheredLinear,
+    {"dense_features": "size", "in_features": "size", "out_features": "size", "bias": "bool"},
+    lambda d: GatheredLinear(**d),
+    lambda d: d["out_features"] * (d["in_features"] + d["bias"]) + _buffer_cost(d["dense_features"]),
+    lambda m: {"dense_features": m.dense_features, "in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None},
+    lambda d, layer: None if d["dense_features"] <= getattr(layer, "in_features", 0) else f"dense_features={d['dense_features']}: expected at most {getattr(layer, 'in_features', 0)}, the input width of the task's layer",
+)
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
 def gather_unused_inputs(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """Replace every plain linear layer with all-zero input columns by a :class:`GatheredLinear`, in place.
+    """Replace every plain linear layer with all-zero input columns by a :class:`GatheredLinear`, in
+    place, where the weights that go take more memory than the ``inputs`` buffer it adds.
 
     Returns ``{layer: (features read, features before)}`` for each layer replaced. Layers must
     carry no parametrization (bake masks first).
@@ -103,7 +122,7 @@ def gather_unused_inputs(model: nn.Module) -> dict[str, tuple[int, int]]:
         if type(m) is not nn.Linear or parametrize.is_parametrized(m):
             continue
         used = m.weight.detach().ne(0).any(0)
-        if bool(used.all()) or not bool(used.any()):
+        if not bool(used.any()) or m.out_features * int((~used).sum()) < _buffer_cost(m.in_features):
             continue
         _replace(model, name, GatheredLinear.from_linear(m, used))
         done[name] = (int(used.sum()), m.in_features)

@@ -39,7 +39,6 @@ from torch.nn.utils import parametrize
 from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
 from squeezetune.compression.structured._graph import ChannelGroup, StructureGraph
 from squeezetune.compression.structured._plan import plan_counts
-from squeezetune.compression.structured.gather import GatheredLinear
 from squeezetune.errors import SqueezeError
 
 __all__ = [
@@ -120,16 +119,13 @@ def shrunk_spec(model: nn.Module) -> dict:
 
     ``{"format": "squeezetune.shrunk/1", "modules": {name: {...}}}`` where a conv's entry is
     ``{"type": "Conv2d", "in_channels": i, "out_channels": o, "groups": g}``, a linear's is
-    ``{"type": "Linear", "in_features": i, "out_features": o}`` (with ``"gather": n`` for a layer
-that reads ``i`` of its input's ``n`` features, see :mod:`.gather`) and a BatchNorm's is
+    ``{"type": "Linear", "in_features": i, "out_features": o}`` and a BatchNorm's is
     ``{"type": "BatchNorm2d", "num_features": n}``. :func:`apply_spec` rebuilds the shapes.
     """
     modules: dict[str, dict] = {}
     for name, m in model.named_modules():
         if isinstance(m, _ConvNd):
             modules[name] = {"type": parametrize.type_before_parametrizations(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
-        elif isinstance(m, GatheredLinear):  # reads some of its input's features: see .gather
-            modules[name] = {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features, "gather": m.dense_features}
         elif isinstance(m, nn.Linear):
             modules[name] = {"type": parametrize.type_before_parametrizations(m).__name__, "in_features": m.in_features, "out_features": m.out_features}
         elif isinstance(m, _BatchNorm):
@@ -146,8 +142,6 @@ def _resized(m: nn.Module, entry: dict, name: str) -> nn.Module:
                 raise SqueezeError(f"layer {name!r} is a transposed convolution: expected Conv1d/2d/3d")
             args = (entry["in_channels"], entry["out_channels"], m.kernel_size, m.stride, m.padding, m.dilation, entry["groups"])
             return type(m)(*args, bias=m.bias is not None, padding_mode=m.padding_mode, **factory)
-        if isinstance(m, nn.Linear) and "gather" in entry:
-            return GatheredLinear(entry["gather"], entry["in_features"], entry["out_features"], bias=m.bias is not None, **factory)
         if isinstance(m, nn.Linear):
             return type(m)(entry["in_features"], entry["out_features"], bias=m.bias is not None, **factory)
         return type(m)(entry["num_features"], m.eps, m.momentum, m.affine, m.track_running_stats, **factory)
