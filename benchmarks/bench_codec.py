@@ -91,9 +91,7 @@ def main() -> None:
         "runs (1 run at 25M). Positions `auto` codes each layer's positions every way and keeps the smallest (on these "
         "near-random masks a static bitmask, a few bytes under relative indices, decoded one symbol per weight); "
         "`relative` keeps relative indices for every layer, the only coding before the choice.\n\n"
-        + markdown_table(
-            ["parameters", "coder", "positions", "file bytes", "ratio", "encode s", "encode M params/s", "decode s", "decode M params/s"], rows
-        )
+        + markdown_table(["parameters", "coder", "positions", "file bytes", "ratio", "encode s", "encode M params/s", "decode s", "decode M params/s"], rows)
         + f"\n\nMeasured on {machine()} by `benchmarks/bench_codec.py`.\n"
     )
     write_section("codec", text)

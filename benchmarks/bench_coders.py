@@ -109,9 +109,7 @@ def main() -> None:
         t_enc = time.perf_counter() - start
         t_dec = best_time(lambda: decode_stream(data, coder), 2)
         assert np.array_equal(decode_stream(data, coder), large)
-        large_rows.append(
-            [coder.value, f"{stats.total_bytes:,}", f"{8 * stats.total_bytes / len(large):.3f}", f"{t_enc:.2f}", f"{t_dec:.2f}"]
-        )
+        large_rows.append([coder.value, f"{stats.total_bytes:,}", f"{8 * stats.total_bytes / len(large):.3f}", f"{t_enc:.2f}", f"{t_dec:.2f}"])
         print(" | ".join(large_rows[-1]), flush=True)
     headers = ["stream", "coder", "symbols", "entropy B", "payload B", "total B", "payload/entropy", "encode MB/s", "decode Msym/s"]
     text = "\n\n".join(

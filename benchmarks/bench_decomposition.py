@@ -54,8 +54,10 @@ def run(task: str, recipe: dict, name: str, args, *, latency: bool = True) -> Re
     t0 = time.perf_counter()
     before = load()
     report = compress(get_task(task), Recipe.from_dict({"name": name, **recipe}), out=OUT / f"{name}.sqz", data_dir=args.data_dir, latency=latency, progress=lambda m: None)
-    log(f"{task} {name}: {100 * report.dense_accuracy:.2f} -> {100 * report.accuracy:.2f}%, MACs {report.macs / report.dense_macs:.3f}, "
-        f"{report.compressed_bytes:,} B, {time.perf_counter() - t0:.0f} s, load {before} -> {load()}")
+    log(
+        f"{task} {name}: {100 * report.dense_accuracy:.2f} -> {100 * report.accuracy:.2f}%, MACs {report.macs / report.dense_macs:.3f}, "
+        f"{report.compressed_bytes:,} B, {time.perf_counter() - t0:.0f} s, load {before} -> {load()}"
+    )
     return report
 
 
@@ -92,27 +94,40 @@ def cnn(args) -> None:
         for what, recipe in recipes.items():
             r = run(task, recipe, f"{task}-{what.split(':')[0].split()[0]}", args)
             loads.append(load())
-            rows.append([label, what, pt(r.dense_accuracy), pt(r.accuracy), drop(r), f"{r.dense_macs / 1e6:.1f}M -> {r.macs / 1e6:.1f}M ({r.dense_macs / r.macs:.2f}x)",
-                         f"{r.dense_params / 1e3:.1f}k -> {r.params / 1e3:.1f}k", speed(r, 1), speed(r, 64)])
+            rows.append(
+                [
+                    label,
+                    what,
+                    pt(r.dense_accuracy),
+                    pt(r.accuracy),
+                    drop(r),
+                    f"{r.dense_macs / 1e6:.1f}M -> {r.macs / 1e6:.1f}M ({r.dense_macs / r.macs:.2f}x)",
+                    f"{r.dense_params / 1e3:.1f}k -> {r.params / 1e3:.1f}k",
+                    speed(r, 1),
+                    speed(r, 64),
+                ]
+            )
     headers = ["model", "recipe (MAC targets: fractions of the dense MACs)", "dense %", "decoded %", "change, pt", "MACs", "params", "CPU speed-up b1", "CPU speed-up b64"]
-    text = "\n".join([
-        "## Decomposition and channel pruning of CNNs (`benchmarks/bench_decomposition.py`)",
-        "",
-        f"{machine()}; torch.set_num_threads(1) (the machine is shared: load average {' / '.join(loads)} at the starts of the runs and their end). "
-        "MNIST protocol (8,000 train / 2,000 eval), dense baselines from the product's cache (task epochs, seed 0). "
-        f"Each recipe ends in {args.ft_epochs} epoch(s) of fine-tuning distilled from the dense model (lr 0.01, cosine) -- a modest budget, "
-        "chosen for this machine; more epochs recover more. Decomposition: `lowrank` (a 3x3 conv becomes 3x3 to r channels then 1x1), "
-        "ranks planned by singular-value energy to the MAC target, fitted by SVD then least squares on 256 sampled training images. "
-        "Channel pruning: LASSO selection + least squares (`structured`, method lasso, uniform allocation, multiples of 8). "
-        "Both: channel pruning first, then decomposition to the overall target, one fine-tune. "
-        "Accuracies are the decoded containers'; MACs, params and speed-ups are the compress report's "
-        "(CPU, batch 1 and 64, dense and compressed timed in turns, medians of 20, each in its faster memory layout).",
-        "",
-        markdown_table(headers, rows),
-        "",
-        *notes,
-        f"Total wall time {(time.perf_counter() - start) / 60:.0f} min.",
-    ])
+    text = "\n".join(
+        [
+            "## Decomposition and channel pruning of CNNs (`benchmarks/bench_decomposition.py`)",
+            "",
+            f"{machine()}; torch.set_num_threads(1) (the machine is shared: load average {' / '.join(loads)} at the starts of the runs and their end). "
+            "MNIST protocol (8,000 train / 2,000 eval), dense baselines from the product's cache (task epochs, seed 0). "
+            f"Each recipe ends in {args.ft_epochs} epoch(s) of fine-tuning distilled from the dense model (lr 0.01, cosine) -- a modest budget, "
+            "chosen for this machine; more epochs recover more. Decomposition: `lowrank` (a 3x3 conv becomes 3x3 to r channels then 1x1), "
+            "ranks planned by singular-value energy to the MAC target, fitted by SVD then least squares on 256 sampled training images. "
+            "Channel pruning: LASSO selection + least squares (`structured`, method lasso, uniform allocation, multiples of 8). "
+            "Both: channel pruning first, then decomposition to the overall target, one fine-tune. "
+            "Accuracies are the decoded containers'; MACs, params and speed-ups are the compress report's "
+            "(CPU, batch 1 and 64, dense and compressed timed in turns, medians of 20, each in its faster memory layout).",
+            "",
+            markdown_table(headers, rows),
+            "",
+            *notes,
+            f"Total wall time {(time.perf_counter() - start) / 60:.0f} min.",
+        ]
+    )
     print(text)
     write_section("decomposition-cnn", text)
 
@@ -137,33 +152,51 @@ def lenet300(args) -> None:
         return codec.encode_model(work, task=task, index_bits="auto", coder="auto", spec=architecture_spec(work, get_task(task).build_model())).file_bytes
 
     for fraction in args.rank_fractions:
-        recipe = {"stages": [{"decompose": {"layers": {"fc1": {"rank_fraction": fraction}, "fc2": {"rank_fraction": fraction}}}}, {"finetune": ft}], "encode": {"coder": "auto", "float_bits": 32, "index_bits": "auto"}}
+        recipe = {
+            "stages": [{"decompose": {"layers": {"fc1": {"rank_fraction": fraction}, "fc2": {"rank_fraction": fraction}}}}, {"finetune": ft}],
+            "encode": {"coder": "auto", "float_bits": 32, "index_bits": "auto"},
+        }
         low = run(task, recipe, f"lenet300-lowrank-{fraction}", args, latency=False)
         lo, hi = 0.001, 1.0
         for _ in range(14):  # the keep fraction whose file is as large as the low-rank one (masks fix the bytes: no fine-tune needed)
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if pruned_bytes(mid) <= low.compressed_bytes else (lo, mid)
-        recipe = {"stages": [{"prune": {"layers": {"fc1": {"keep_fraction": lo}, "fc2": {"keep_fraction": lo}}}}, {"finetune": ft}], "encode": {"coder": "auto", "float_bits": 32, "index_bits": "auto"}}
+        recipe = {
+            "stages": [{"prune": {"layers": {"fc1": {"keep_fraction": lo}, "fc2": {"keep_fraction": lo}}}}, {"finetune": ft}],
+            "encode": {"coder": "auto", "float_bits": 32, "index_bits": "auto"},
+        }
         pruned = run(task, recipe, f"lenet300-prune-{fraction}", args, latency=False)
         loads.append(load())
         ranks = [t.shape[0] for t in low.tensors if t.name in ("fc1.0", "fc2.0")]
-        rows.append([f"fc1 rank {ranks[0]}, fc2 rank {ranks[1]}", f"{low.compressed_bytes:,}", pt(low.stages[1].accuracy), pt(low.accuracy),
-                     f"{100 * lo:.1f}% of fc1, fc2", f"{pruned.compressed_bytes:,}", pt(pruned.stages[1].accuracy), pt(pruned.accuracy)])
+        rows.append(
+            [
+                f"fc1 rank {ranks[0]}, fc2 rank {ranks[1]}",
+                f"{low.compressed_bytes:,}",
+                pt(low.stages[1].accuracy),
+                pt(low.accuracy),
+                f"{100 * lo:.1f}% of fc1, fc2",
+                f"{pruned.compressed_bytes:,}",
+                pt(pruned.stages[1].accuracy),
+                pt(pruned.accuracy),
+            ]
+        )
     headers = ["low rank", "bytes", "before FT %", f"after {args.lenet_epochs}-epoch FT %", "pruning keeps", "bytes", "before FT %", f"after {args.lenet_epochs}-epoch FT %"]
-    text = "\n".join([
-        "## LeNet-300-100: low-rank factors against pruning at equal bytes (`benchmarks/bench_decomposition.py`)",
-        "",
-        f"{machine()}; torch.set_num_threads(1); load average {' / '.join(loads)}. MNIST protocol; dense {pt(low.dense_accuracy)}% "
-        f"({low.dense_bytes:,} B fp32). fc1 and fc2 become low-rank pairs (rank = a fraction of each layer's limit, where the pair holds "
-        "as many weights as the layer; SVD, then least squares on 256 sampled images); fc3 stays dense. Pruning keeps the same fraction "
-        "of fc1 and fc2 by magnitude, bisected so that its container is as large as the low-rank one. Both containers: float32 values, "
-        "every stream coded the smallest way (positions with index_bits auto), no weight sharing; both fine-tuned "
-        f"{args.lenet_epochs} epoch(s) by distillation (lr {args.lenet_lr}: at lr 0.01 the smallest ranks diverged). Accuracies are the decoded files'.",
-        "",
-        markdown_table(headers, rows),
-        "",
-        f"Wall time {(time.perf_counter() - start) / 60:.0f} min.",
-    ])
+    text = "\n".join(
+        [
+            "## LeNet-300-100: low-rank factors against pruning at equal bytes (`benchmarks/bench_decomposition.py`)",
+            "",
+            f"{machine()}; torch.set_num_threads(1); load average {' / '.join(loads)}. MNIST protocol; dense {pt(low.dense_accuracy)}% "
+            f"({low.dense_bytes:,} B fp32). fc1 and fc2 become low-rank pairs (rank = a fraction of each layer's limit, where the pair holds "
+            "as many weights as the layer; SVD, then least squares on 256 sampled images); fc3 stays dense. Pruning keeps the same fraction "
+            "of fc1 and fc2 by magnitude, bisected so that its container is as large as the low-rank one. Both containers: float32 values, "
+            "every stream coded the smallest way (positions with index_bits auto), no weight sharing; both fine-tuned "
+            f"{args.lenet_epochs} epoch(s) by distillation (lr {args.lenet_lr}: at lr 0.01 the smallest ranks diverged). Accuracies are the decoded files'.",
+            "",
+            markdown_table(headers, rows),
+            "",
+            f"Wall time {(time.perf_counter() - start) / 60:.0f} min.",
+        ]
+    )
     print(text)
     write_section("decomposition-lenet300", text)
 
@@ -190,24 +223,30 @@ def merge(args) -> None:
                 results[name, tuned] = r
         loads.append(load())
         dense = results["norm", False].dense_accuracy
-        rows.append([f"{100 * fraction:.0f}% ({300 - keep['fc1']} of fc1, {100 - keep['fc2']} of fc2)",
-                     *(pt(results[n, False].accuracy) for n in ("saliency", "distance", "norm")),
-                     *(pt(results[n, True].accuracy) for n in ("saliency", "distance", "norm"))])
+        rows.append(
+            [
+                f"{100 * fraction:.0f}% ({300 - keep['fc1']} of fc1, {100 - keep['fc2']} of fc2)",
+                *(pt(results[n, False].accuracy) for n in ("saliency", "distance", "norm")),
+                *(pt(results[n, True].accuracy) for n in ("saliency", "distance", "norm")),
+            ]
+        )
     headers = ["neurons removed", "merge, saliency %", "merge, distance %", "smallest L1 norm %", "merge, saliency + 1 epoch %", "merge, distance + 1 epoch %", "smallest L1 norm + 1 epoch %"]
-    text = "\n".join([
-        "## Data-free neuron merging on LeNet-300-100 (`benchmarks/bench_decomposition.py`)",
-        "",
-        f"{machine()}; torch.set_num_threads(1); load average {' / '.join(loads)}. MNIST protocol; dense {pt(dense)}%. "
-        "The same fraction of the neurons of both hidden layers (fc1: 300, fc2: 100) goes. Merge (Srinivas & Babu 2015, `merge` stage): "
-        "repeatedly the pair of least saliency ||a_j||^2 ||w_i - w_j||^2 (or of least distance ||w_i - w_j||^2) is merged, j's outgoing "
-        "weights added to i's; the recipe is data-free (no stage reads any data; the first columns are measured only after the last stage). "
-        "Smallest L1 norm: the neurons whose incoming weights have the smallest L1 norm are removed, nothing added (`structured`, method l1, "
-        "the same counts). The last three columns add one epoch of plain fine-tuning (lr 0.01, no distillation). Accuracies are the decoded files'.",
-        "",
-        markdown_table(headers, rows),
-        "",
-        f"Wall time {(time.perf_counter() - start) / 60:.0f} min.",
-    ])
+    text = "\n".join(
+        [
+            "## Data-free neuron merging on LeNet-300-100 (`benchmarks/bench_decomposition.py`)",
+            "",
+            f"{machine()}; torch.set_num_threads(1); load average {' / '.join(loads)}. MNIST protocol; dense {pt(dense)}%. "
+            "The same fraction of the neurons of both hidden layers (fc1: 300, fc2: 100) goes. Merge (Srinivas & Babu 2015, `merge` stage): "
+            "repeatedly the pair of least saliency ||a_j||^2 ||w_i - w_j||^2 (or of least distance ||w_i - w_j||^2) is merged, j's outgoing "
+            "weights added to i's; the recipe is data-free (no stage reads any data; the first columns are measured only after the last stage). "
+            "Smallest L1 norm: the neurons whose incoming weights have the smallest L1 norm are removed, nothing added (`structured`, method l1, "
+            "the same counts). The last three columns add one epoch of plain fine-tuning (lr 0.01, no distillation). Accuracies are the decoded files'.",
+            "",
+            markdown_table(headers, rows),
+            "",
+            f"Wall time {(time.perf_counter() - start) / 60:.0f} min.",
+        ]
+    )
     print(text)
     write_section("decomposition-merge", text)
 
@@ -230,21 +269,23 @@ def strided(args) -> None:
         for label, r in ((f"strided, stride {stride} offset {offset}", sparse), ("unstructured (magnitude)", masked)):
             rows.append([label, f"{100 * kept:.0f}%", pt(r.dense_accuracy), pt(r.accuracy), f"{r.macs / 1e6:.1f}M ({r.dense_macs / r.macs:.2f}x)", speed(r, 1), speed(r, 64)])
     headers = ["3x3 kernels keep", "kept fraction", "dense %", "decoded %, no FT", "MACs", "CPU speed-up b1", "CPU speed-up b64"]
-    text = "\n".join([
-        "## Strided kernel sparsity against unstructured sparsity, ResNet-20 (`benchmarks/bench_decomposition.py`)",
-        "",
-        f"{machine()}; torch.set_num_threads(1); load average {' / '.join(loads)}. MNIST protocol. Every 3x3 convolution but the stem keeps the "
-        "same fraction of its kernel weights. Strided (Anwar et al. 2017, `strided` stage): every kernel keeps positions offset, offset + stride, ... "
-        "of its flattened 3x3 kernel -- stride 2 offset 0: corners and centre (5/9, run as a dilated 2x2 plus a 1x1 convolution); stride 3 offset 1: "
-        "the middle column (3/9, a 3x1 convolution); stride 9 offset 4: the centre (1/9, a 1x1 convolution) -- refit by least squares on 256 "
-        "sampled images. Unstructured: magnitude pruning of the same kernels to the same fraction (masks baked into dense tensors, which "
-        "PyTorch's CPU convolutions run at full cost: the MACs column counts what runs). No fine-tuning. MACs and speed-ups from the compress "
-        "report (batch 1 and 64, timed in turns with the dense model).",
-        "",
-        markdown_table(headers, rows),
-        "",
-        f"Wall time {(time.perf_counter() - start) / 60:.0f} min.",
-    ])
+    text = "\n".join(
+        [
+            "## Strided kernel sparsity against unstructured sparsity, ResNet-20 (`benchmarks/bench_decomposition.py`)",
+            "",
+            f"{machine()}; torch.set_num_threads(1); load average {' / '.join(loads)}. MNIST protocol. Every 3x3 convolution but the stem keeps the "
+            "same fraction of its kernel weights. Strided (Anwar et al. 2017, `strided` stage): every kernel keeps positions offset, offset + stride, ... "
+            "of its flattened 3x3 kernel -- stride 2 offset 0: corners and centre (5/9, run as a dilated 2x2 plus a 1x1 convolution); stride 3 offset 1: "
+            "the middle column (3/9, a 3x1 convolution); stride 9 offset 4: the centre (1/9, a 1x1 convolution) -- refit by least squares on 256 "
+            "sampled images. Unstructured: magnitude pruning of the same kernels to the same fraction (masks baked into dense tensors, which "
+            "PyTorch's CPU convolutions run at full cost: the MACs column counts what runs). No fine-tuning. MACs and speed-ups from the compress "
+            "report (batch 1 and 64, timed in turns with the dense model).",
+            "",
+            markdown_table(headers, rows),
+            "",
+            f"Wall time {(time.perf_counter() - start) / 60:.0f} min.",
+        ]
+    )
     print(text)
     write_section("decomposition-strided", text)
 

@@ -56,15 +56,11 @@ def layer_rows(report: dict) -> list[list[object]]:
                 f"{4 * layer['weights'] / layer['coded_bytes']:.1f}x",
             ]
         )
-    rows.append(
-        ["biases + meta", "", "", "", "", "", "", "", f"{report['raw_bytes'] + report['meta_bytes']:,}", ""]
-    )
+    rows.append(["biases + meta", "", "", "", "", "", "", "", f"{report['raw_bytes'] + report['meta_bytes']:,}", ""])
     coded = [t for t in report["tensors"] if t["action"] != "raw"]
     total = sum(layer["weights"] for layer in coded)
     kept = sum(layer["kept"] for layer in coded)
-    rows.append(
-        ["**total (file)**", f"{total:,}", f"{100 * kept / total:.1f}%", "", "", "", "", "", f"**{report['compressed_bytes']:,}**", f"**{report['ratio']:.1f}x**"]
-    )
+    rows.append(["**total (file)**", f"{total:,}", f"{100 * kept / total:.1f}%", "", "", "", "", "", f"**{report['compressed_bytes']:,}**", f"**{report['ratio']:.1f}x**"])
     return rows
 
 

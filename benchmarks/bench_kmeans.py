@@ -160,15 +160,13 @@ def main() -> None:
         f"k={args.k}, linear init (plus one row with {args.check_init} init as an agreement check), "
         f"max_iter={args.max_iter}, n_init=1; scikit-learn `KMeans(algorithm='lloyd', "
         "tol=0)` handed our starting centroids as an array. Both stop early only if no label changes.",
-        "Ours is timed end to end (`fit_kmeans_1d`: validation, sort, init, Lloyd, labels for every value); "
-        "scikit-learn's `fit` likewise. Inertia is recomputed for both with one float64 formula.",
+        "Ours is timed end to end (`fit_kmeans_1d`: validation, sort, init, Lloyd, labels for every value); scikit-learn's `fit` likewise. Inertia is recomputed for both with one float64 formula.",
         "The two are the same Lloyd iteration except for empty clusters: ours keeps an empty cluster's "
         "centroid where it is (linear init leaves the sparse tails of a normal "
         "distribution empty), scikit-learn moves it onto the points farthest from their centres. That "
         "lowers scikit-learn's inertia and changes the trajectory under linear init; with density init "
         "(no empty clusters) the results agree up to scikit-learn's float32 arithmetic.",
-        f"Machine load average (1 min): {load_before:.2f} before, {load_after:.2f} after; "
-        "other jobs sharing the cores slow both sides.",
+        f"Machine load average (1 min): {load_before:.2f} before, {load_after:.2f} after; other jobs sharing the cores slow both sides.",
     ]
     if skipped:
         notes.append("Skipped: " + "; ".join(skipped) + ".")

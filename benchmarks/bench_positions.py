@@ -157,10 +157,7 @@ def container_rows(data_dir: str, containers: Path | None) -> tuple[list[list[ob
             sections = read_container(path)
             model = rebuild(decode_file(path, task=task), sections)
             e = deep_compression(task.model, prunable_layers(task.build_model())).encode
-            encoded = {
-                p: codec.encode_model(model, task=task_name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, positions=p)
-                for p in ("relative", "auto")
-            }
+            encoded = {p: codec.encode_model(model, task=task_name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, positions=p) for p in ("relative", "auto")}
             before, after = (len(pack_sections(encoded[p].sections)) for p in ("relative", "auto"))
             file_bytes = path.stat().st_size
             decoded = codec.decode_sections(encoded["auto"].sections, task.build_model())

@@ -97,8 +97,7 @@ def run_search(task: str, data_dir: str, seed: int, workdir: Path, *, sampler: s
         c = client(config.tracking_uri)
         baseline = baseline_of(find_parent(c, c.get_experiment_by_name("squeezetune").experiment_id, "bench"))
     points = [
-        {"trial": t.number, "val": t.user_attrs["val_accuracy"], "acc": t.user_attrs["accuracy"], "bytes": int(t.user_attrs["bytes"]), "at": t.datetime_complete.timestamp() - started}
-        for t in done
+        {"trial": t.number, "val": t.user_attrs["val_accuracy"], "acc": t.user_attrs["accuracy"], "bytes": int(t.user_attrs["bytes"]), "at": t.datetime_complete.timestamp() - started} for t in done
     ]
     n = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in optuna.trial.TrialState}
     return {"points": points, "wall": wall, "cut": cut, "dense_accuracy": baseline.accuracy, "dense_val": baseline.val_accuracy, "dense_bytes": baseline.bytes, "states": n}
@@ -122,7 +121,14 @@ def hand_runs(task: str, data_dir: str, workdir: Path) -> dict:
     for label, recipe in recipes.items():
         t0 = time.time()
         report = compress(t, recipe, out=workdir / f"{label}.sqz", dense=dense, splits=(fit, held), validation=val, latency=False)
-        out[label] = {"acc": report.accuracy, "val": report.val_accuracy, "bytes": report.compressed_bytes, "dense_accuracy": report.dense_accuracy, "dense_bytes": report.dense_bytes, "wall": time.time() - t0}
+        out[label] = {
+            "acc": report.accuracy,
+            "val": report.val_accuracy,
+            "bytes": report.compressed_bytes,
+            "dense_accuracy": report.dense_accuracy,
+            "dense_bytes": report.dense_bytes,
+            "wall": time.time() - t0,
+        }
         print(f"  {label}: {report.accuracy:.4f} {report.compressed_bytes:,} B ({report.ratio:.1f}x) in {out[label]['wall']:.0f} s", flush=True)
     return out
 
@@ -134,7 +140,8 @@ def best_within(points: list[dict], dense_accuracy: float, dense_bytes: int) -> 
 
 
 def hypervolume(points: list[dict], ref: tuple[float, int]) -> float:
-    from squeezetune.search.pareto import Point, hypervolume as hv, pareto_front
+    from squeezetune.search.pareto import Point, pareto_front
+    from squeezetune.search.pareto import hypervolume as hv
 
     front = pareto_front([Point(p["trial"], p["acc"], p["bytes"]) for p in points])
     return hv(front, ref)
@@ -214,7 +221,15 @@ def write(results: dict, args) -> None:
                 t = reached(run["points"], hand)
                 states = ", ".join(f"{v} {k.lower()}" for k, v in run["states"].items() if v)
                 rows.append(
-                    [f"search {method}, seed {seed}{' (cut at the budget)' if run['cut'] else ''}", f"{best:.1f}x" if best else "none", states, "", f"{run['wall'] / 60:.1f} min", f"{hv:.0f}", f"{t / 60:.1f} min" if t is not None else "not reached"]
+                    [
+                        f"search {method}, seed {seed}{' (cut at the budget)' if run['cut'] else ''}",
+                        f"{best:.1f}x" if best else "none",
+                        states,
+                        "",
+                        f"{run['wall'] / 60:.1f} min",
+                        f"{hv:.0f}",
+                        f"{t / 60:.1f} min" if t is not None else "not reached",
+                    ]
                 )
         lines.append(markdown_table(["run", f"best ratio at <= {MAX_DROP} pt", "accuracy / trials", "bytes", "wall", "hypervolume", "time to the hand point"], rows))
         lines.append("")

@@ -88,8 +88,16 @@ def compare(task_name: str, dense, train_split, eval_split, target: float, args,
     l1_report = None
     if l1_errors:  # the same sampled-point error measurement for the L1 choice (no reconstruction)
         _, l1_report = channel_prune(dense, train_split.x, ChannelPruneConfig(keep=keep, select="l1", reconstruct=False, images=args.images, points=args.points, seed=args.seed))
-    out = {"keep": keep, "macs": macs(lasso_model), "params": params(lasso_model), "lasso_report": lasso_report, "l1_report": l1_report,
-           "t_lasso": t_lasso, "t_l1": t_l1, "models": {"l1": l1_model, "lasso": lasso_model}}
+    out = {
+        "keep": keep,
+        "macs": macs(lasso_model),
+        "params": params(lasso_model),
+        "lasso_report": lasso_report,
+        "l1_report": l1_report,
+        "t_lasso": t_lasso,
+        "t_l1": t_l1,
+        "models": {"l1": l1_model, "lasso": lasso_model},
+    }
     for name, model in (("l1", l1_model), ("lasso", lasso_model)):
         out[f"{name}_before"] = evaluate(model, eval_split)
         t0 = time.perf_counter()
@@ -105,8 +113,16 @@ def error_rows(result: dict) -> list[list[object]]:
     l1 = {r.layer: r for r in result["l1_report"]} if result["l1_report"] else {}
     rows = []
     for r in result["lasso_report"]:
-        rows.append([f"`{r.layer}`", f"{r.channels} -> {r.kept}", f"{l1[r.layer].error_before:.4f}" if r.layer in l1 else "-",
-                     f"{r.error_before:.4f}", f"{r.error_after:.4f}", ", ".join(f"`{c}`" for c in r.residual) or "-"])
+        rows.append(
+            [
+                f"`{r.layer}`",
+                f"{r.channels} -> {r.kept}",
+                f"{l1[r.layer].error_before:.4f}" if r.layer in l1 else "-",
+                f"{r.error_before:.4f}",
+                f"{r.error_after:.4f}",
+                ", ".join(f"`{c}`" for c in r.residual) or "-",
+            ]
+        )
     return rows
 
 
@@ -164,17 +180,50 @@ def main() -> None:
 
     rows = [["ResNet-20 dense", f"{dense_macs / 1e6:.1f}M", f"{dense_params / 1e3:.1f}k", "1.00x", pt(acc["resnet"]), "-", "-", "-", "-", *speed("resnet", "resnet")]]
     for label, r, key in (("ResNet-20 ~2x", r2, "resnet2"), ("ResNet-20 ~4x", r4, "resnet4")):
-        rows.append([label, f"{r['macs'] / 1e6:.1f}M", f"{r['params'] / 1e3:.1f}k", f"{dense_macs / r['macs']:.2f}x",
-                     f"{pt(r['l1_before'])} / {pt(r['lasso_before'])}", f"{pt(r['l1_after'])} / {pt(r['lasso_after'])}",
-                     f"{delta(r['l1_after'], acc['resnet'])} / {delta(r['lasso_after'], acc['resnet'])}", f"{r['t_l1']:.1f} / {r['t_lasso']:.1f}",
-                     f"{r['l1_ft_s']:.0f} / {r['lasso_ft_s']:.0f}", *speed(key, "resnet")])
+        rows.append(
+            [
+                label,
+                f"{r['macs'] / 1e6:.1f}M",
+                f"{r['params'] / 1e3:.1f}k",
+                f"{dense_macs / r['macs']:.2f}x",
+                f"{pt(r['l1_before'])} / {pt(r['lasso_before'])}",
+                f"{pt(r['l1_after'])} / {pt(r['lasso_after'])}",
+                f"{delta(r['l1_after'], acc['resnet'])} / {delta(r['lasso_after'], acc['resnet'])}",
+                f"{r['t_l1']:.1f} / {r['t_lasso']:.1f}",
+                f"{r['l1_ft_s']:.0f} / {r['lasso_ft_s']:.0f}",
+                *speed(key, "resnet"),
+            ]
+        )
     rows.append(["VGG dense", f"{vgg_macs / 1e6:.1f}M", f"{vgg_params / 1e3:.1f}k", "1.00x", pt(acc["vgg"]), "-", "-", "-", "-", *speed("vgg", "vgg")])
-    rows.append(["VGG ~2x", f"{v2['macs'] / 1e6:.1f}M", f"{v2['params'] / 1e3:.1f}k", f"{vgg_macs / v2['macs']:.2f}x",
-                 f"{pt(v2['l1_before'])} / {pt(v2['lasso_before'])}", f"{pt(v2['l1_after'])} / {pt(v2['lasso_after'])}",
-                 f"{delta(v2['l1_after'], acc['vgg'])} / {delta(v2['lasso_after'], acc['vgg'])}", f"{v2['t_l1']:.1f} / {v2['t_lasso']:.1f}",
-                 f"{v2['l1_ft_s']:.0f} / {v2['lasso_ft_s']:.0f}", *speed("vgg2", "vgg")])
-    headers = ["model", "MACs", "params", "MACs cut", "acc. before FT (L1 / LASSO+LS)", f"acc. after {args.ft_epochs}-epoch FT (L1 / LASSO+LS)",
-               "change vs dense, pt", "prune s (L1 / LASSO)", "FT s", "CPU ms @64 (LASSO+LS model)", "speed-up", "ms @64, NCHW only", "speed-up, NCHW only"]
+    rows.append(
+        [
+            "VGG ~2x",
+            f"{v2['macs'] / 1e6:.1f}M",
+            f"{v2['params'] / 1e3:.1f}k",
+            f"{vgg_macs / v2['macs']:.2f}x",
+            f"{pt(v2['l1_before'])} / {pt(v2['lasso_before'])}",
+            f"{pt(v2['l1_after'])} / {pt(v2['lasso_after'])}",
+            f"{delta(v2['l1_after'], acc['vgg'])} / {delta(v2['lasso_after'], acc['vgg'])}",
+            f"{v2['t_l1']:.1f} / {v2['t_lasso']:.1f}",
+            f"{v2['l1_ft_s']:.0f} / {v2['lasso_ft_s']:.0f}",
+            *speed("vgg2", "vgg"),
+        ]
+    )
+    headers = [
+        "model",
+        "MACs",
+        "params",
+        "MACs cut",
+        "acc. before FT (L1 / LASSO+LS)",
+        f"acc. after {args.ft_epochs}-epoch FT (L1 / LASSO+LS)",
+        "change vs dense, pt",
+        "prune s (L1 / LASSO)",
+        "FT s",
+        "CPU ms @64 (LASSO+LS model)",
+        "speed-up",
+        "ms @64, NCHW only",
+        "speed-up, NCHW only",
+    ]
 
     def winner(r: dict, stage: str) -> str:
         a, b = r[f"l1_{stage}"], r[f"lasso_{stage}"]
@@ -185,7 +234,8 @@ def main() -> None:
         "",
         f"{machine()}; torch.set_num_threads(2). MNIST protocol (8,000 train / 2,000 eval images), seed {args.seed}. "
         f"Dense nets: {args.dense_epochs} epochs from a fixed seed (SGD, task lr, cosine), cached under `runs/bench_structured/`"
-        + (f" (trained in this run: ResNet-20 {t_resnet:.0f} s, VGG {t_vgg:.0f} s)" if t_resnet or t_vgg else "") + ". "
+        + (f" (trained in this run: ResNet-20 {t_resnet:.0f} s, VGG {t_vgg:.0f} s)" if t_resnet or t_vgg else "")
+        + ". "
         f"Per-layer counts: `plan_counts(model, target, round_to=8)` (uniform fraction, multiples of 8: oneDNN's CPU kernels pad "
         "channels to 8, so e.g. 11 channels cost as much as 16). L1 and LASSO+LS prune the **same counts**; LASSO+LS samples "
         f"{args.images} training images x {args.points} points per layer. Fine-tune: {args.ft_epochs} epoch(s), lr {args.ft_lr}, cosine. "
@@ -223,8 +273,14 @@ def main() -> None:
         markdown_table(["method, model, data", "reduction", "reported"], ANCHORS),
     ]
     if sens is not None:
-        md += ["", f"### ResNet-20 per-layer sensitivity (L1, one layer at a time, no fine-tuning; {t_sens:.0f} s)", "",
-               sensitivity_table(sens), "", f"Plot: `{plot.relative_to(REPO)}` (not committed)."]
+        md += [
+            "",
+            f"### ResNet-20 per-layer sensitivity (L1, one layer at a time, no fine-tuning; {t_sens:.0f} s)",
+            "",
+            sensitivity_table(sens),
+            "",
+            f"Plot: `{plot.relative_to(REPO)}` (not committed).",
+        ]
     md += ["", f"Total wall time {total / 60:.1f} min."]
     text = "\n".join(md)
     print(text)

@@ -229,19 +229,14 @@ def report(
     lines = [
         "## Decoder fuzzing",
         "",
-        f"`benchmarks/fuzz_decoder.py --target {args.target} --iterations {args.iterations} --rng-seed {args.rng_seed}`"
-        f" on {machine()}. Seed: {seed_name}, {len(seed)} bytes.",
+        f"`benchmarks/fuzz_decoder.py --target {args.target} --iterations {args.iterations} --rng-seed {args.rng_seed}` on {machine()}. Seed: {seed_name}, {len(seed)} bytes.",
         "",
-        markdown_table(
-            ["mutation", "mutants", "identical to seed", "detected (SqueezeError)", "decoded OK", "uncaught"], rows
-        ),
+        markdown_table(["mutation", "mutants", "identical to seed", "detected (SqueezeError)", "decoded OK", "uncaught"], rows),
         "",
-        "\"Decoded OK\" on a changed file means damage went unnoticed; \"uncaught\" counts any other exception "
-        f"or a decode over {args.timeout} s.",
+        f'"Decoded OK" on a changed file means damage went unnoticed; "uncaught" counts any other exception or a decode over {args.timeout} s.',
         "",
         (
-            f"Single-bit flips ({sweep} bit of the seed): {sum(bits.values())} flipped, {bits['detected']} detected, "
-            f"{bits['decoded']} decoded OK, {bits['uncaught']} uncaught."
+            f"Single-bit flips ({sweep} bit of the seed): {sum(bits.values())} flipped, {bits['detected']} detected, {bits['decoded']} decoded OK, {bits['uncaught']} uncaught."
             if not args.no_bit_sweep
             else "Single-bit sweep skipped: this target recomputes the checksums, so flips are meant to get through."
         ),
@@ -253,9 +248,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--target", default=DEFAULT_TARGET, help="module:function decoding bytes (default: %(default)s)"
-    )
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="module:function decoding bytes (default: %(default)s)")
     parser.add_argument("--seed-file", type=Path, help="a valid file to mutate (default: built-in)")
     parser.add_argument("--iterations", type=int, default=10_000)
     parser.add_argument("--rng-seed", type=int, default=0)

@@ -67,11 +67,7 @@ class Block:
 
 def blocks(lang: str) -> list[Block]:
     text = README.read_text(encoding="utf-8")
-    return [
-        Block(m["lang"], m["body"], text.count("\n", 0, m.start("body")) + 1, m["file"])
-        for m in _BLOCK.finditer(text)
-        if m["lang"] == lang
-    ]
+    return [Block(m["lang"], m["body"], text.count("\n", 0, m.start("body")) + 1, m["file"]) for m in _BLOCK.finditer(text) if m["lang"] == lang]
 
 
 def bash_commands() -> list[tuple[int, list[str]]]:

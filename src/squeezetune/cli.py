@@ -88,18 +88,12 @@ def _load(task, data_dir: Optional[Path]):
 @app.command("compress")
 def compress_cmd(
     task: str = TaskOpt,
-    recipe: str = typer.Option(
-        "deep-compression", "--recipe", "-r", help="deep-compression, max-compression, filter-pruning, channel-pruning, decomposition, data-free-merge, or a YAML recipe file."
-    ),
+    recipe: str = typer.Option("deep-compression", "--recipe", "-r", help="deep-compression, max-compression, filter-pruning, channel-pruning, decomposition, data-free-merge, or a YAML recipe file."),
     out: Path = typer.Option(Path("model.sqz"), "--out", "-o", help="Container to write (.sqz); the report goes beside it."),
     data_dir: Optional[Path] = DataDirOpt,
     dense: Optional[Path] = typer.Option(None, "--dense", help="Dense weights (.safetensors); trained and cached if absent."),
-    macs_target: Optional[float] = typer.Option(
-        None, "--macs-target", help="Fraction of dense MACs to keep, in (0, 1] (structured and decomposition recipes; default 0.5)."
-    ),
-    allocation: Optional[str] = typer.Option(
-        None, "--allocation", help="How --macs-target is spread over layers: uniform or sensitivity (structured), uniform or energy (decompose)."
-    ),
+    macs_target: Optional[float] = typer.Option(None, "--macs-target", help="Fraction of dense MACs to keep, in (0, 1] (structured and decomposition recipes; default 0.5)."),
+    allocation: Optional[str] = typer.Option(None, "--allocation", help="How --macs-target is spread over layers: uniform or sensitivity (structured), uniform or energy (decompose)."),
     seed: int = SeedOpt,
     device: Optional[str] = DeviceOpt,
 ) -> None:

@@ -70,10 +70,35 @@ def test_a_replaced_conv_may_not_ask_for_more_taps_or_kernel_than_allowed():
         apply_architecture(TinyCNN(), {"format": ARCH_FORMAT, "modules": {"conv2": {**conv, "taps": [9]}}})
     with pytest.raises(SqueezeError, match=r"kernel_size\[0\]=65: expected an integer in \[1, 64\]"):
         apply_architecture(TinyCNN(), {"format": ARCH_FORMAT, "modules": {"conv2": {**conv, "kernel_size": [65, 1], "taps": [0]}}})
-    rank = {"type": "Factors", "modules": [
-        {"type": "Conv2d", "in_channels": 8, "out_channels": 17, "kernel_size": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1, "bias": False, "padding_mode": "zeros"},
-        {"type": "Conv2d", "in_channels": 17, "out_channels": 16, "kernel_size": [1, 1], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1, "bias": False, "padding_mode": "zeros"},
-    ]}
+    rank = {
+        "type": "Factors",
+        "modules": [
+            {
+                "type": "Conv2d",
+                "in_channels": 8,
+                "out_channels": 17,
+                "kernel_size": [3, 3],
+                "stride": [1, 1],
+                "padding": [1, 1],
+                "dilation": [1, 1],
+                "groups": 1,
+                "bias": False,
+                "padding_mode": "zeros",
+            },
+            {
+                "type": "Conv2d",
+                "in_channels": 17,
+                "out_channels": 16,
+                "kernel_size": [1, 1],
+                "stride": [1, 1],
+                "padding": [0, 0],
+                "dilation": [1, 1],
+                "groups": 1,
+                "bias": False,
+                "padding_mode": "zeros",
+            },
+        ],
+    }
     with pytest.raises(SqueezeError, match=r"conv2'.*1,496 parameters and buffers: expected at most 1,152"):
         apply_architecture(TinyCNN(), {"format": ARCH_FORMAT, "modules": {"conv2": rank}})
 

@@ -96,7 +96,10 @@ def test_classic_form_and_list_form_mean_the_same_recipe():
         ({"finetune": {"lr": "fast"}}, r"finetune.lr='fast': expected a finite number"),
         ({"finetune": {"distill": "maybe"}}, r"finetune.distill='maybe': expected true or false"),
         ({"finetune": {"epochs": 2.5}}, r"finetune.epochs=2.5: expected an integer"),
-        ({"stages": [{"prnue": {}}]}, r"unknown stage 'prnue': expected one of \['decompose', 'finetune', 'gradual_prune', 'iterative_prune', 'merge', 'neurons', 'prune', 'share', 'soft_share', 'strided', 'structured'"),
+        (
+            {"stages": [{"prnue": {}}]},
+            r"unknown stage 'prnue': expected one of \['decompose', 'finetune', 'gradual_prune', 'iterative_prune', 'merge', 'neurons', 'prune', 'share', 'soft_share', 'strided', 'structured'",
+        ),
         ({"stages": [{"prune": {}, "share": {}}]}, r"stages\[0\] names 2 stages"),
         ({"stages": [{"encode": {}}]}, r"put encode at the recipe's top level"),
         ({"stages": [{"finetune": {}}, {"finetune": {}, "label": "finetune"}]}, r"two stages labelled 'finetune'"),

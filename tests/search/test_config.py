@@ -62,8 +62,7 @@ def test_relative_paths_in_a_config_file_are_read_against_its_folder(tmp_path, m
     (folder / "data").mkdir(parents=True)
     (folder / "mine.yaml").write_text("name: mine\n")
     (folder / "s.yaml").write_text(
-        "data_dir: data\ndense: dense.safetensors\nwarm_start: [deep-compression, mine.yaml]\n"
-        "tracking_uri: sqlite:///runs/mlflow.db\nstudy_storage: sqlite:///runs/optuna.db\n"
+        "data_dir: data\ndense: dense.safetensors\nwarm_start: [deep-compression, mine.yaml]\ntracking_uri: sqlite:///runs/mlflow.db\nstudy_storage: sqlite:///runs/optuna.db\n"
     )
     monkeypatch.chdir(tmp_path)  # another folder than the config's
     c = SearchConfig.from_yaml("configs/s.yaml")

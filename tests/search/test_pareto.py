@@ -9,9 +9,7 @@ from hypothesis import strategies as st
 
 from squeezetune.search.pareto import Point, best_ratio, dominates, hypervolume, pareto_front
 
-points_st = st.lists(
-    st.tuples(st.floats(0.0, 1.0, allow_nan=False), st.integers(1, 10_000)), min_size=0, max_size=40
-).map(lambda xs: [Point(i, a, b) for i, (a, b) in enumerate(xs)])
+points_st = st.lists(st.tuples(st.floats(0.0, 1.0, allow_nan=False), st.integers(1, 10_000)), min_size=0, max_size=40).map(lambda xs: [Point(i, a, b) for i, (a, b) in enumerate(xs)])
 
 
 @given(points_st)

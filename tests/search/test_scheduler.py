@@ -76,8 +76,13 @@ def test_stopped_trials_reach_optuna_as_pruned(tmp_path):
     objectives = objective_metrics(("accuracy", "bytes"))
     runs = iter(range(1000))
     searcher = TrackedOptunaSearch(
-        space, sampler=make_sampler("random", seed=0, population=4), study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}",
-        new_run=lambda n: f"run-{next(runs)}", objectives=objectives, full_epochs=9,
+        space,
+        sampler=make_sampler("random", seed=0, population=4),
+        study_name="s",
+        storage=f"sqlite:///{tmp_path / 'o.db'}",
+        new_run=lambda n: f"run-{next(runs)}",
+        objectives=objectives,
+        full_epochs=9,
     )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -16,9 +16,7 @@ OBJECTIVES = objective_metrics(("accuracy", "bytes"))
 
 @pytest.fixture()
 def stores(tmp_path):
-    study = optuna.create_study(
-        study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", directions=["maximize", "minimize"]
-    )
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", directions=["maximize", "minimize"])
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("settle")
     return study, client, exp

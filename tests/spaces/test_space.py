@@ -173,7 +173,10 @@ def test_prune_knobs_are_fractions_of_the_layer_structured_pruning_leaves():
         derive_space(LeNet5(), {"structured": {}, "prune": {"layers": {"conv2": {"keep": [100, 1000]}}}})
 
 
-@pytest.mark.parametrize("by, expected", [("kind", {"@Conv2d", "@Linear"}), ("block", {"@conv1", "@layer1.0", "@layer1.1", "@layer1.2", "@layer2.0", "@layer2.1", "@layer2.2", "@layer3.0", "@layer3.1", "@layer3.2", "@fc"})])
+@pytest.mark.parametrize(
+    "by, expected",
+    [("kind", {"@Conv2d", "@Linear"}), ("block", {"@conv1", "@layer1.0", "@layer1.1", "@layer1.2", "@layer2.0", "@layer2.1", "@layer2.2", "@layer3.0", "@layer3.1", "@layer3.2", "@fc"})],
+)
 def test_a_deep_model_can_ask_for_a_compact_space(by, expected):
     """ResNet-20 has 22 compressible tensors: grouped, a handful of knobs cover all of them."""
     from squeezetune.tasks.cnn import ResNet20

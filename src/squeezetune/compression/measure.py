@@ -237,5 +237,3 @@ def compare_latency(
 
 
 _LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-
-

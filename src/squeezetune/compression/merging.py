@@ -236,4 +236,3 @@ def merge(model: nn.Module, config: MergeConfig, ctx: Context) -> nn.Module:
 
 
 __all__ = ["LayerMerge", "MergeConfig", "Score", "merge_neurons", "merge_order", "mergeable_layers"]
-

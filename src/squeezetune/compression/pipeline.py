@@ -113,8 +113,14 @@ def compress(
     model.to(device)
     encode = Encoder(task, recipe, model)
     ctx = Context(
-        teacher=teacher, example=example, train=None if data_free else train_split, eval=None if data_free else eval_split,
-        device=device, seed=seed, progress=progress, on_epoch=on_epoch,
+        teacher=teacher,
+        example=example,
+        train=None if data_free else train_split,
+        eval=None if data_free else eval_split,
+        device=device,
+        seed=seed,
+        progress=progress,
+        on_epoch=on_epoch,
     )
     pending: list[tuple[StageRecord, nn.Module]] = []  # data-free: models to measure after the last stage
 

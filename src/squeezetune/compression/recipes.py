@@ -449,4 +449,17 @@ def load_recipe(
     return replace(recipe, steps=steps)
 
 
-__all__ = ["BUILTIN_RECIPES", "CLASSIC_ORDER", "MAX_RATES", "Recipe", "Step", "data_free_merge", "decomposition", "deep_compression", "generic_layer_rule", "load_recipe", "max_compression", "structured_pruning"]
+__all__ = [
+    "BUILTIN_RECIPES",
+    "CLASSIC_ORDER",
+    "MAX_RATES",
+    "Recipe",
+    "Step",
+    "data_free_merge",
+    "decomposition",
+    "deep_compression",
+    "generic_layer_rule",
+    "load_recipe",
+    "max_compression",
+    "structured_pruning",
+]

@@ -191,8 +191,5 @@ def format_summary(report: Report, out: str) -> str:
         f"params {report.dense_params:,} -> {report.params:,}, MACs {report.dense_macs:,} -> {report.macs:,}"
     )
     if "latency_ms_b1" in lat:
-        line += (
-            f", CPU latency b1 {lat['dense_latency_ms_b1']:.2f} -> {lat['latency_ms_b1']:.2f} ms, "
-            f"b64 {lat['dense_latency_ms_b64']:.2f} -> {lat['latency_ms_b64']:.2f} ms"
-        )
+        line += f", CPU latency b1 {lat['dense_latency_ms_b1']:.2f} -> {lat['latency_ms_b1']:.2f} ms, b64 {lat['dense_latency_ms_b64']:.2f} -> {lat['latency_ms_b64']:.2f} ms"
     return line + f"\nwrote {out}"

@@ -86,12 +86,8 @@ def search_cmd(
     )
     outcome = run_search(cfg, resume=resume is not None, progress=_progress)
     n = outcome.counts
-    typer.echo(
-        f"\nsearch {outcome.name!r}: {n['complete']} trials ran the full schedule, {n['stopped']} were stopped early, {n['failed']} failed, of {outcome.trials}; {outcome.seconds:.0f} s"
-    )
-    typer.echo(
-        f"Pareto front ({len(outcome.front)} points; selected on validation accuracy, with the accuracy on the evaluation images no selection saw and the real container bytes):"
-    )
+    typer.echo(f"\nsearch {outcome.name!r}: {n['complete']} trials ran the full schedule, {n['stopped']} were stopped early, {n['failed']} failed, of {outcome.trials}; {outcome.seconds:.0f} s")
+    typer.echo(f"Pareto front ({len(outcome.front)} points; selected on validation accuracy, with the accuracy on the evaluation images no selection saw and the real container bytes):")
     typer.echo(table(outcome.front, outcome.baseline))
     if not outcome.finished:
         typer.echo(f"\nthe search stopped before all trials finished; continue it with: squeezetune search --resume {outcome.name}")
@@ -133,9 +129,7 @@ def export_cmd(
     name: str = NameOpt,
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the exported model to (written whole, or not at all)."),
     max_bytes: Optional[int] = typer.Option(None, "--max-bytes", min=1, help="Most accurate front point within this many container bytes."),
-    max_drop: Optional[float] = typer.Option(
-        None, "--max-drop", help="Smallest front point losing at most this many accuracy points against the dense model (0.5 = half a point, 92.0% -> 91.5%)."
-    ),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Smallest front point losing at most this many accuracy points against the dense model (0.5 = half a point, 92.0% -> 91.5%)."),
     trial: Optional[int] = typer.Option(None, "--trial", min=0, help="This trial number (as pareto lists it)."),
     tracking_uri: Optional[str] = TrackingOpt,
     experiment: str = ExperimentOpt,
@@ -150,9 +144,7 @@ def export_cmd(
 
     uri = resolve_tracking_uri(tracking_uri)
     probe(uri)
-    result = export_trial(
-        uri, experiment, name, out, trial=trial, max_bytes=max_bytes, max_drop=max_drop, data_dir=data_dir, model_name=model_name, alias=alias, force=force, progress=_progress
-    )
+    result = export_trial(uri, experiment, name, out, trial=trial, max_bytes=max_bytes, max_drop=max_drop, data_dir=data_dir, model_name=model_name, alias=alias, force=force, progress=_progress)
     p = result.point
     typer.echo(f"trial {p.trial} of {name!r}: {p.bytes:,} bytes, accuracy in the search {p.accuracy:.4f}")
     for kind, path in result.files.items():

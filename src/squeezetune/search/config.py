@@ -268,7 +268,7 @@ def _sqlite_against(uri: str, folder: Path) -> str:
     prefix = "sqlite:///"
     if not uri.startswith(prefix) or uri.startswith(prefix + "/") or len(uri) == len(prefix):
         return uri
-    return f"{prefix}{(folder / uri[len(prefix):]).resolve()}"
+    return f"{prefix}{(folder / uri[len(prefix) :]).resolve()}"
 
 
 def _file_against(entry: Any, folder: Path) -> Any:

@@ -275,9 +275,7 @@ def _export_onnx(model, example, path: Path) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=({0: batch},), input_names=["x"], output_names=["logits"], external_data=False
-        )
+        torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=({0: batch},), input_names=["x"], output_names=["logits"], external_data=False)
 
 
 def _onnx_accuracy(path: Path, split) -> float:

@@ -129,14 +129,10 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
                     smallest = report.compressed_bytes if smallest is None else min(smallest, report.compressed_bytes)
         progress(f"most compressed corner of the space: {smallest:,} bytes")
         if smallest > constraints.max_bytes:
-            raise SqueezeError(
-                f"constraints.max_bytes={constraints.max_bytes:,} cannot be met: the most compressed configuration of this space takes {smallest:,} bytes"
-            )
+            raise SqueezeError(f"constraints.max_bytes={constraints.max_bytes:,} cannot be met: the most compressed configuration of this space takes {smallest:,} bytes")
     if constraints.max_macs is not None and "structured" not in space.stages:
         if dense_macs is not None and dense_macs > constraints.max_macs:
-            raise SqueezeError(
-                f"constraints.max_macs={constraints.max_macs:,} cannot be met: without structured pruning in the space every trial keeps the dense model's {dense_macs:,} MACs"
-            )
+            raise SqueezeError(f"constraints.max_macs={constraints.max_macs:,} cannot be met: without structured pruning in the space every trial keeps the dense model's {dense_macs:,} MACs")
     return smallest
 
 
@@ -390,9 +386,7 @@ def _refuse_existing_study(storage: str, name: str) -> None:
 
 
 def _create_parent(c, exp_id: str, config: SearchConfig, space: Space, dense: dict[str, float]):
-    parent = tracking.retry(
-        lambda: c.create_run(exp_id, run_name=config.name, tags={tracking.SEARCH_TAG: config.name, tracking.ROLE_TAG: "parent", "squeezetune.task": config.task})
-    )
+    parent = tracking.retry(lambda: c.create_run(exp_id, run_name=config.name, tags={tracking.SEARCH_TAG: config.name, tracking.ROLE_TAG: "parent", "squeezetune.task": config.task}))
     rid = parent.info.run_id
     params = {
         "task": config.task,
@@ -532,7 +526,8 @@ def space_config(config: SearchConfig) -> dict[str, Any]:
             setting = {} if setting is None else setting
         if isinstance(setting, dict) and "epochs" in setting:
             raise SqueezeError(
-                f"space.{stage}.epochs is set by the fidelity under multi-fidelity search: set fidelity.{'epochs' if stage == 'finetune' else 'centroid_epochs'} instead, or fidelity: null to search epochs as a knob"
+                f"space.{stage}.epochs is set by the fidelity under multi-fidelity search: "
+                f"set fidelity.{'epochs' if stage == 'finetune' else 'centroid_epochs'} instead, or fidelity: null to search epochs as a knob"
             )
         if isinstance(setting, dict):
             space[stage] = {**setting, "epochs": epochs}
@@ -616,9 +611,7 @@ def connect_ray(config: SearchConfig, progress: Progress = _quiet) -> bool:
             ray.shutdown()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             source = "--ray-address" if config.ray_address else "RAY_ADDRESS"
-            raise SqueezeError(
-                f"{source} {address!r}: no Ray cluster answers there ({first[:200]}): start one with 'ray start --head', or pass --ray-address local"
-            ) from None
+            raise SqueezeError(f"{source} {address!r}: no Ray cluster answers there ({first[:200]}): start one with 'ray start --head', or pass --ray-address local") from None
         progress(f"joined the Ray cluster at {address}")
         return True
     need_cpus = max(1, math.ceil(config.resources.cpus))
@@ -627,6 +620,7 @@ def connect_ray(config: SearchConfig, progress: Progress = _quiet) -> bool:
     if config.resources.gpus > gpus:
         ray.shutdown()
         raise SqueezeError(
-            f"resources.gpus={config.resources.gpus:g} per trial, but this machine has {gpus:g} GPU(s) for Ray: expected --gpus-per-trial 0 (or at most {gpus:g}), or --ray-address of a cluster with GPUs"
+            f"resources.gpus={config.resources.gpus:g} per trial, but this machine has {gpus:g} GPU(s) for Ray: "
+            f"expected --gpus-per-trial 0 (or at most {gpus:g}), or --ray-address of a cluster with GPUs"
         )
     return True

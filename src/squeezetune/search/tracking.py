@@ -44,12 +44,10 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if parsed.scheme == "sqlite":
         if not uri.startswith("sqlite:///") or len(uri) == len("sqlite:///"):
             raise SqueezeError(f"tracking URI {uri!r}: expected sqlite:///<path to .db>")
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
     if parsed.scheme in ("http", "https", "databricks"):
         return uri
-    raise SqueezeError(
-        f"tracking URI {uri!r} is not supported: expected sqlite:///<path>.db or http(s)://host:port (a plain ./mlruns file store is refused by MLflow 3.17)"
-    )
+    raise SqueezeError(f"tracking URI {uri!r} is not supported: expected sqlite:///<path>.db or http(s)://host:port (a plain ./mlruns file store is refused by MLflow 3.17)")
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -172,9 +170,7 @@ def experiment_id(c, name: str, uri: str, *, create: bool = True) -> str | None:
 
 def find_parent(c, exp_id: str, search: str):
     """The parent run of search ``search``, or ``None``."""
-    runs = c.search_runs(
-        [exp_id], filter_string=f"tags.`{SEARCH_TAG}` = '{search}' and tags.`{ROLE_TAG}` = 'parent'", max_results=2
-    )
+    runs = c.search_runs([exp_id], filter_string=f"tags.`{SEARCH_TAG}` = '{search}' and tags.`{ROLE_TAG}` = 'parent'", max_results=2)
     return runs[0] if runs else None
 
 
@@ -186,9 +182,7 @@ def find_search(uri: str, experiment: str, search: str):
     """
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
-        raise SqueezeError(
-            f"no MLflow store at {str(db)!r} to find search {search!r} in: run from the folder that holds the search's mlflow.db, or pass --tracking-uri"
-        )
+        raise SqueezeError(f"no MLflow store at {str(db)!r} to find search {search!r} in: run from the folder that holds the search's mlflow.db, or pass --tracking-uri")
     c = client(uri)
     exp_id = experiment_id(c, experiment, uri, create=False)
     parent = find_parent(c, exp_id, search) if exp_id is not None else None

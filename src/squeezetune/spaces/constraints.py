@@ -95,9 +95,7 @@ class Constraints:
 
     def of(self, outcome: Mapping[str, Any], *, dense_accuracy: float, accuracy_key: str = "accuracy") -> dict[str, float]:
         """:meth:`named_violations` of an outcome mapping (a report's :meth:`outcome`, a trial's result)."""
-        return self.named_violations(
-            accuracy=float(outcome[accuracy_key]), bytes=int(outcome["bytes"]), dense_accuracy=dense_accuracy, macs=outcome.get("macs"), latency=outcome.get(self.latency)
-        )
+        return self.named_violations(accuracy=float(outcome[accuracy_key]), bytes=int(outcome["bytes"]), dense_accuracy=dense_accuracy, macs=outcome.get("macs"), latency=outcome.get(self.latency))
 
     def feasible(self, **outcome: Any) -> bool:
         return all(v <= 0 for v in self.violations(**outcome))

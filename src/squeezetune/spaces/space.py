@@ -316,9 +316,7 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
         if reshaped is not None:
             counts = [k.name for k in stage_knobs if k.target[-1] == "keep"]
             if counts:
-                raise SqueezeError(
-                    f"space knob {counts[0]!r} counts weights of the dense layer, but {reshaped} runs first and reshapes it: give keep_fraction instead"
-                )
+                raise SqueezeError(f"space knob {counts[0]!r} counts weights of the dense layer, but {reshaped} runs first and reshapes it: give keep_fraction instead")
         if stage_config(st.stage).changes_architecture and reshaped is None:
             reshaped = f"{st.key} pruning" if st.key == "structured" else st.key
         stages.append(st.key)

@@ -48,9 +48,7 @@ def read_idx(path: Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = raw[4 + 4 * ndim :]
     if len(body) != int(np.prod(dims)) * dtype.itemsize:
-        raise SqueezeError(
-            f"{str(path)!r} holds {len(body)} data bytes, expected {int(np.prod(dims)) * dtype.itemsize} for shape {dims}"
-        )
+        raise SqueezeError(f"{str(path)!r} holds {len(body)} data bytes, expected {int(np.prod(dims)) * dtype.itemsize} for shape {dims}")
     return np.frombuffer(body, dtype=dtype).reshape(dims)
 
 
@@ -74,10 +72,7 @@ def load_mnist(data_dir: str | Path | None) -> tuple[Split, Split]:
     images = read_idx(_find(data_dir, "t10k-images-idx3-ubyte"))
     labels = read_idx(_find(data_dir, "t10k-labels-idx1-ubyte"))
     if images.shape[0] != labels.shape[0] or images.shape[0] < MNIST_TRAIN + MNIST_EVAL or images.shape[1:] != (28, 28):
-        raise SqueezeError(
-            f"MNIST files in {str(data_dir)!r} hold images {images.shape} and labels {labels.shape}: "
-            f"expected at least {MNIST_TRAIN + MNIST_EVAL} 28x28 images with as many labels"
-        )
+        raise SqueezeError(f"MNIST files in {str(data_dir)!r} hold images {images.shape} and labels {labels.shape}: expected at least {MNIST_TRAIN + MNIST_EVAL} 28x28 images with as many labels")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return Split(x[:MNIST_TRAIN], y[:MNIST_TRAIN]), Split(x[-MNIST_EVAL:], y[-MNIST_EVAL:])

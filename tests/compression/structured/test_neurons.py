@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from squeezetune.compression.architecture import architecture_spec
 from squeezetune.compression.coding import codec
 from squeezetune.compression.coding.container import pack_sections
 from squeezetune.compression.decode import decode_bytes
-from squeezetune.compression.architecture import architecture_spec
 from squeezetune.compression.stages import Context, apply_stage
 from squeezetune.compression.structured.gather import GatheredLinear, gather_unused_inputs, ungather
 from squeezetune.compression.structured.neurons import NeuronsConfig

@@ -21,9 +21,7 @@ from squeezetune.compression.unstructured.kmeans import (
 from squeezetune.errors import SqueezeError
 
 
-def reference_lloyd(
-    values: np.ndarray, start: np.ndarray, max_iter: int
-) -> tuple[np.ndarray, np.ndarray, int, bool]:
+def reference_lloyd(values: np.ndarray, start: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """Plain O(nk) Lloyd with the documented conventions: float32 centroids holding the float64
     member mean, nearest-centroid ties to the lower index, empty clusters keep their centroid,
     stop when an update leaves every assignment unchanged."""

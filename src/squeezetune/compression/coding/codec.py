@@ -41,7 +41,7 @@ from squeezetune.compression.coding.codebook import (
     unpack_codebook,
 )
 from squeezetune.compression.coding.container import _varint, pack_sections
-from squeezetune.compression.coding.sparse import AUTO_INDEX_BITS, PositionCoding, decode_mask, encode_mask
+from squeezetune.compression.coding.sparse import PositionCoding, decode_mask, encode_mask
 from squeezetune.compression.coding.streams import Coder, StreamStats, decode_stream, smallest_stream
 from squeezetune.compression.report import TensorRecord
 from squeezetune.compression.stages import StageConfig

@@ -200,10 +200,7 @@ def _unpack(data: memoryview, where: str | None) -> dict[str, bytes]:
         start += length
     actual = zlib.crc32(data[_TABLE_AT:], zlib.crc32(data[:_CRC_AT]))
     if actual != stored_file_crc:
-        raise error(
-            f"checksum mismatch in the header or section table: stored crc32 {stored_file_crc:#010x}, "
-            f"computed {actual:#010x}"
-        )
+        raise error(f"checksum mismatch in the header or section table: stored crc32 {stored_file_crc:#010x}, computed {actual:#010x}")
 
     sections: dict[str, bytes] = {}
     for (name, _, _), payload in zip(entries, payloads):

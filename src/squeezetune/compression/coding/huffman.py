@@ -225,9 +225,7 @@ def _windows(buf: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode(
-    payload: bytes, lengths: np.ndarray, n: int, sync: np.ndarray, sync_interval: int = SYNC_INTERVAL, dtype: type = np.int64
-) -> np.ndarray:
+def decode(payload: bytes, lengths: np.ndarray, n: int, sync: np.ndarray, sync_interval: int = SYNC_INTERVAL, dtype: type = np.int64) -> np.ndarray:
     """Decode ``n`` symbols written by :func:`encode`; raise :class:`SqueezeError` if they don't fit.
 
     The payload must be used exactly: every chunk ends where the sync index says the next one
@@ -295,9 +293,7 @@ def _decode_by_steps(
     return out.reshape(-1)[: (steps - 1) * chunks + full], ends
 
 
-def _decode_by_jumping(
-    payload: bytes, symbol_of: np.ndarray, length_of: np.ndarray, width: int, n: int, count: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _decode_by_jumping(payload: bytes, symbol_of: np.ndarray, length_of: np.ndarray, width: int, n: int, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Find every code start by pointer jumping over all bit positions (for small payloads)."""
     total_bits = 8 * len(payload)
     buf = np.concatenate((np.frombuffer(payload, dtype=np.uint8), np.zeros(5, dtype=np.uint8)))

@@ -154,4 +154,3 @@ def decode_row_counts(reader: _Reader, rows: int, cols: int) -> np.ndarray:
     if rows and counts.max() > cols:
         raise SqueezeError(f"a row count is {int(counts.max())}; rows have {cols} columns")
     return counts
-

@@ -184,9 +184,7 @@ def empirical_entropy_bits(symbols: np.ndarray, alphabet_size: int) -> float:
     return _entropy_bits(_validate(symbols, alphabet_size)[1])
 
 
-def best_coder(
-    symbols: np.ndarray, alphabet_size: int, candidates: tuple[Coder, ...] = (Coder.HUFFMAN, Coder.ANS)
-) -> tuple[Coder, bytes]:
+def best_coder(symbols: np.ndarray, alphabet_size: int, candidates: tuple[Coder, ...] = (Coder.HUFFMAN, Coder.ANS)) -> tuple[Coder, bytes]:
     """Encode with each candidate and return the one with the fewest total bytes (first on ties)."""
     data, stats = smallest_stream(symbols, alphabet_size, candidates)
     return stats.coder, data

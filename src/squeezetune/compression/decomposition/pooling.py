@@ -44,8 +44,10 @@ def map_shape(model: nn.Module, name: str, example: Example) -> tuple[int, int, 
     if len(calls) != 1 or not calls[0].args or not isinstance(calls[0].args[0], torch.fx.Node):
         return "a layer not called exactly once on one input"
     arg = calls[0].args[0]
-    flattens = (arg.op == "call_function" and arg.target in _FLATTENS) or (arg.op == "call_method" and arg.target in _FLATTEN_METHODS) or (
-        arg.op == "call_module" and isinstance(gm.get_submodule(str(arg.target)), nn.Flatten)
+    flattens = (
+        (arg.op == "call_function" and arg.target in _FLATTENS)
+        or (arg.op == "call_method" and arg.target in _FLATTEN_METHODS)
+        or (arg.op == "call_module" and isinstance(gm.get_submodule(str(arg.target)), nn.Flatten))
     )
     source = arg.args[0] if arg.args else None
     if not flattens or not isinstance(source, torch.fx.Node) or "tensor_meta" not in source.meta:

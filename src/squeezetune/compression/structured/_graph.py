@@ -72,8 +72,7 @@ def check_plain(model: nn.Module) -> None:
             raise SqueezeError(f"layer {name!r} reads {m.in_features} of {m.dense_features} input features: expected structured pruning before the neurons stage")
         if getattr(m, "parametrizations", None):
             raise SqueezeError(
-                f"layer {name!r} carries a parametrization ({', '.join(m.parametrizations.keys())}): "
-                "expected plain tensors; bake pruning masks / shared weights before structured pruning"
+                f"layer {name!r} carries a parametrization ({', '.join(m.parametrizations.keys())}): expected plain tensors; bake pruning masks / shared weights before structured pruning"
             )
 
 

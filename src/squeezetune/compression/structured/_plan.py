@@ -40,7 +40,9 @@ class MacModel:
             n_out, n_in = (m.out_channels, m.in_channels) if conv else (m.out_features, m.in_features)
             self.layers[name] = {
                 "per": total / (n_out * (n_in // m.groups if conv else n_in)),  # MACs per (out, in-per-group) pair
-                "out": n_out, "in": n_in, "groups": m.groups if conv else 1,
+                "out": n_out,
+                "in": n_in,
+                "groups": m.groups if conv else 1,
                 "depthwise": conv and m.groups == n_out and n_out > 1,
                 "cuts": [],  # (group name, role, fraction of the group's channels this layer follows)
             }
@@ -96,6 +98,7 @@ def _allowed_fraction(fractions: Sequence[float], accuracy: Sequence[float], bas
 
 def _by_sensitivity(model: MacModel, names: list[str], budget: float, sensitivity, curves: dict, round_to: int) -> dict[str, int]:
     fractions = [float(f) for f in sensitivity.fractions]
+
     def plan(t: float) -> dict[str, int]:
         out = {}
         for g in names:

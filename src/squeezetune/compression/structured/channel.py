@@ -282,8 +282,14 @@ class _Pruner:
             sse_after += float(((T - pred) ** 2).sum())
             self._write(c, sol, len(cols), intercept, norms[c])
         return ChannelReport(
-            layer=name, channels=G, kept=int(mask.sum()), lam=used, consumers=tuple(consumers),
-            error_before=sse_before / max(denom, 1e-30), error_after=sse_after / max(denom, 1e-30), residual=tuple(sorted(partners)),
+            layer=name,
+            channels=G,
+            kept=int(mask.sum()),
+            lam=used,
+            consumers=tuple(consumers),
+            error_before=sse_before / max(denom, 1e-30),
+            error_after=sse_after / max(denom, 1e-30),
+            residual=tuple(sorted(partners)),
         )
 
     @torch.no_grad()

@@ -97,7 +97,12 @@ class Sensitivity:
     @classmethod
     def from_dict(cls, data: Mapping) -> "Sensitivity":
         try:
-            return cls(float(data["base"]), tuple(float(f) for f in data["fractions"]), {k: tuple(float(a) for a in v) for k, v in data["accuracy"].items()}, {k: int(v) for k, v in data.get("channels", {}).items()})
+            return cls(
+                float(data["base"]),
+                tuple(float(f) for f in data["fractions"]),
+                {k: tuple(float(a) for a in v) for k, v in data["accuracy"].items()},
+                {k: int(v) for k, v in data.get("channels", {}).items()},
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise SqueezeError(f"sensitivity data is invalid ({exc}): expected base, fractions and accuracy as written by Sensitivity.to_dict") from None
 

@@ -101,7 +101,11 @@ register_module_type(
     lambda d: GatheredLinear(**d),
     lambda d: d["out_features"] * (d["in_features"] + d["bias"]) + _buffer_cost(d["dense_features"]),
     lambda m: {"dense_features": m.dense_features, "in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None},
-    lambda d, layer: None if d["dense_features"] <= getattr(layer, "in_features", 0) else f"dense_features={d['dense_features']}: expected at most {getattr(layer, 'in_features', 0)}, the input width of the task's layer",
+    lambda d, layer: (
+        None
+        if d["dense_features"] <= getattr(layer, "in_features", 0)
+        else f"dense_features={d['dense_features']}: expected at most {getattr(layer, 'in_features', 0)}, the input width of the task's layer"
+    ),
 )
 
 

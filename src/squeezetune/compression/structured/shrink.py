@@ -161,7 +161,9 @@ def apply_spec(model: nn.Module, spec: Mapping) -> nn.Module:
         small.load_state_dict(weights)
     """
     if not isinstance(spec, Mapping) or spec.get("format") != SPEC_FORMAT or not isinstance(spec.get("modules"), Mapping):
-        raise SqueezeError(f"spec format {spec.get('format') if isinstance(spec, Mapping) else type(spec).__name__!r} is not a shrunk-model spec: expected format {SPEC_FORMAT!r} with a 'modules' table")
+        raise SqueezeError(
+            f"spec format {spec.get('format') if isinstance(spec, Mapping) else type(spec).__name__!r} is not a shrunk-model spec: expected format {SPEC_FORMAT!r} with a 'modules' table"
+        )
     current = shrunk_spec(model)["modules"]
     for name, entry in spec["modules"].items():
         if name not in current:

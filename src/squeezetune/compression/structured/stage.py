@@ -129,9 +129,7 @@ def _check_lasso_layers(graph) -> None:
         for name in g.consumers:
             m = graph.get(name)
             if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                raise SqueezeError(
-                    f"structured.method='lasso' cannot reconstruct layer {name!r} ({type(m).__name__}): expected Conv1d, Conv2d or Linear consumers; use method: l1"
-                )
+                raise SqueezeError(f"structured.method='lasso' cannot reconstruct layer {name!r} ({type(m).__name__}): expected Conv1d, Conv2d or Linear consumers; use method: l1")
 
 
 @register_stage(StructuredConfig)

@@ -77,7 +77,7 @@ def grids(taps: Sequence[int], kw: int) -> list[tuple[tuple[int, ...], tuple[int
         for run in _even_runs(xs):
             by_xs.setdefault(run, []).append(y)
     out = [(ys, xs) for xs, all_ys in by_xs.items() for ys in _even_runs(all_ys)]
-    return sorted(out, key=lambda g: (g[0][0] * kw + g[1][0]))
+    return sorted(out, key=lambda g: g[0][0] * kw + g[1][0])
 
 
 class StridedConv2d(nn.Module):

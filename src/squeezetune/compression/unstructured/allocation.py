@@ -32,7 +32,9 @@ Curve = Sequence[tuple[float, float]]
 """``(kept fraction, accuracy)`` points, from 1.0 (dense) downwards."""
 
 
-def weight_sensitivity(model: nn.Module, evaluate: Callable[[nn.Module], float], fractions: Sequence[float] = FRACTIONS, *, progress: Callable[[str], None] | None = None) -> dict[str, list[tuple[float, float]]]:
+def weight_sensitivity(
+    model: nn.Module, evaluate: Callable[[nn.Module], float], fractions: Sequence[float] = FRACTIONS, *, progress: Callable[[str], None] | None = None
+) -> dict[str, list[tuple[float, float]]]:
     """Per compressible tensor, the accuracy after magnitude-pruning it alone to each kept fraction."""
     base = evaluate(model)
     curves: dict[str, list[tuple[float, float]]] = {}

@@ -239,10 +239,7 @@ def _check_finite(flat: np.ndarray, name: str, original: object) -> None:
             value = original.detach().reshape(-1)[i].item()
         else:
             value = np.asarray(original).reshape(-1)[i].item()
-        raise SqueezeError(
-            f"{name} must be finite float32 numbers; got {value!r} at flat index {i} "
-            f"({bad.size} non-finite in all)"
-        )
+        raise SqueezeError(f"{name} must be finite float32 numbers; got {value!r} at flat index {i} ({bad.size} non-finite in all)")
 
 
 # --- the algorithm ---------------------------------------------------------------------------
@@ -333,9 +330,7 @@ def _anchored_prefix(data: np.ndarray) -> np.ndarray:
     return prefix
 
 
-def _lloyd_sorted(
-    data: np.ndarray, prefix: np.ndarray, centroids: np.ndarray, max_iter: int
-) -> tuple[np.ndarray, int, bool]:
+def _lloyd_sorted(data: np.ndarray, prefix: np.ndarray, centroids: np.ndarray, max_iter: int) -> tuple[np.ndarray, int, bool]:
     """Lloyd's iterations on sorted ``data``, cluster sums from :func:`_anchored_prefix`."""
     bounds = _boundaries(data, centroids)
     for n_iter in range(1, max_iter + 1):
