@@ -11,6 +11,7 @@ from squeezetune.compression.recipes import deep_compression
 from squeezetune.compression.structured.stage import LayerChannels
 from squeezetune.errors import SqueezeError
 from squeezetune.spaces import Choice, Fixed, FloatRange, IntRange, derive_space
+from squeezetune.spaces.space import needs_sensitivity
 from squeezetune.tasks.models import LeNet5, LeNet300
 
 
@@ -198,3 +199,27 @@ def test_a_deep_model_can_ask_for_a_compact_space(by, expected):
     assert space.contains(space.project(hand))
     with pytest.raises(SqueezeError, match=r"space.group='layer' is not known: expected one of \['tensor', 'kind', 'block'\]"):
         derive_space(model, {"group": "layer"})
+
+
+def test_a_global_budget_is_spread_over_the_tensors_by_the_driver_s_curves():
+    """``prune.budget`` is one knob; each trial turns it into per-tensor kept fractions that keep the
+    budget, the tensors that lose little giving up most. The curves arrive as JSON (from the driver)."""
+    curves = {
+        "fc1": [[1.0, 0.0], [0.1, 0.0], [0.01, 0.02], [0.001, 0.5]],
+        "fc2": [[1.0, 0.0], [0.1, 0.01], [0.01, 0.2], [0.001, 0.6]],
+        "fc3": [[1.0, 0.0], [0.1, 0.3], [0.01, 0.7], [0.001, 0.8]],
+    }
+    config = {"prune": {"budget": {"keep_fraction": [0.01, 0.1]}}}
+    assert needs_sensitivity(config) and not needs_sensitivity({"prune": {"budget": {"keep_fraction": 0.1}, "allocation": "uniform"}})
+    space = derive_space(LeNet300(), config, sensitivity=curves)
+    assert space.knob("prune.budget.keep_fraction").domain == FloatRange(0.01, 0.1, log=True)
+    params = space.suggest(optuna.create_study(directions=["maximize", "minimize"]).ask())
+    prune = space.recipe(params).first("prune")
+    kept = {n: prune.layers[n].keep_fraction for n in space.layers}
+    assert sum(kept[n] * size for n, size in space.layers.items()) == pytest.approx(params["prune.budget.keep_fraction"] * sum(space.layers.values()))
+    assert kept["fc1"] < kept["fc2"] < kept["fc3"]
+    uniform = derive_space(LeNet300(), {"prune": {**config["prune"], "allocation": "uniform"}})
+    spread = uniform.recipe({**params, "prune.allocation": "uniform"}).first("prune").layers
+    assert {layer.keep_fraction for layer in spread.values()} == {params["prune.budget.keep_fraction"]}
+    with pytest.raises(SqueezeError, match=r"space.prune.budget with allocation 'sensitivity' needs the model's sensitivity curves"):
+        derive_space(LeNet300(), config).recipe(params)

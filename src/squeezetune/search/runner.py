@@ -181,10 +181,10 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     dense_accuracy, dense_val = evaluate(dense, held), evaluate(dense, val)
     sensitivity = None
     if needs_sensitivity(config.space):
-        from squeezetune.compression.unstructured.allocation import weight_sensitivity
+        from squeezetune.compression.unstructured.sensitivity import sensitivity_curves
 
         progress("sensitivity of each tensor to pruning, on the validation split (once, for the budget allocation)")
-        sensitivity = weight_sensitivity(dense, lambda m: evaluate(m, val), progress=progress)
+        sensitivity = sensitivity_curves(dense, lambda m: dense_val - evaluate(m, val), progress=progress)
     space = derive_space(task.build_model(), space_config(config), example, sensitivity=sensitivity)
     warm_starts = warm_start_params(space, task, config.warm_start)
     d_bytes = count_dense_bytes(dense)

@@ -52,6 +52,7 @@ from squeezetune.compression.stages import stage_config
 from squeezetune.compression.tensors import compressible
 from squeezetune.compression.unstructured.kmeans import Init
 from squeezetune.compression.unstructured.pruning import Granularity
+from squeezetune.compression.unstructured.sensitivity import allocate
 from squeezetune.errors import SqueezeError
 from squeezetune.spaces.knobs import Choice, Fixed, FloatRange, IntRange, Knob, TrialLike, check_setting_keys, named_layers, parse_domain
 
@@ -111,7 +112,7 @@ class Space:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """With ``group: kind`` or ``block``: each group's name (``@Conv2d``, ``@layer1.0``) and its tensors."""
     sensitivity: dict[str, list] | None = field(default=None, compare=False)
-    """Per-tensor pruning sensitivity curves (see :mod:`squeezetune.compression.unstructured.allocation`)
+    """Per-tensor pruning sensitivity curves (see :mod:`squeezetune.compression.unstructured.sensitivity`)
     that spread a global ``prune.budget`` over the tensors."""
 
     def __post_init__(self) -> None:
@@ -211,8 +212,6 @@ class Space:
 
     def _spread_budget(self, prune: dict[str, Any]) -> None:
         """Replace ``prune.budget`` by per-tensor kept fractions (for the tensors not named in the space)."""
-        from squeezetune.compression.unstructured.allocation import allocate
-
         budget = prune.pop("budget")["keep_fraction"]
         how = prune.pop("allocation", "sensitivity")
         layers = prune.setdefault("layers", {})
@@ -285,9 +284,9 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
     """The search space of ``model``, with the user's ``space:`` settings applied.
 
     ``example`` is the task's batch-1 example input (see :func:`squeezetune.tasks.example_input`),
-    which the structured knobs trace the model with. ``sensitivity`` holds the per-tensor curves a
-    ``prune.budget`` with ``allocation: sensitivity`` spreads the budget by (see
-    :func:`needs_sensitivity`).
+    which the structured knobs trace the model with. ``sensitivity`` holds the per-tensor curves
+    (:func:`~squeezetune.compression.unstructured.sensitivity.sensitivity_curves`) a ``prune.budget``
+    with ``allocation: sensitivity`` spreads the budget by (see :func:`needs_sensitivity`).
 
     Raises a one-line :class:`SqueezeError` for an unknown stage, knob or layer, an empty range,
     or a value outside what the model allows (e.g. ``keep`` above a layer's weight count).

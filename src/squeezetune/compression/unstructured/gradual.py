@@ -46,7 +46,7 @@ from squeezetune.compression.finetune import FinetuneConfig, evaluate, train_in
 from squeezetune.compression.stages import Context, StageConfig, register_stage
 from squeezetune.compression.tensors import Target, compressible
 from squeezetune.compression.unstructured.pruning import Granularity, LayerPrune, Mask, apply_mask, check_layers, magnitude_mask, mask_of
-from squeezetune.compression.unstructured.sensitivity import Allocation, Budget, allocate, prediction_drift
+from squeezetune.compression.unstructured.sensitivity import Allocation, Budget, budget_counts, prediction_drift
 from squeezetune.compression.unstructured.sharing import shared_of
 from squeezetune.errors import SqueezeError
 
@@ -126,7 +126,7 @@ class TargetConfig(StageConfig):
                 x = ctx.train.x[: self.budget.images]
                 drift = prediction_drift(model, x, device=ctx.device)
                 ctx.progress(f"{ctx.label}: sensitivity of {len(rest)} tensors on {len(x)} training images")
-            counts.update(allocate(model, self.budget, rest, drift))
+            counts.update(budget_counts(model, self.budget, rest, drift))
         alive = {n: _alive(t) for n, t in targets.items()}
         return {n: max(1, min(k, alive[n])) for n, k in counts.items()}
 
