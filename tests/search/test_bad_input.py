@@ -47,7 +47,7 @@ def test_bad_config_fails_in_one_line_before_any_trial(cli, workdir, config, mes
 
 @pytest.mark.slow
 def test_constraint_no_config_can_meet(cli, workdir):
-    code, last = _search(cli, workdir, {"name": "tiny", "constraints": {"max_bytes": 500}, "space": {"finetune": {"epochs": 1}}})
+    code, last = _search(cli, workdir, {"name": "tiny", "constraints": {"max_bytes": 500}, "fidelity": None, "space": {"finetune": {"epochs": 1}}})
     assert code == 2 and "max_bytes=500 cannot be met" in last
     code, last = _search(cli, workdir, {"name": "fewmacs", "constraints": {"max_macs": 1000}})
     assert code == 2 and "max_macs=1,000 cannot be met" in last

@@ -27,6 +27,7 @@ CONFIG = {
     "seed": 1,
     "max_concurrent": 1,
     "warm_start": [],
+    "fidelity": None,
     "space": {"finetune": {"epochs": 2}, "finetune_centroids": {"epochs": 1}},
 }
 

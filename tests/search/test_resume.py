@@ -39,6 +39,7 @@ def test_resume_after_the_driver_is_killed(cli, workdir):
         "name": "killed",
         "trials": TRIALS,
         "max_concurrent": 2,
+        "fidelity": None,
         "space": {"finetune": {"epochs": [1, 2]}, "finetune_centroids": {"epochs": 1}},
     }
     (workdir / "k.yaml").write_text(yaml.safe_dump(config))
