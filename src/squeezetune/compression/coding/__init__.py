@@ -5,6 +5,7 @@
 * :mod:`.bitmask` -- a mask as bits coded with adaptive context-modelled probabilities;
 * :mod:`.sparse` -- per layer, the smallest of those position codings;
 * :mod:`.codebook` -- compact coding of a sorted codebook;
+* :mod:`.varint` -- the unsigned LEB128 integers of lengths, counts and tables;
 * :mod:`.container` -- the pickle-free, checksummed container format;
 * :mod:`.codec` -- a model to container sections and back (the decoder).
 """

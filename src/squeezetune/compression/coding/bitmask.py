@@ -41,9 +41,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from squeezetune.compression.coding.ans import _constriction, decoding
-from squeezetune.compression.coding.container import _varint
 from squeezetune.compression.coding.positions import decode_row_counts, encode_row_counts
 from squeezetune.compression.coding.streams import Coder, _Reader
+from squeezetune.compression.coding.varint import encode_varint
 from squeezetune.errors import SqueezeError
 
 #: Prior strengths (in rows) of the column rates the encoder tries; 0: columns not modelled.
@@ -139,8 +139,8 @@ def encode_bitmask(mask: np.ndarray, coders: Sequence[Coder], models: Sequence[t
     total, kept = mask.size, int(mask.sum())
     counts = mask.sum(1, dtype=np.int64)
     if kept in (0, total):
-        return bytes([_model_byte(0, False)]) + _varint(kept), 0.0, 0
-    heads, count_bits = {False: _varint(kept)}, 0.0
+        return bytes([_model_byte(0, False)]) + encode_varint(kept), 0.0, 0
+    heads, count_bits = {False: encode_varint(kept)}, 0.0
     if cols < 2**31:  # else too long a row to count
         heads[True], count_bits = encode_row_counts(counts, cols, coders)
     models = [(beta, counted) for counted in heads for beta in BETAS if models is None or (beta, counted) in models]

@@ -40,9 +40,10 @@ from squeezetune.compression.coding.codebook import (
     sort_codebook,
     unpack_codebook,
 )
-from squeezetune.compression.coding.container import _varint, pack_sections
+from squeezetune.compression.coding.container import pack_sections
 from squeezetune.compression.coding.sparse import PositionCoding, decode_mask, encode_mask
 from squeezetune.compression.coding.streams import Coder, StreamStats, decode_stream, smallest_stream
+from squeezetune.compression.coding.varint import encode_varint, read_varint
 from squeezetune.compression.report import TensorRecord
 from squeezetune.compression.stages import StageConfig
 from squeezetune.compression.tensors import Target, compressible
@@ -213,18 +214,9 @@ def _pack_planes(tensors: list[torch.Tensor], coder: str) -> tuple[bytes, list[s
         planes = np.concatenate(group).reshape(-1, width)
         for j in range(width):
             data, stats = _code(planes[:, j], 256, coder)
-            out += _varint(len(data)) + data
+            out += encode_varint(len(data)) + data
             coders.append(Coder(stats.coder).value)
     return bytes(out), coders
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = 0
-    for shift, i in enumerate(range(at, min(at + 9, len(data)))):
-        value |= (data[i] & 0x7F) << (7 * shift)
-        if data[i] < 0x80:
-            return value, i + 1
-    raise SqueezeError(f"raw section has a bad length at byte {at}")
 
 
 def _unpack_planes(data: bytes, rest: list, coders: list[str]) -> dict[str, torch.Tensor]:
@@ -234,7 +226,7 @@ def _unpack_planes(data: bytes, rest: list, coders: list[str]) -> dict[str, torc
         count = sum(int(np.prod(shape)) for _, dtype, shape in entries if _itemsize(dtype) == width)
         planes = np.empty((count, width), dtype=np.uint8)
         for j in range(width):
-            length, at = _read_varint(data, at)
+            length, at = read_varint(data, at, f"length of raw section plane {c}")
             plane = decode_stream(data[at : at + length], Coder(coders[c]), expected=count)
             if at + length > len(data):
                 raise SqueezeError(f"raw section plane {c} runs past the section's {len(data)} bytes")

@@ -5,7 +5,7 @@ a small JSON header, ...). This module only moves those bytes in and out of a fi
 nothing about what they mean. Reading never unpickles or evaluates anything.
 
 Byte layout (multi-byte integers are little-endian; a *varint* is an unsigned LEB128 integer in
-its shortest encoding, at most 9 bytes, so below 2**63)::
+its shortest encoding, at most 9 bytes, so below 2**63; see :mod:`.varint`)::
 
     offset  size    field
     0       4       MAGIC = b"\\x89SQZ"  (the high first byte catches 7-bit-clean mangling)
@@ -53,6 +53,7 @@ import os
 import zlib
 from collections.abc import Mapping
 
+from squeezetune.compression.coding.varint import encode_varint, read_varint
 from squeezetune.errors import SqueezeError
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "pack_sections", "read_container", "unpack_sections", "write_container"]
@@ -64,7 +65,6 @@ _VERSION_AT = len(MAGIC)
 _CRC_AT = _VERSION_AT + 1
 _TABLE_AT = _CRC_AT + 4
 _MAX_NAME = 255
-_MAX_VARINT_BYTES = 9
 _MIN_ENTRY_BYTES = 1 + 1 + 4  # name length, 1-byte payload length, payload CRC (empty name)
 
 
@@ -76,7 +76,7 @@ def pack_sections(sections: Mapping[str, bytes]) -> bytes:
     """
     if not isinstance(sections, Mapping):
         raise SqueezeError(f"sections must be a mapping of name to bytes, got {type(sections).__name__}")
-    table = bytearray(_varint(len(sections)))
+    table = bytearray(encode_varint(len(sections)))
     payloads = []
     for name, payload in sections.items():
         if not _valid_name(name):
@@ -85,7 +85,7 @@ def pack_sections(sections: Mapping[str, bytes]) -> bytes:
             raw = bytes(memoryview(payload))
         except TypeError:
             raise SqueezeError(f"section {name!r} payload is {type(payload).__name__}, expected bytes") from None
-        table += bytes([len(name)]) + name.encode("ascii") + _varint(len(raw))
+        table += bytes([len(name)]) + name.encode("ascii") + encode_varint(len(raw))
         table += zlib.crc32(raw).to_bytes(4, "little")
         payloads.append(raw)
     head = MAGIC + bytes([FORMAT_VERSION])
@@ -157,16 +157,10 @@ def _unpack(data: memoryview, where: str | None) -> dict[str, bytes]:
     stored_file_crc = int.from_bytes(data[_CRC_AT:_TABLE_AT], "little")
 
     def varint(at: int, what: str) -> tuple[int, int]:
-        value = 0
-        for i in range(_MAX_VARINT_BYTES):
-            need(i + 1, what, at)
-            byte = data[at + i]
-            value |= (byte & 0x7F) << (7 * i)
-            if byte < 0x80:
-                if byte == 0 and i > 0:
-                    raise error(f"{what} at offset {at} is not a shortest-form varint")
-                return value, at + i + 1
-        raise error(f"{what} at offset {at} is longer than {_MAX_VARINT_BYTES} bytes")
+        try:
+            return read_varint(data, at, what)
+        except SqueezeError as e:
+            raise error(str(e)) from None
 
     count, pos = varint(_TABLE_AT, "section count")
     need(count * _MIN_ENTRY_BYTES, f"section table of {count} sections", pos)
@@ -214,12 +208,3 @@ def _unpack(data: memoryview, where: str | None) -> dict[str, bytes]:
 
 def _valid_name(name: object) -> bool:
     return isinstance(name, str) and 1 <= len(name) <= _MAX_NAME and name.isascii() and name.isprintable()
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

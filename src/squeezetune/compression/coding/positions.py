@@ -34,7 +34,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from squeezetune.compression.coding.container import _varint
 from squeezetune.compression.coding.streams import (
     MAX_ALPHABET,
     Coder,
@@ -46,6 +45,7 @@ from squeezetune.compression.coding.streams import (
     smallest_stream,
     stream_coder,
 )
+from squeezetune.compression.coding.varint import encode_varint
 from squeezetune.errors import SqueezeError
 
 
@@ -133,7 +133,7 @@ def encode_row_counts(counts: np.ndarray, cols: int, coders: Sequence[Coder]) ->
         if alphabet > MAX_ALPHABET:
             continue
         high, _ = smallest_stream(counts >> shift, alphabet, coders)
-        data = bytes([shift]) + _varint(len(high)) + high + _pack(counts & ((1 << shift) - 1), shift)
+        data = bytes([shift]) + encode_varint(len(high)) + high + _pack(counts & ((1 << shift) - 1), shift)
         if not best or len(data) < len(best):
             best = data
     if not best:

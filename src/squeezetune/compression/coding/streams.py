@@ -10,7 +10,7 @@ self-contained bytes, and :func:`decode_stream` turns them back, given only the 
 - ``ANS``: asymmetric numeral systems through ``constriction`` (:mod:`.ans`), within a few bytes
   of the empirical entropy.
 
-Stream layout (``varint`` = unsigned LEB128; bit fields are packed MSB first)::
+Stream layout (``varint``: :mod:`.varint`; bit fields are packed MSB first)::
 
     tag        1 byte: 0x10 | coder (raw 0, huffman 1, ans 2); the high nibble is the format version
     alphabet   varint in [1, 65536]
@@ -46,7 +46,7 @@ from enum import Enum
 import numpy as np
 
 from squeezetune.compression.coding import ans, huffman
-from squeezetune.compression.coding.container import _varint
+from squeezetune.compression.coding.varint import encode_varint, encode_varints, read_varint, read_varints
 from squeezetune.errors import SqueezeError
 
 #: Largest alphabet a stream may use (symbols fit in ``uint16``).
@@ -113,7 +113,7 @@ def encode_stream_with_stats(symbols: np.ndarray, alphabet_size: int, coder: Cod
 
 def _encode(symbols: np.ndarray, counts: np.ndarray, coder: Coder) -> tuple[bytes, StreamStats]:
     alphabet_size = len(counts)
-    header = bytes([_FORMAT_VERSION << 4 | _CODER_IDS[coder.value]]) + _varint(alphabet_size) + _varint(len(symbols))
+    header = bytes([_FORMAT_VERSION << 4 | _CODER_IDS[coder.value]]) + encode_varint(alphabet_size) + encode_varint(len(symbols))
     table, payload = _ENCODERS[coder](symbols, alphabet_size, counts)
     stats = StreamStats(
         coder=coder,
@@ -244,20 +244,7 @@ def _entropy_bits(counts: np.ndarray) -> float:
     return float(n * np.log2(n) - np.sum(c * np.log2(c))) if len(c) > 1 else 0.0
 
 
-# --- bytes: varints, bit fields, a bounds-checked reader ----------------------------------------
-
-
-def _varints(values: np.ndarray) -> bytes:
-    """Many varints at once (vectorized)."""
-    v = np.asarray(values, dtype=np.uint64)
-    if len(v) == 0:
-        return b""
-    size = 1 + sum((v >= np.uint64(1) << np.uint64(7 * i)).astype(np.int64) for i in range(1, 10))
-    owner = np.repeat(np.arange(len(v)), size)
-    place = np.arange(len(owner)) - np.repeat(np.cumsum(size) - size, size)
-    out = (v[owner] >> (7 * place).astype(np.uint64)) & np.uint64(0x7F)
-    out |= np.where(place < size[owner] - 1, 0x80, 0).astype(np.uint64)
-    return out.astype(np.uint8).tobytes()
+# --- bytes: bit fields, a bounds-checked reader --------------------------------------------------
 
 
 def _pack(values: np.ndarray, width: int) -> bytes:
@@ -335,38 +322,19 @@ class _Reader:
         return self.take(self.left(), "payload")
 
     def varint(self, what: str, low: int, high: int) -> int:
-        value = shift = 0
-        for _ in range(10):
-            b = self.byte(what)
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        else:
-            raise SqueezeError(f"{what} at offset {self.pos - 10} is not a varint; expected at most 10 bytes")
+        """A varint in ``[low, high]``."""
+        value, self.pos = read_varint(self.data, self.pos, what)
         if not low <= value <= high:
             raise SqueezeError(f"{what} is {value}; expected [{low}, {high}]")
         return value
 
     def varints(self, count: int, what: str, low: int, high: int) -> np.ndarray:
-        """``count`` varints each in ``[low, high]`` (``high < 2**63``), vectorized."""
-        if count == 0:
-            return np.zeros(0, dtype=np.int64)
-        tail = np.frombuffer(self.data, dtype=np.uint8, count=min(self.left(), 10 * count), offset=self.pos)
-        ends = np.flatnonzero(tail < 0x80)[:count] + 1
-        if len(ends) < count:
-            raise SqueezeError(f"stream is truncated: {what} needs {count} varints at offset {self.pos}")
-        starts = np.concatenate(([0], ends[:-1]))
-        size = ends - starts
-        if size.max() > 9:
-            raise SqueezeError(f"{what} holds a varint of {size.max()} bytes; expected values below 2**63")
-        body = tail[: ends[-1]]
-        place = np.arange(len(body)) - np.repeat(starts, size)
-        values = np.add.reduceat((body & 0x7F).astype(np.uint64) << (7 * place).astype(np.uint64), starts)
-        if values.min() < low or values.max() > high:
+        """``count`` varints each in ``[low, high]``, vectorized, as ``int64``."""
+        values, end = read_varints(self.data, self.pos, count, what)
+        if count and (values.min() < low or values.max() > high):
             raise SqueezeError(f"{what} holds {values.max() if values.max() > high else values.min()}; expected [{low}, {high}]")
-        self.pos += int(ends[-1])
-        return values.astype(np.int64)
+        self.pos = end
+        return values
 
 
 # --- symbol sets (the used symbols of a stream) -------------------------------------------------
@@ -375,12 +343,12 @@ class _Reader:
 def _write_symbol_set(used: np.ndarray, alphabet_size: int) -> bytes:
     k = len(used)
     if k == alphabet_size:
-        return _varint(k)
+        return encode_varint(k)
     bits = np.zeros(alphabet_size, dtype=bool)
     bits[used] = True
     bitmap = b"\x00" + np.packbits(bits).tobytes()
-    gaps = b"\x01" + _varints(np.diff(used, prepend=-1) - 1)
-    return _varint(k) + min(bitmap, gaps, key=len)
+    gaps = b"\x01" + encode_varints(np.diff(used, prepend=-1) - 1)
+    return encode_varint(k) + min(bitmap, gaps, key=len)
 
 
 def _read_symbol_set(reader: _Reader, alphabet_size: int, n: int) -> np.ndarray:
@@ -463,7 +431,7 @@ def _encode_huffman(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray,
         chunk_bits = np.diff(sync, prepend=0)
         base = int(chunk_bits.min())
         width = int(chunk_bits.max() - base).bit_length()
-        table += _varint(base) + bytes([width]) + _pack(chunk_bits - base, width)
+        table += encode_varint(base) + bytes([width]) + _pack(chunk_bits - base, width)
     return table, payload
 
 
@@ -490,7 +458,7 @@ def _encode_ans(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray, use
     rank = np.zeros(alphabet_size, dtype=np.int32)
     rank[used] = np.arange(len(used), dtype=np.int32)
     words = ans.encode(rank[symbols], counts[used])
-    return _varints(counts[used]), words.astype("<u4").tobytes()
+    return encode_varints(counts[used]), words.astype("<u4").tobytes()
 
 
 def _decode_ans(reader: _Reader, alphabet_size: int, n: int, dtype: type, used: np.ndarray) -> np.ndarray:
