@@ -147,7 +147,7 @@ def test_a_search_refused_for_want_of_a_cluster_leaves_its_name_free(cli, workdi
 
 
 def test_a_search_whose_every_trial_fails_exits_1(cli, workdir):
-    config = {**CONFIG, "name": "allfail", "trials": 2, "max_concurrent": 2, "space": {"finetune": {"epochs": 1, "lr": 10000.0}, "finetune_centroids": {"epochs": 0}}}
+    config = {**CONFIG, "name": "allfail", "trials": 2, "max_concurrent": 2, "space": {"finetune": {"epochs": 1, "lr": 1e20}, "finetune_centroids": {"epochs": 0}}}
     (workdir / "allfail.yaml").write_text(yaml.safe_dump(config))
     code, out, err = cli(["search", "--config", "allfail.yaml"])
     assert code == 1, err

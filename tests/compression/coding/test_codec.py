@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from squeezetune.compression.coding import codec
+from squeezetune.compression.coding import codec, sparse
 from squeezetune.compression.coding.container import pack_sections, unpack_sections
 from squeezetune.compression.unstructured.pruning import plain_state_dict, prune_layer
 from squeezetune.compression.unstructured.sharing import share_layer
@@ -67,7 +67,7 @@ def test_auto_index_bits_codes_each_layer_at_its_smallest_width():
     prune_layer(model[0], keep=600)  # sparse: long gaps favour wide indices
     prune_layer(model[2], keep=1500)  # dense-ish: short gaps favour narrow ones
     share_layer(model[0], k=16)
-    fixed = {bits: codec.encode_model(model, task="t", index_bits=bits, coder="ans", positions="relative").layers for bits in codec.AUTO_INDEX_BITS}
+    fixed = {bits: codec.encode_model(model, task="t", index_bits=bits, coder="ans", positions="relative").layers for bits in sparse.AUTO_INDEX_BITS}
     auto = codec.encode_model(model, task="t", index_bits="auto", coder="ans", positions="relative")
     for i, layer in enumerate(auto.layers):
         sizes = {bits: layers[i].coded_bytes for bits, layers in fixed.items()}

@@ -258,7 +258,7 @@ def encode_model(
     """Encode a (pruned and/or shared) model into container sections.
 
     ``index_bits`` may be one width for all layers or a per-layer mapping (default 5); ``"auto"``
-    picks, per layer, the width of :data:`AUTO_INDEX_BITS` whose position stream codes smallest.
+    picks, per layer, the width of :data:`.sparse.AUTO_INDEX_BITS` whose position stream codes smallest.
     ``positions`` is a :class:`.sparse.PositionCoding` for every layer, or ``"auto"`` (default):
     per layer, the smallest of relative indices (at that width), row-wise run lengths (at that
     width) and the adaptive bitmask, relative indices on ties.
