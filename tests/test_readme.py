@@ -289,7 +289,7 @@ def test_yaml_block_runs(block, tmp_path, monkeypatch, cache_dir, capsys):
         train, held = task.load_data(None)
         splits = (type(train)(train.x[:256], train.y[:256]), type(held)(held.x[:128], held.y[:128]))
         report = compress(task, recipe, out=tmp_path / "m.sqz", dense=task.build_model(), splits=splits)
-        assert (tmp_path / "m.sqz").stat().st_size == report["compressed_bytes"]
+        assert (tmp_path / "m.sqz").stat().st_size == report.compressed_bytes
     elif kind == "config" and not block.file:
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
         _run(["search", "--config", "c.yaml"], capsys)
