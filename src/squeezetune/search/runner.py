@@ -276,6 +276,16 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
         tracking.retry(lambda: c.set_tag(run_id, tracking.TRIAL_TAG, str(number)))
 
     def told(frozen) -> None:
+        import optuna
+
+        from squeezetune.search.searcher import RUN_ATTR
+        from squeezetune.search.trial import OUTCOME_TAG
+
+        rid = frozen.user_attrs.get(RUN_ATTR) if frozen is not None else None
+        if rid and frozen.state == optuna.trial.TrialState.PRUNED:
+            # Tune may end a stopped trial's worker before the trial closes its own run: close it here
+            tracking.retry(lambda: c.set_tag(rid, OUTCOME_TAG, "stopped"))
+            tracking.retry(lambda: c.set_terminated(rid, "KILLED"))
         _, front = front_logger.update(searcher.study)
         status.told(frozen, counts(searcher.study), front)
 
