@@ -200,7 +200,7 @@ def test_ctrl_c_in_train_exits_130_and_writes_nothing(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_in_compress_finetune_stops_the_pipeline(tmp_path):
     """Ctrl-C in the fine-tune stage ends the whole command: no later stage, no container, exit 130."""
-    from squeezetune.compression.pipeline import save_weights
+    from squeezetune.compression.baseline import save_weights
     from squeezetune.tasks import get_task
 
     save_weights(get_task("lenet300-digits").build_model(), tmp_path / "dense.safetensors")
