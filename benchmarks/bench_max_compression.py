@@ -273,8 +273,8 @@ def ablation_section(results: dict[str, dict], model_name: str) -> str:
     return (
         f"### max-compression ablation ({model_name}-mnist, seed 0, one run)\n\n"
         "Rows A-D add one item each, from what today's stages do at max-compression's per-layer rates to max-compression itself; "
-        "the rows below D change one thing of D. Item 5 (cheaper position coding) is not part of this branch: every row codes "
-        "positions as relative indices with `index_bits: auto`. Same protocol as above; bytes are real file bytes, accuracy is the decoded model's.\n\n"
+        "the rows below D change one thing of D. Every row codes positions with the recipe's `encode` settings "
+        "(`positions: auto` unless the row says otherwise) and `index_bits: auto`. Same protocol as above; bytes are real file bytes, accuracy is the decoded model's.\n\n"
         + markdown_table(["recipe", "what it adds", "file bytes", "ratio", "bytes vs row above", "decoded acc", "change", "params", "wall"], rows)
         + "\n"
     )

@@ -45,7 +45,8 @@ from squeezetune.compression.coding.sparse import PositionCoding, decode_mask, e
 from squeezetune.compression.coding.streams import Coder, decode_stream  # noqa: E402
 from squeezetune.compression.pipeline import compress, decode_file, dense_bytes, dense_model  # noqa: E402
 from squeezetune.compression.recipes import deep_compression  # noqa: E402
-from squeezetune.compression.unstructured.pruning import apply_mask, magnitude_mask, plain_state_dict, prunable_layers  # noqa: E402
+from squeezetune.compression.tensors import compressible  # noqa: E402
+from squeezetune.compression.unstructured.pruning import apply_mask, magnitude_mask, plain_state_dict  # noqa: E402
 from squeezetune.compression.unstructured.sharing import SharedWeight  # noqa: E402
 from squeezetune.tasks import get_task  # noqa: E402
 
@@ -93,7 +94,7 @@ def masks(data_dir: str) -> list[tuple[str, float, np.ndarray]]:
     for task_name, layer_names in REAL.items():
         task = get_task(task_name)
         model = dense_model(task, task.load_data(Path(data_dir)), progress=lambda m: print(f"  {m}", flush=True))
-        layers = prunable_layers(model)
+        layers = _weight_layers(model)
         for layer_name in layer_names:
             weight = layers[layer_name].weight.detach()
             for density in DENSITIES:
@@ -126,7 +127,7 @@ def rebuild(model: torch.nn.Module, sections: dict[str, bytes]) -> torch.nn.Modu
     centroids may round to one float16 value, and the file keeps both.
     """
     meta = codec.read_meta(sections)
-    layers = prunable_layers(model)
+    layers = _weight_layers(model)
     for m in meta["layers"]:
         layer, i, order = layers[m["n"]], m["i"], int(m["o"])
         weight = layer.weight.detach()
@@ -146,6 +147,11 @@ def rebuild(model: torch.nn.Module, sections: dict[str, bytes]) -> torch.nn.Modu
     return model
 
 
+def _weight_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Each compressible weight's module, by module name (as a container's meta names it)."""
+    return {t.module_name: t.module for t in compressible(model).values() if t.attr == "weight"}
+
+
 def container_rows(data_dir: str, containers: Path | None) -> tuple[list[list[object]], list[list[object]]]:
     summary, per_layer = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +162,7 @@ def container_rows(data_dir: str, containers: Path | None) -> tuple[list[list[ob
                 compress(task, "deep-compression", out=path, data_dir=data_dir, progress=lambda m: print(f"  {m}", flush=True))
             sections = read_container(path)
             model = rebuild(decode_file(path, task=task), sections)
-            e = deep_compression(task.model, prunable_layers(task.build_model())).encode
+            e = deep_compression(task.model, task.build_model()).encode
             encoded = {p: codec.encode_model(model, task=task_name, index_bits=e.index_bits, coder=e.coder.value, float_bits=e.float_bits, positions=p) for p in ("relative", "auto")}
             before, after = (len(pack_sections(encoded[p].sections)) for p in ("relative", "auto"))
             file_bytes = path.stat().st_size

@@ -130,9 +130,16 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
         progress(f"most compressed corner of the space: {smallest:,} bytes")
         if smallest > constraints.max_bytes:
             raise SqueezeError(f"constraints.max_bytes={constraints.max_bytes:,} cannot be met: the most compressed configuration of this space takes {smallest:,} bytes")
-    if constraints.max_macs is not None and "structured" not in space.stages:
+    from squeezetune.compression.stages import stage_config
+    from squeezetune.spaces.space import SPACE_STAGES
+
+    kinds = {st.key: st.stage for st in SPACE_STAGES}
+    if constraints.max_macs is not None and not any(stage_config(kinds[s]).changes_architecture for s in space.stages):
         if dense_macs is not None and dense_macs > constraints.max_macs:
-            raise SqueezeError(f"constraints.max_macs={constraints.max_macs:,} cannot be met: without structured pruning in the space every trial keeps the dense model's {dense_macs:,} MACs")
+            raise SqueezeError(
+                f"constraints.max_macs={constraints.max_macs:,} cannot be met: with no stage in the space that changes the architecture "
+                f"(structured, decompose, strided, merge, neurons) every trial keeps the dense model's {dense_macs:,} MACs"
+            )
     return smallest
 
 

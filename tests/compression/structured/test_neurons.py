@@ -177,5 +177,14 @@ def test_structured_pruning_after_the_neurons_stage_is_a_one_line_error():
     from squeezetune.compression.unstructured.pruning import bake
 
     model = _run(_mlp_with_dead_units(), torch.randn(16, 1, 4, 5))
-    with pytest.raises(SqueezeError, match=r"layer 'fc1' reads 17 of 20 input features: expected structured pruning before the neurons stage"):
+    with pytest.raises(
+        SqueezeError, match=r"layer 'fc1' reads 17 of 20 input features \(the neurons stage made it\): expected the stages that trace channels \(structured, merge, decompose, strided\) before neurons"
+    ):
         StructureGraph(bake(model), torch.zeros(1, 1, 4, 5))
+
+
+def test_decompose_refuses_a_gathered_layer_in_one_line():
+    from squeezetune.compression.decomposition.lowrank import LowRank
+
+    layer = GatheredLinear(20, 17, 12)
+    assert "GatheredLinear" in LowRank().refuses(layer) and LowRank().refuses(nn.Linear(20, 12)) is None

@@ -146,3 +146,16 @@ def test_budget_splits_one_global_fraction():
     apply_stage(model, config, _ctx(model, data))
     kept = int(mask_of(model[1]).sum()) + int(mask_of(model[3]).sum())
     assert math.isclose(kept, 0.2 * (16 * 24 + 24 * 3), abs_tol=2)
+
+
+def test_the_stages_that_train_say_so_and_a_replaced_layer_name_covers_its_factors():
+    from squeezetune.compression.decomposition.stage import DecomposeConfig
+    from squeezetune.compression.unstructured.soft_sharing import SoftShareConfig
+
+    assert GradualPruneConfig.trains and IterativePruneConfig.trains and SoftShareConfig.trains  # snapshots skip them
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+    x = torch.randn(4, 1, 4, 4)
+    config = DecomposeConfig.from_dict({"layers": {"1": {"rank": 2}}, "refit": False})
+    model = apply_stage(model, config, Context(teacher=model, example=x[:1]))
+    gradual = GradualPruneConfig.from_dict({"layers": {"1": {"keep_fraction": 0.5}}})
+    assert sorted(gradual.covered(model)) == ["1.0", "1.1"]

@@ -35,10 +35,21 @@ def _matrix(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
 
 
+def _gathered(layer: nn.Module) -> str | None:
+    """Why a layer that reads only some of its inputs (the neurons stage's) cannot be factored, or ``None``."""
+    from squeezetune.compression.structured.gather import GatheredLinear
+
+    if isinstance(layer, GatheredLinear):
+        return "a GatheredLinear that reads some of its input's features (expected decompose before the neurons stage)"
+    return None
+
+
 class LowRank(Technique):
     name = "lowrank"
 
     def refuses(self, layer: nn.Module) -> str | None:
+        if _gathered(layer):
+            return _gathered(layer)
         return None if isinstance(layer, nn.Linear) else plain_conv_refusal(layer, (nn.Conv1d, nn.Conv2d))
 
     def build(self, layer: nn.Module, rank: int) -> Factors:

@@ -68,8 +68,10 @@ class GlobalPool(Technique):
         self.shape = shape
 
     def refuses(self, layer: nn.Module) -> str | None:
-        if not isinstance(layer, nn.Linear):
-            return f"a {type(layer).__name__} (expected a Linear that reads a flattened feature map)"
+        from squeezetune.compression.decomposition.lowrank import _gathered
+
+        if not isinstance(layer, nn.Linear) or _gathered(layer):
+            return _gathered(layer) or f"a {type(layer).__name__} (expected a Linear that reads a flattened feature map)"
         if isinstance(self.shape, str):
             return self.shape
         return None

@@ -123,6 +123,9 @@ class DecomposeConfig(StageConfig):
         setting = self.layers.get(name) or self.default
         return (setting.method if setting is not None else None) or self.method
 
+    def needs_data(self) -> bool:
+        return self.refit
+
     def validate(self, model: nn.Module, example: torch.Tensor, *, exact: bool = True) -> None:
         modules = dict(model.named_modules())
         for name, setting in self.layers.items():

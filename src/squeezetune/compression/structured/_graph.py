@@ -66,10 +66,16 @@ def check_plain(model: nn.Module) -> None:
     """Structured pruning rewrites weight tensors, so masks and codebooks must be baked first, and
     a layer must read all of its input (a gathered layer's columns are not its producer's channels)."""
     from squeezetune.compression.structured.gather import GatheredLinear
+    from squeezetune.compression.structured.strided import StridedConv2d
 
     for name, m in model.named_modules():
         if isinstance(m, GatheredLinear):
-            raise SqueezeError(f"layer {name!r} reads {m.in_features} of {m.dense_features} input features: expected structured pruning before the neurons stage")
+            raise SqueezeError(
+                f"layer {name!r} reads {m.in_features} of {m.dense_features} input features (the neurons stage made it): "
+                "expected the stages that trace channels (structured, merge, decompose, strided) before neurons"
+            )
+        if isinstance(m, StridedConv2d):
+            raise SqueezeError(f"layer {name!r} is a strided convolution (the strided stage made it): expected the stages that trace channels (structured, merge, neurons) before strided")
         if getattr(m, "parametrizations", None):
             raise SqueezeError(
                 f"layer {name!r} carries a parametrization ({', '.join(m.parametrizations.keys())}): expected plain tensors; bake pruning masks / shared weights before structured pruning"

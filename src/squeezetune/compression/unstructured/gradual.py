@@ -44,7 +44,7 @@ from torch.nn.utils import parametrize
 
 from squeezetune.compression.finetune import FinetuneConfig, evaluate, train_in
 from squeezetune.compression.stages import Context, StageConfig, register_stage
-from squeezetune.compression.tensors import Target, compressible
+from squeezetune.compression.tensors import Target, compressible, setting_key
 from squeezetune.compression.unstructured.pruning import Granularity, LayerPrune, Mask, apply_mask, check_layers, magnitude_mask, mask_of
 from squeezetune.compression.unstructured.sensitivity import Allocation, Budget, budget_counts, prediction_drift
 from squeezetune.compression.unstructured.sharing import shared_of
@@ -101,7 +101,7 @@ class TargetConfig(StageConfig):
         """The tensors the stage prunes (shared ones are left alone: their labels are fixed)."""
         out = {}
         for name, t in compressible(model).items():
-            if name in self.layers or self.default is not None or self.budget is not None:
+            if setting_key(self.layers, name, t.replaced) is not None or self.default is not None or self.budget is not None:
                 if shared_of(t.module, t.attr) is None:
                     out[name] = t
         return out
@@ -111,7 +111,8 @@ class TargetConfig(StageConfig):
         targets = self.covered(model)
         counts: dict[str, int] = {}
         for name, t in targets.items():
-            setting = self.layers.get(name, self.default)
+            key = setting_key(self.layers, name, t.replaced)
+            setting = self.layers[key] if key is not None else self.default
             if setting is None:
                 continue
             resolved = setting.resolve(t.numel)
@@ -185,6 +186,7 @@ class GradualPruneConfig(TargetConfig):
     """Pruning along a cubic schedule while training (see the module doc)."""
 
     stage: ClassVar[str] = "gradual_prune"
+    trains: ClassVar[bool] = True
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=20, distill=True))
     begin: float = 0.0
     """Share of the training before the first pruning step."""
@@ -268,6 +270,7 @@ class IterativePruneConfig(TargetConfig):
     """Prune a step, fine-tune, check; repeat until the target or the accuracy floor (module doc)."""
 
     stage: ClassVar[str] = "iterative_prune"
+    trains: ClassVar[bool] = True
     steps: int = 5
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=2, distill=True))
     """The fine-tuning after each step."""

@@ -81,6 +81,7 @@ class SoftShareConfig(StageConfig):
     """Soft weight-sharing of every compressible tensor not yet shared (see the module doc)."""
 
     stage: ClassVar[str] = "soft_share"
+    trains: ClassVar[bool] = True
     components: int = 16
     """Mixture components besides the one at zero."""
     pi_zero: float = 0.99
