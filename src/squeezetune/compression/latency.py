@@ -6,17 +6,22 @@ first passes allocate memory and pick kernels. Every timing here therefore
 * runs eval-mode forward passes with autograd off (:func:`torch.inference_mode`);
 * uses a fixed number of CPU threads, set for the timing and restored after
   (:attr:`LatencyConfig.threads`; the count is reported);
-* warms each model up until its passes stop getting faster, then times blocks of passes of at
-  least 2 ms, so the timer and the Python loop cost well under 1% (on CUDA it synchronizes after
-  every pass: a pass is timed to its end);
-* times the models in rounds, one block of each in turn, the order reversed every other round,
-  so load that drifts hits every model alike;
-* stops once the interval is narrow enough (:attr:`LatencyConfig.precision`), or the time budget
-  is spent (:attr:`LatencyConfig.budget_s`), after at least :attr:`LatencyConfig.min_rounds`.
+* warms each model up until its passes stop getting faster, then times blocks of passes, as many
+  for every model, the fastest model's block lasting at least 2 ms, so the timer and the Python
+  loop cost well under 1% (on CUDA it synchronizes after every pass: a pass is timed to its end);
+* times the models in rounds, each round a block of each model in turn and again in reverse
+  order, A B B A, then B A A B: load that drifts hits every model alike, and no model is always
+  the first after a pause or always the one whose weights are still in cache;
+* stops once the interval is as narrow as it can usefully be (:attr:`LatencyConfig.resolution`),
+  or the time budget is spent (:attr:`LatencyConfig.budget_s`), after at least
+  :attr:`LatencyConfig.min_rounds`.
 
 :func:`speedup` is the figure to quote: the median of the per-round ratios dense / compressed and
-a ~95% interval for it from order statistics (:func:`median_interval`: distribution-free, no
-assumption about the noise). :func:`compare_latency` gives several models' median milliseconds,
+a ~95% interval for it from order statistics (:func:`rounds_interval`: distribution-free, no
+assumption about the noise), never narrower than ``resolution`` either side: two copies of one
+model, timed again and again in one process, differ by up to ~1.5% from one measurement to the
+next on a loaded CPU (what memory each copy got, what ran before), a spread no repetition within
+one measurement samples. :func:`compare_latency` gives several models' median milliseconds,
 :func:`latency_ms` one model's. With image inputs (4-D batches) each model runs in the faster of
 its memory layouts (:attr:`LatencyConfig.layouts`), picked after the warm-up.
 
@@ -52,8 +57,10 @@ LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 
 _BLOCK_S = 0.002  # a timed block lasts at least this long
 _WARMUP_SHARE = 0.3  # of the budget, at most, for warming up
-_WARMUP_MAX = 50  # passes of one model, at most, for warming up
+_WARMUP_MAX = 20  # passes of one model, at most, for warming up
 _SETTLED = 0.05  # warm once the last two passes are not 5% faster than the best before them
+_CHECK_EVERY = 5  # rounds between two checks of the interval: a check delays the next round's first block
+_BATCHES = 20  # intervals from at most this many medians of consecutive rounds
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,10 @@ class LatencyConfig:
     min_rounds: int = 6
     """Rounds at least: 6 is the fewest whose extremes make a 95% interval for a median."""
     max_rounds: int = 200
-    precision: float = 0.02
-    """Stop early once the interval is narrower than this fraction of its estimate (0: never)."""
+    resolution: float = 0.02
+    """The narrowest interval reported, as a fraction of the estimate either side (``ratio / 1.02``
+    to ``ratio * 1.02``); the rounds stop early once the measured interval is within half of it
+    (0: no floor, never stop early)."""
     warmup: int = 3
     """Untimed passes of each model at least; more until its passes stop getting faster."""
     layouts: tuple[str, ...] = ("contiguous", "channels_last")
@@ -83,8 +92,8 @@ class LatencyConfig:
             raise SqueezeError(f"latency threads={self.threads!r} must be an integer >= 1 (or None: the current count)")
         if not 1 <= self.min_rounds <= self.max_rounds:
             raise SqueezeError(f"latency min_rounds={self.min_rounds!r} and max_rounds={self.max_rounds!r}: expected 1 <= min_rounds <= max_rounds")
-        if not self.precision >= 0 or self.warmup < 0:
-            raise SqueezeError(f"latency precision={self.precision!r} and warmup={self.warmup!r} must be >= 0")
+        if not self.resolution >= 0 or self.warmup < 0:
+            raise SqueezeError(f"latency resolution={self.resolution!r} and warmup={self.warmup!r} must be >= 0")
         unknown = [layout for layout in self.layouts if layout not in LAYOUTS]
         if unknown or not self.layouts:
             raise SqueezeError(f"layouts={list(self.layouts)!r}: expected some of {list(LAYOUTS)}")
@@ -113,6 +122,26 @@ def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> 
     return statistics.median(xs), xs[k - 1], xs[n - k]
 
 
+def rounds_interval(values: Sequence[float], batches: int = _BATCHES, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """``(median, low, high)`` of per-round figures, robust to noise that lasts several rounds:
+    with at least ``4 * batches`` rounds, the :func:`median_interval` of the medians of ``batches``
+    runs of an even number of consecutive rounds (the earliest left-over rounds dropped), else of
+    the rounds themselves.
+
+    Load on a shared machine comes and goes over many rounds, so neighbouring rounds err alike and
+    an interval that takes them as independent is too narrow; medians of runs of rounds are close
+    to independent (the method of batch means).
+
+    >>> rounds_interval([1.0] * 30 + [2.0] * 30, batches=3)
+    (1.5, 1.0, 2.0)
+    """
+    n = len(values)
+    size = n // batches // 2 * 2 if n >= 4 * batches else 1  # even: as many rounds led by each model
+    first = n - n // size * size
+    medians = [statistics.median(values[i : i + size]) for i in range(first, n, size)]
+    return median_interval(medians, confidence)
+
+
 @contextlib.contextmanager
 def cpu_threads(threads: int | None) -> Iterator[int]:
     """Run the block with ``threads`` CPU threads (``None``: as they are); yields the count in force
@@ -133,8 +162,8 @@ class Timings:
     ms: dict[str, list[float]]
     layouts: dict[str, str]
     """The memory layout each model ran in (its faster one)."""
-    passes: dict[str, int]
-    """Passes per timed block."""
+    passes: int
+    """Passes per timed block (of every model)."""
     threads: int
     seconds: float
     """Wall time of the whole measurement, warm-up included."""
@@ -184,8 +213,8 @@ def time_in_rounds(
     """Time eval-mode forward passes of ``models`` over ``batch`` inputs like ``example``, in rounds
     (see the module doc), on ``device`` (CUDA when present unless told otherwise).
 
-    ``stop`` sees the figures so far after each round past ``min_rounds`` and ends the rounds by
-    returning true; by default they end once every model's median is known to ``precision``. The
+    ``stop`` sees the figures so far after every fifth round past ``min_rounds`` and ends the rounds
+    by returning true; by default they end once every model's median is known to ``resolution``. The
     models are moved to ``device`` for the timing and back after, their training mode restored; a
     layout other than ``contiguous`` runs on a copy. A layout a model cannot run in (a ``view``
     that needs NCHW memory) is skipped for that model.
@@ -193,7 +222,7 @@ def time_in_rounds(
     if batch < 1:
         raise SqueezeError(f"batch={batch!r} must be >= 1")
     device = pick_device(device)
-    stop = stop or (lambda ms: all(_precise(v, config.precision) for v in ms.values()))
+    stop = stop or (lambda ms: all(_resolved(v, config.resolution) for v in ms.values()))
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     x = batch_of(example, batch, device)
@@ -204,15 +233,20 @@ def time_in_rounds(
             with torch.inference_mode():
                 warm = _warm_up(runs, sync, config, start)
                 chosen = _fastest(runs, warm)
-                passes = {r.name: max(1, min(10_000, math.ceil(_BLOCK_S * 1000.0 / statistics.median(warm[id(r)][-3:])))) for r in chosen}
+                fastest = min(statistics.median(warm[id(r)][-3:]) for r in chosen)
+                passes = max(1, min(10_000, math.ceil(_BLOCK_S * 1000.0 / fastest)))  # the same for every model: its first pass weighs alike
                 ms: dict[str, list[float]] = {r.name: [] for r in chosen}
                 deadline = math.inf if config.budget_s is None else start + config.budget_s
-                rounds = 0
-                while rounds < config.max_rounds:
-                    for r in chosen if rounds % 2 == 0 else chosen[::-1]:
-                        ms[r.name].append(_block(r, passes[r.name], sync))
-                    rounds += 1
-                    if rounds >= config.min_rounds and (time.perf_counter() >= deadline or stop(ms)):
+                while len(ms[chosen[0].name]) < config.max_rounds:
+                    block: dict[str, float] = {r.name: 0.0 for r in chosen}
+                    lead = chosen if len(ms[chosen[0].name]) % 2 == 0 else chosen[::-1]
+                    order = lead + lead[::-1] if len(chosen) > 1 else lead  # A B B A, then B A A B: no model always first or last
+                    for r in order:
+                        block[r.name] += _block(r, passes, sync) * len(chosen) / len(order)
+                    for name, t in block.items():
+                        ms[name].append(t)
+                    done = len(ms[name])
+                    if done >= config.min_rounds and (time.perf_counter() >= deadline or (done % _CHECK_EVERY == 0 and stop(ms))):
                         break
     finally:
         for m, dev, training in restore:
@@ -231,13 +265,15 @@ def speedup(
 ) -> Speedup:
     """How much faster ``compressed`` runs than ``dense`` at ``batch``: the two timed in rounds
     (:func:`time_in_rounds`), one ratio dense / compressed per round, their median and its
-    :func:`median_interval`. The rounds end once that interval is known to ``precision``."""
+    :func:`rounds_interval`, widened to ``resolution`` either side where narrower. The rounds end
+    once the measured interval is within half of that."""
 
-    def known(ms: dict[str, list[float]]) -> bool:
-        return _precise(_ratios(ms), config.precision)
+    def resolved(ms: dict[str, list[float]]) -> bool:
+        return _resolved(_ratios(ms), config.resolution)
 
-    t = time_in_rounds({"dense": dense, "compressed": compressed}, batch=batch, device=device, example=example, config=config, stop=known)
-    ratio, low, high = median_interval(_ratios(t.ms))
+    t = time_in_rounds({"dense": dense, "compressed": compressed}, batch=batch, device=device, example=example, config=config, stop=resolved)
+    ratio, low, high = rounds_interval(_ratios(t.ms))
+    low, high = min(low, ratio / (1.0 + config.resolution)), max(high, ratio * (1.0 + config.resolution))
     return Speedup(ratio, low, high, t.median("dense"), t.median("compressed"), t.rounds, t.threads, (t.layouts["dense"], t.layouts["compressed"]), t.seconds)
 
 
@@ -256,7 +292,7 @@ def compare_latency(
     (:func:`time_in_rounds`, no time cap), each model in the faster of its ``layouts``."""
     if repeats < 1:
         raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
-    config = LatencyConfig(budget_s=None, threads=threads, min_rounds=repeats, max_rounds=repeats, precision=0.0, warmup=warmup, layouts=tuple(layouts))
+    config = LatencyConfig(budget_s=None, threads=threads, min_rounds=repeats, max_rounds=repeats, resolution=0.0, warmup=warmup, layouts=tuple(layouts))
     t = time_in_rounds(models, batch=batch, device=device, example=example, config=config)
     return {name: t.median(name) for name in t.ms}
 
@@ -285,11 +321,13 @@ def _ratios(ms: dict[str, list[float]]) -> list[float]:
     return [d / c for d, c in zip(ms["dense"], ms["compressed"])]
 
 
-def _precise(values: list[float], precision: float) -> bool:
-    if precision <= 0:
+def _resolved(values: list[float], resolution: float) -> bool:
+    """Whether the interval of ``values`` lies within half of ``resolution`` of its median either
+    side (the other half left for what one measurement cannot see)."""
+    if resolution <= 0:
         return False
-    mid, low, high = median_interval(values)
-    return high - low <= precision * mid
+    mid, low, high = rounds_interval(values)
+    return mid / (1.0 + resolution / 2) <= low and high <= mid * (1.0 + resolution / 2)
 
 
 def _device_of(model: nn.Module) -> torch.device:
