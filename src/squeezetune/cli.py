@@ -97,7 +97,7 @@ def compress_cmd(
     seed: int = SeedOpt,
     device: Optional[str] = DeviceOpt,
     latency_budget: Optional[float] = typer.Option(
-        None, "--latency-budget", help="Seconds for timing the dense and the compressed model (default 6; a cap past which only the 6 rounds a 95% interval needs run)."
+        None, "--latency-budget", help="Seconds for timing the dense and the compressed model (default 4; past it only the 6 rounds a 95% interval needs still run)."
     ),
     latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help="CPU threads while timing (default: torch's current count); the report states it."),
 ) -> None:

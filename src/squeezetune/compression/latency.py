@@ -67,7 +67,7 @@ _BATCHES = 20  # intervals from at most this many medians of consecutive rounds
 class LatencyConfig:
     """How latency is measured (see the module doc)."""
 
-    budget_s: float | None = 6.0
+    budget_s: float | None = 4.0
     """Wall-time cap of one measurement in seconds, warm-up included; ``min_rounds`` are timed
     even past it. ``None``: no cap, exactly ``max_rounds`` rounds. The compress report spreads it
     over its batch sizes and devices."""
