@@ -99,7 +99,7 @@ def compress_cmd(
     latency_budget: Optional[float] = typer.Option(
         None, "--latency-budget", help="Seconds for timing the dense and the compressed model (default 4; past it only the 6 rounds a 95% interval needs still run)."
     ),
-    latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help="CPU threads while timing (default: torch's current count); the report states it."),
+    latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help="CPU threads while timing (default 1); the report states it."),
 ) -> None:
     """Compress a task's model with a recipe; write F.sqz and F.report.json."""
     from squeezetune.compression import compress, load_recipe, report_path

@@ -4,7 +4,7 @@ A single timing on a shared machine says little: other processes come and go, cl
 first passes allocate memory and pick kernels. Every timing here therefore
 
 * runs eval-mode forward passes with autograd off (:func:`torch.inference_mode`);
-* uses a fixed number of CPU threads, set for the timing and restored after
+* uses a fixed number of CPU threads (one unless told otherwise), set for the timing and restored after
   (:attr:`LatencyConfig.threads`; the count is reported);
 * warms each model up until its passes stop getting faster, then times blocks of passes, as many
   for every model, the fastest model's block lasting at least 2 ms, so the timer and the Python
@@ -71,8 +71,10 @@ class LatencyConfig:
     """Wall-time cap of one measurement in seconds, warm-up included; ``min_rounds`` are timed
     even past it. ``None``: no cap, exactly ``max_rounds`` rounds. The compress report spreads it
     over its batch sizes and devices."""
-    threads: int | None = None
-    """CPU threads while timing (``torch.set_num_threads``), restored after; ``None``: the current count."""
+    threads: int | None = 1
+    """CPU threads while timing (``torch.set_num_threads``), restored after; ``None``: the current
+    count. One by default, as :class:`torch.utils.benchmark.Timer`: the same figure on any machine,
+    and no thread waiting for a sibling that another process holds off its core."""
     min_rounds: int = 6
     """Rounds at least: 6 is the fewest whose extremes make a 95% interval for a median."""
     max_rounds: int = 200

@@ -230,5 +230,6 @@ def format_latency(lat: dict[str, float], where: str = "CPU", suffix: str = "") 
             if f"speedup_{key}_low" in lat:
                 part += f" (95% interval {lat[f'speedup_{key}_low']:.2f}-{lat[f'speedup_{key}_high']:.2f})"
         parts.append(part)
-    threads = f", {int(lat['latency_threads'])} threads" if where == "CPU" and "latency_threads" in lat else ""
+    n = int(lat.get("latency_threads", 0))
+    threads = f", {n} thread{'s' if n != 1 else ''}" if where == "CPU" and n else ""
     return f"{where} latency{threads}: " + "; ".join(parts)
