@@ -291,7 +291,8 @@ def compare_latency(
     threads: int | None = None,
 ) -> dict[str, float]:
     """Median milliseconds per forward pass of several models, timed in ``repeats`` rounds
-    (:func:`time_in_rounds`, no time cap), each model in the faster of its ``layouts``."""
+    (:func:`time_in_rounds`, no time cap), each model in the faster of its ``layouts``, with
+    ``threads`` CPU threads (``None``: as many as now)."""
     if repeats < 1:
         raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
     config = LatencyConfig(budget_s=None, threads=threads, min_rounds=repeats, max_rounds=repeats, resolution=0.0, warmup=warmup, layouts=tuple(layouts))
