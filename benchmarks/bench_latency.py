@@ -177,7 +177,7 @@ def main() -> None:
         "",
         f"{machine()}. ResNet-20 (`{TASK}`, untrained, seed 0) against its LASSO channel-pruned copy at {fraction:.3f} of its MACs "
         f"(the `channel-pruning` recipe's structured stage, `macs_target` {MACS_TARGET}, no fine-tuning), batch {BATCH}, CPU. "
-        f"`speedup`: warm-up until passes stop getting faster, rounds A B B A / B A A B, the median per-round ratio and its ~95% "
+        f"`speedup`: warm-up until passes stop getting faster, rounds A B B A B A A B, the median per-round ratio and its ~95% "
         f"order-statistic interval (never narrower than 2% either side), {args.budget:.0f} s each; `blocked_autorange`: "
         f"each model alone, {args.min_run_time:.0f} s each, ratio of medians. The machine was shared with other jobs: "
         "the load column is the 1-minute load average before and after each row, and the absolute milliseconds move with it.",

@@ -17,7 +17,8 @@ from squeezetune.compression.pipeline import compare_latency_report
 from squeezetune.compression.report import format_summary
 from squeezetune.errors import SqueezeError
 
-WIDTH = 512  # a 512x512 layer over 64 inputs: ~17M MACs a pass, far above the Python overhead of a call
+DEVICE = pick_device(None)
+WIDTH, BATCH = (4096, 4096) if DEVICE.type == "cuda" else (512, 64)  # work far above the cost of a call and a launch
 
 
 class Repeat(nn.Module):
@@ -48,7 +49,7 @@ class Spy(nn.Module):
 
 def _timed(dense: nn.Module, compressed: nn.Module, budget: float = 1.0, **kw):
     """One thread: on a loaded machine no thread waits for a descheduled sibling."""
-    return speedup(dense, compressed, batch=64, example=(1, WIDTH), config=LatencyConfig(budget_s=budget, threads=1, **kw))
+    return speedup(dense, compressed, batch=BATCH, device=DEVICE, example=(1, WIDTH), config=LatencyConfig(budget_s=budget, threads=1, **kw))
 
 
 def test_identical_models_give_an_interval_around_one():
@@ -141,7 +142,7 @@ def test_a_bad_setting_is_one_line_naming_the_value(kw, message):
 
 
 def test_the_report_carries_the_speed_up_with_its_interval_and_the_threads():
-    device = pick_device(None)
+    device = DEVICE
     layer = nn.Linear(64, 64)
     lat = compare_latency_report(Repeat(layer, 2).to(device), Repeat(layer, 1).to(device), torch.zeros(1, 64), device=device, config=LatencyConfig(budget_s=0.5, threads=1))
     suffixes = ("", "_gpu") if device.type == "cuda" else ("",)

@@ -9,9 +9,11 @@ first passes allocate memory and pick kernels. Every timing here therefore
 * warms each model up until its passes stop getting faster, then times blocks of passes, as many
   for every model, the fastest model's block lasting at least 2 ms, so the timer and the Python
   loop cost well under 1% (on CUDA it synchronizes after every pass: a pass is timed to its end);
-* times the models in rounds, each round a block of each model in turn and again in reverse
-  order, A B B A, then B A A B: load that drifts hits every model alike, and no model is always
-  the first after a pause or always the one whose weights are still in cache;
+* times the models in rounds, each round four blocks of each model in an order that puts every
+  model in every place (A B B A B A A B, the next round B A A B A B B A): load that drifts hits
+  every model alike, and no model gains from where it runs -- first after a pause, right after
+  itself with its weights still in cache, or right after another model -- which on a loaded
+  machine can change a block's time by half;
 * stops once the interval is as narrow as it can usefully be (:attr:`LatencyConfig.resolution`),
   or the time budget is spent (:attr:`LatencyConfig.budget_s`), after at least
   :attr:`LatencyConfig.min_rounds`.
@@ -126,19 +128,18 @@ def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> 
 
 def rounds_interval(values: Sequence[float], batches: int = _BATCHES, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """``(median, low, high)`` of per-round figures, robust to noise that lasts several rounds:
-    with at least ``4 * batches`` rounds, the :func:`median_interval` of the medians of ``batches``
-    runs of an even number of consecutive rounds (the earliest left-over rounds dropped), else of
-    the rounds themselves.
+    with at least ``2 * batches`` rounds, the :func:`median_interval` of the medians of ``batches``
+    runs of consecutive rounds (the earliest left-over rounds dropped), else of the rounds themselves.
 
     Load on a shared machine comes and goes over many rounds, so neighbouring rounds err alike and
     an interval that takes them as independent is too narrow; medians of runs of rounds are close
     to independent (the method of batch means).
 
-    >>> rounds_interval([1.0] * 30 + [2.0] * 30, batches=3)
-    (1.5, 1.0, 2.0)
+    >>> rounds_interval([1.0] * 20 + [2.0] * 40, batches=3)
+    (2.0, 1.0, 2.0)
     """
     n = len(values)
-    size = n // batches // 2 * 2 if n >= 4 * batches else 1  # even: as many rounds led by each model
+    size = n // batches if n >= 2 * batches else 1
     first = n - n // size * size
     medians = [statistics.median(values[i : i + size]) for i in range(first, n, size)]
     return median_interval(medians, confidence)
@@ -235,14 +236,14 @@ def time_in_rounds(
             with torch.inference_mode():
                 warm = _warm_up(runs, sync, config, start)
                 chosen = _fastest(runs, warm)
-                fastest = min(statistics.median(warm[id(r)][-3:]) for r in chosen)
+                fastest = min(min(warm[id(r)][1:]) for r in chosen)
                 passes = max(1, min(10_000, math.ceil(_BLOCK_S * 1000.0 / fastest)))  # the same for every model: its first pass weighs alike
                 ms: dict[str, list[float]] = {r.name: [] for r in chosen}
                 deadline = math.inf if config.budget_s is None else start + config.budget_s
                 while len(ms[chosen[0].name]) < config.max_rounds:
                     block: dict[str, float] = {r.name: 0.0 for r in chosen}
                     lead = chosen if len(ms[chosen[0].name]) % 2 == 0 else chosen[::-1]
-                    order = lead + lead[::-1] if len(chosen) > 1 else lead  # A B B A, then B A A B: no model always first or last
+                    order = lead + lead[::-1] + lead[::-1] + lead if len(chosen) > 1 else lead  # A B B A B A A B: every model in every place
                     for r in order:
                         block[r.name] += _block(r, passes, sync) * len(chosen) / len(order)
                     for name, t in block.items():
@@ -390,10 +391,11 @@ def _settled(times: list[float], least: int) -> bool:
 
 
 def _fastest(runs: list[_Run], warm: dict[int, list[float]]) -> list[_Run]:
-    """Each model's run in its faster layout (the lower median of its last warm-up passes), in model order."""
+    """Each model's run in its faster layout, in model order: the one with the fastest warm-up pass
+    after the first (load only ever adds time, so the fastest pass is the steadiest measure)."""
     best: dict[str, _Run] = {}
     for r in runs:
-        if r.name not in best or statistics.median(warm[id(r)][-3:]) < statistics.median(warm[id(best[r.name])][-3:]):
+        if r.name not in best or min(warm[id(r)][1:]) < min(warm[id(best[r.name])][1:]):
             best[r.name] = r
     return list(best.values())
 

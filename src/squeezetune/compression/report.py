@@ -7,7 +7,7 @@
 * :meth:`Report.outcome` -- the headline figures a search reports per trial (Ray Tune, Optuna
   user attributes, the Pareto point), named by :data:`OUTCOME`;
 * :meth:`Report.metrics` -- every figure as MLflow metrics (outcome, per stage, per tensor);
-* :func:`format_stages`, :func:`format_tensors`, :func:`format_summary` -- the CLI tables.
+* :func:`format_stages`, :func:`format_tensors`, :func:`format_summary` (:func:`format_latency`) -- the CLI tables.
 """
 
 from __future__ import annotations
