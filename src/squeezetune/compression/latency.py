@@ -22,8 +22,7 @@ first passes allocate memory and pick kernels. Every timing here therefore
 a ~95% interval for it from order statistics (:func:`rounds_interval`: distribution-free, no
 assumption about the noise), never narrower than ``resolution`` either side: two copies of one
 model, timed again and again in one process, differ by up to ~1.5% from one measurement to the
-next on a loaded CPU (what memory each copy got, what ran before), a spread no repetition within
-one measurement samples. :func:`compare_latency` gives several models' median milliseconds,
+next on a loaded CPU, a spread no repetition within one measurement samples. :func:`compare_latency` gives several models' median milliseconds,
 :func:`latency_ms` one model's. With image inputs (4-D batches) each model runs in the faster of
 its memory layouts (:attr:`LatencyConfig.layouts`), picked after the warm-up.
 
