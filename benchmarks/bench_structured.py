@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_section  # noqa: E402
 
 from squeezetune.compression.finetune import FinetuneConfig, evaluate, train  # noqa: E402
-from squeezetune.compression.measure import compare_latency, macs, params  # noqa: E402
-from squeezetune.compression.structured._plan import plan_counts  # noqa: E402
+from squeezetune.compression.latency import compare_latency  # noqa: E402
+from squeezetune.compression.measure import macs, params  # noqa: E402
 from squeezetune.compression.structured.channel import ChannelPruneConfig, channel_prune  # noqa: E402
 from squeezetune.compression.structured.filters import filter_prune, plot_sensitivity, sensitivity_analysis, sensitivity_table  # noqa: E402
+from squeezetune.compression.structured.shrink import plan_counts  # noqa: E402
 from squeezetune.tasks import get_task  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

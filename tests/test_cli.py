@@ -65,7 +65,9 @@ def test_structured_builtin_shrinks_the_model_to_the_macs_target(compressed, rec
     assert report["macs"] <= 0.55 * report["dense_macs"] and report["params"] < report["dense_params"]
     assert report["compressed_bytes"] == out.stat().st_size < report["dense_bytes"]
     assert report["accuracy"] > 0.8
-    assert "MACs" in capsys.readouterr().out
+    assert report["speedup_b64_low"] <= report["speedup_b64"] <= report["speedup_b64_high"] and report["latency_threads"] == 1
+    out = capsys.readouterr().out
+    assert "MACs" in out and "CPU latency, 1 thread: b1 " in out and "speed-up" in out
 
 
 def test_evaluate_and_decode_agree_with_the_report(compressed, tmp_path, capsys):
@@ -129,6 +131,8 @@ def test_damaged_files_are_one_line_errors(compressed, tmp_path, capsys, kind, c
         (["compress", "--recipe", "channel-pruning", "--macs-target", "0"], "macs_target=0.0 must be in (0, 1]"),
         (["compress", "--recipe", "filter-pruning", "--allocation", "best"], "--allocation 'best': expected uniform or sensitivity"),
         (["compress", "--recipe", "RECIPE:structured: {method: l1, layers: {fc3: {keep: 5}}}"], "layer 'fc3' cannot be pruned structurally"),
+        (["compress", "--latency-threads", "0"], "latency threads=0 must be an integer >= 1"),
+        (["compress", "--latency-budget", "-1"], "latency budget_s=-1.0 must be a number of seconds >= 0"),
         (["inspect", "/nonexistent.sqz"], "/nonexistent.sqz"),
     ],
 )

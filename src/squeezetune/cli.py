@@ -96,9 +96,14 @@ def compress_cmd(
     allocation: Optional[str] = typer.Option(None, "--allocation", help="How --macs-target is spread over layers: uniform or sensitivity (structured), uniform or energy (decompose)."),
     seed: int = SeedOpt,
     device: Optional[str] = DeviceOpt,
+    latency_budget: Optional[float] = typer.Option(
+        None, "--latency-budget", help="Seconds for timing the dense and the compressed model (default 4; past it only the 6 rounds a 95% interval needs still run)."
+    ),
+    latency_threads: Optional[int] = typer.Option(None, "--latency-threads", help="CPU threads while timing (default 1); the report states it."),
 ) -> None:
     """Compress a task's model with a recipe; write F.sqz and F.report.json."""
     from squeezetune.compression import compress, load_recipe, report_path
+    from squeezetune.compression.latency import LatencyConfig
     from squeezetune.compression.report import format_stages, format_summary, format_tensors
     from squeezetune.tasks import get_task
 
@@ -107,9 +112,10 @@ def compress_cmd(
     _check_device(device)
     if allocation is not None and allocation not in ("uniform", "sensitivity", "energy"):
         raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity (structured pruning), or uniform or energy (decomposition)")
+    timing = LatencyConfig(**{k: v for k, v in (("budget_s", latency_budget), ("threads", latency_threads)) if v is not None})
     splits = _load(t, data_dir)
     loaded = load_recipe(recipe, t.model, t.build_model(), macs_target=macs_target, allocation=allocation)
-    report = compress(t, loaded, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress)
+    report = compress(t, loaded, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress, latency=timing)
     typer.echo(format_stages(report))
     typer.echo(format_tensors(report.tensors))
     typer.echo("\n" + format_summary(report, f"{out} and {report_path(out)}"))

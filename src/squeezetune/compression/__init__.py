@@ -5,7 +5,7 @@ channel pruning and strided kernel sparsity in :mod:`.structured`, low-rank, sep
 asymmetric factorisations and global pooling in :mod:`.decomposition`, data-free neuron merging in
 :mod:`.merging`, pruning and weight sharing in :mod:`.unstructured`, fine-tuning in :mod:`.finetune`;
 replaced layers are described for the container by :mod:`.architecture`) -> the coding into a ``.sqz`` container (:mod:`.coding`) -> the
-decoded model, measured (:mod:`.measure`) into a :class:`Report`.
+decoded model, measured (:mod:`.measure`; its speed-up over the dense one timed by :mod:`.latency`) into a :class:`Report`.
 
 >>> from squeezetune.compression import Recipe, known_stages
 >>> sorted(known_stages())
@@ -18,6 +18,7 @@ from squeezetune.compression.baseline import dense_bytes, dense_model, load_weig
 from squeezetune.compression.coding.codec import CoderChoice, EncodeConfig
 from squeezetune.compression.decode import decode_bytes, decode_file
 from squeezetune.compression.finetune import FinetuneConfig, evaluate, pick_device, train
+from squeezetune.compression.latency import LatencyConfig, speedup
 from squeezetune.compression.pipeline import compress, report_path
 from squeezetune.compression.recipes import BUILTIN_RECIPES, Recipe, Step, load_recipe
 from squeezetune.compression.report import OUTCOME, Report, StageRecord, TensorRecord
@@ -36,6 +37,7 @@ __all__ = [
     "EpochEvent",
     "FinetuneConfig",
     "Granularity",
+    "LatencyConfig",
     "PruneConfig",
     "Recipe",
     "Report",
@@ -61,6 +63,7 @@ __all__ = [
     "register_stage",
     "report_path",
     "save_weights",
+    "speedup",
     "stage_config",
     "train",
     "train_dense",

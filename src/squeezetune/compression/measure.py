@@ -1,4 +1,4 @@
-"""Measuring a model: parameters, multiply-accumulates and latency, on the task's example input.
+"""Measuring a model: parameters and multiply-accumulates, on the task's example input.
 
 Everything here takes an *example*: one batch-1 input of the task (images, token ids, any dtype)
 or, for convenience, the shape of a float one. Nothing assumes 28x28 images.
@@ -9,7 +9,7 @@ or, for convenience, the shape of a float one. Nothing assumes 28x28 images.
   attention products), recurrent layers (every gate, every step); norms, activations, pooling,
   adds and embedding look-ups are not counted; any other module that has a
   ``count_macs(inputs, output)`` method counts itself (strided kernel sparsity's convolution);
-* :func:`latency_ms` / :func:`compare_latency` -- wall time of forward passes.
+* wall time of forward passes, and speed-ups with an interval: :mod:`squeezetune.compression.latency`.
 
 >>> from squeezetune.tasks.cnn import ResNet20
 >>> macs(ResNet20(), (1, 1, 28, 28)) > 30_000_000
@@ -18,18 +18,12 @@ True
 
 from __future__ import annotations
 
-import copy
 import math
-import statistics
-import time
-from typing import Mapping, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
-
-from squeezetune.compression.finetune import pick_device
-from squeezetune.errors import SqueezeError
 
 DEFAULT_INPUT_SHAPE = (1, 1, 28, 28)
 
@@ -142,98 +136,3 @@ def _inside_attention(name: str, model: nn.Module) -> bool:
 def macs(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> int:
     """Multiply-accumulates of one forward pass of ``example`` (the sum of :func:`layer_macs`)."""
     return sum(layer_macs(model, example).values())
-
-
-@torch.inference_mode()
-def latency_ms(
-    model: nn.Module,
-    batch: int = 64,
-    device: str | torch.device | None = None,
-    repeats: int = 30,
-    *,
-    example: Example = DEFAULT_INPUT_SHAPE,
-    warmup: int = 3,
-) -> float:
-    """Median wall time in milliseconds of one eval-mode forward pass over ``batch`` inputs.
-
-    ``example`` is one batch-1 input (repeated to ``batch``) or its shape. Runs on ``device`` (CUDA when
-    present unless told otherwise) and synchronizes around each pass. The model is moved there.
-    """
-    if batch < 1 or repeats < 1:
-        raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
-    device = pick_device(device)
-    model = model.to(device).eval()
-    x = batch_of(example, batch, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        model(x)
-        sync()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
-
-
-@torch.inference_mode()
-def compare_latency(
-    models: Mapping[str, nn.Module],
-    batch: int = 64,
-    device: str | torch.device | None = None,
-    repeats: int = 50,
-    *,
-    example: Example = DEFAULT_INPUT_SHAPE,
-    warmup: int = 3,
-    layouts: Sequence[str] = ("contiguous", "channels_last"),
-) -> dict[str, float]:
-    """Median milliseconds per forward pass of several models, timed in turns.
-
-    One pass of each model in turn, ``repeats`` rounds: load from other processes then hits every
-    model alike, which a model-after-model timing (:func:`latency_ms` on each) does not ensure.
-    With image inputs (4-D batches) each model is timed in every memory layout of
-    ``layouts`` (``contiguous`` NCHW, ``channels_last`` NHWC, on a copy) within the same rounds,
-    and its faster layout's median is reported: a pruned net with few channels often runs best
-    in a different layout than its dense original, and each is served in the layout that suits it.
-    A layout a model cannot run in (a ``view`` that needs NCHW memory) is skipped for that model.
-    """
-    if batch < 1 or repeats < 1:
-        raise SqueezeError(f"batch={batch!r} and repeats={repeats!r} must be >= 1")
-    unknown = [layout for layout in layouts if layout not in _LAYOUTS]
-    if unknown or not layouts:
-        raise SqueezeError(f"layouts={list(layouts)!r}: expected some of {list(_LAYOUTS)}")
-    device = pick_device(device)
-    x = batch_of(example, batch, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    runs = []  # (model name, module, input)
-    for name, model in models.items():
-        model = model.to(device).eval()
-        for layout in layouts if x.dim() == 4 else ("contiguous",):
-            fmt = _LAYOUTS[layout]
-            variant = model if fmt is torch.contiguous_format else copy.deepcopy(model).to(memory_format=fmt)
-            inp = x.contiguous(memory_format=fmt)
-            try:
-                for _ in range(warmup):
-                    variant(inp)
-            except RuntimeError:
-                # a model written for NCHW (``x.view(n, -1)`` after a conv, say) may refuse another layout
-                if fmt is torch.contiguous_format or len(layouts) == 1:
-                    raise
-                continue
-            runs.append((name, variant, inp))
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for i, (_, m, inp) in enumerate(runs):
-            sync()
-            t0 = time.perf_counter()
-            m(inp)
-            sync()
-            times[i].append((time.perf_counter() - t0) * 1000.0)
-    best: dict[str, float] = {}
-    for (name, _, _), t in zip(runs, times):
-        best[name] = min(best.get(name, math.inf), statistics.median(t))
-    return best
-
-
-_LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}

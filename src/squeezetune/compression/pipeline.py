@@ -37,6 +37,7 @@ from squeezetune.compression.coding import codec
 from squeezetune.compression.coding.container import write_container
 from squeezetune.compression.decode import decode_file
 from squeezetune.compression.finetune import evaluate, pick_device
+from squeezetune.compression.latency import LatencyConfig, speedup, time_in_rounds
 from squeezetune.compression.recipes import Recipe, load_recipe
 from squeezetune.compression.report import Report, StageRecord, TensorRecord
 from squeezetune.compression.stages import Context, EpochEvent, apply_stage
@@ -77,7 +78,7 @@ def compress(
     seed: int = 0,
     progress: Progress = _quiet,
     on_epoch: Callable[[EpochEvent], None] | None = None,
-    latency: bool = True,
+    latency: bool | LatencyConfig = True,
     validation: Split | None = None,
 ) -> Report:
     """Run ``recipe`` on ``task``'s dense model, write ``out`` (.sqz) and its report; return the report.
@@ -85,7 +86,9 @@ def compress(
     ``dense`` is a model, a safetensors path, or ``None`` (train once and cache). ``splits`` lets
     a caller that already holds the data (the search) skip loading it again. ``on_epoch`` receives
     every training epoch of every stage (see :class:`~squeezetune.compression.stages.Context`).
-    ``latency=False`` skips the latency measurement. With a ``validation`` split (one carved from
+    ``latency`` is how the dense and the decoded model are timed (a
+    :class:`~squeezetune.compression.latency.LatencyConfig`: time budget, CPU threads; ``True``: the
+    defaults) or ``False``: not at all. With a ``validation`` split (one carved from
     the training data, as a search selects on), the report adds the dense and the decoded model's
     accuracy on it as ``dense_val_accuracy`` and ``val_accuracy``.
 
@@ -175,7 +178,7 @@ def compress(
         macs=arch["macs"],
         dense_params=dense_arch["params"],
         params=arch["params"],
-        latency=compare_latency_report(teacher, decoded, example, device=device) if latency else {},
+        latency=compare_latency_report(teacher, decoded, example, device=device, config=latency if isinstance(latency, LatencyConfig) else None) if latency else {},
         val_accuracy=evaluate(decoded, validation, device=device) if validation is not None else None,
         dense_val_accuracy=evaluate(teacher, validation, device=device) if validation is not None else None,
         raw_bytes=encoded.raw_bytes,
@@ -243,19 +246,43 @@ def _architecture(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return {"macs": measure.macs(model, example), "params": measure.params(model)}
 
 
-def compare_latency_report(dense: nn.Module, compressed: nn.Module, example: torch.Tensor, *, device: torch.device, repeats: int = 20) -> dict[str, float]:
-    """Median forward-pass latency of the dense and the decoded model, timed in turns in this process.
+def compare_latency_report(
+    dense: nn.Module | None,
+    compressed: nn.Module,
+    example: torch.Tensor,
+    *,
+    device: torch.device,
+    config: LatencyConfig | None = None,
+) -> dict[str, float]:
+    """The report's latency figures: the dense and the decoded model timed in rounds in this process
+    (:func:`~squeezetune.compression.latency.speedup`) at batch 1 and 64.
 
-    CPU figures always; the same figures on the GPU as ``*_gpu`` keys when ``device`` is CUDA.
+    ``dense_latency_ms_b1``, ``latency_ms_b1`` (median milliseconds per pass), ``speedup_b1`` with
+    its ~95% interval ``speedup_b1_low``, ``speedup_b1_high``, the same for ``b64``, on the CPU
+    always and as ``..._gpu`` figures (``speedup_b64_gpu_low``) when ``device`` is CUDA; and
+    ``latency_threads``, the CPU threads used. ``config.budget_s`` caps the whole, spread over the
+    measurements. Without ``dense`` only ``compressed`` is timed (``latency_ms_*``, no speed-ups).
     """
-    out: dict[str, float] = {}
+    config = config or LatencyConfig()
     devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
-    for dev in devices:
+    plan = [(dev, batch) for dev in devices for batch in (1, 64)]
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    for i, (dev, batch) in enumerate(plan):
         suffix = "" if dev.type == "cpu" else "_gpu"
-        for batch in (1, 64):
-            times = measure.compare_latency({"dense": dense, "compressed": compressed}, batch=batch, device=dev, repeats=repeats, example=example)
-            out[f"dense_latency_ms_b{batch}{suffix}"] = round(times["dense"], 4)
-            out[f"latency_ms_b{batch}{suffix}"] = round(times["compressed"], 4)
-    dense.to(device)
-    compressed.to(device)
+        share = config.budget_s if config.budget_s is None else max(0.0, config.budget_s - (time.perf_counter() - start)) / (len(plan) - i)
+        part = dataclasses.replace(config, budget_s=share)
+        if dense is None:
+            t = time_in_rounds({"compressed": compressed}, batch=batch, device=dev, example=example, config=part)
+            out[f"latency_ms_b{batch}{suffix}"] = round(t.median("compressed"), 4)
+            threads = t.threads
+            continue
+        s = speedup(dense, compressed, batch=batch, device=dev, example=example, config=part)
+        out[f"dense_latency_ms_b{batch}{suffix}"] = round(s.dense_ms, 4)
+        out[f"latency_ms_b{batch}{suffix}"] = round(s.compressed_ms, 4)
+        out[f"speedup_b{batch}{suffix}"] = round(s.ratio, 4)
+        out[f"speedup_b{batch}{suffix}_low"] = round(s.low, 4)
+        out[f"speedup_b{batch}{suffix}_high"] = round(s.high, 4)
+        threads = s.threads
+    out["latency_threads"] = threads
     return out

@@ -7,7 +7,7 @@
 * :meth:`Report.outcome` -- the headline figures a search reports per trial (Ray Tune, Optuna
   user attributes, the Pareto point), named by :data:`OUTCOME`;
 * :meth:`Report.metrics` -- every figure as MLflow metrics (outcome, per stage, per tensor);
-* :func:`format_stages`, :func:`format_tensors`, :func:`format_summary` -- the CLI tables.
+* :func:`format_stages`, :func:`format_tensors`, :func:`format_summary` (:func:`format_latency`) -- the CLI tables.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ OUTCOME = (
     "latency_ms_b64",
     "dense_latency_ms_b1",
     "dense_latency_ms_b64",
+    "speedup_b1",
+    "speedup_b1_low",
+    "speedup_b1_high",
+    "speedup_b64",
+    "speedup_b64_low",
+    "speedup_b64_high",
+    "latency_threads",
 )
 """The headline figures of a compressed model, as a search records them."""
 
@@ -85,7 +92,10 @@ class Report:
     dense_params: int
     params: int
     latency: dict[str, float] = field(default_factory=dict)
-    """``dense_latency_ms_b1``, ``latency_ms_b1``, ``..._b64`` (CPU), and ``..._gpu`` when run on a GPU."""
+    """``dense_latency_ms_b1``, ``latency_ms_b1`` (median ms per pass), ``speedup_b1`` with its ~95%
+    interval ``speedup_b1_low`` .. ``speedup_b1_high``, the same for ``b64`` (CPU), ``..._gpu``
+    figures when run on a GPU, and ``latency_threads`` (see
+    :func:`~squeezetune.compression.pipeline.compare_latency_report`)."""
     raw_bytes: int = 0
     meta_bytes: int = 0
     device: str = "cpu"
@@ -120,7 +130,7 @@ class Report:
         kw = {k: v for k, v in data.items() if k in names and k not in ("stages", "tensors", "latency")}
         kw["stages"] = [StageRecord(**s) for s in data.get("stages", [])]
         kw["tensors"] = [TensorRecord(**t) for t in data.get("tensors", [])]
-        kw["latency"] = {k: v for k, v in data.items() if "latency_ms" in k}
+        kw["latency"] = {k: v for k, v in data.items() if is_latency_key(k)}
         return cls(**kw)
 
     def outcome(self) -> dict[str, float]:
@@ -157,6 +167,11 @@ class Report:
         return {k: v for k, v in m.items() if math.isfinite(v)}
 
 
+def is_latency_key(key: str) -> bool:
+    """Whether a report figure belongs to :attr:`Report.latency`."""
+    return key.startswith("speedup_") or "latency_" in key
+
+
 # -- the CLI tables ------------------------------------------------------------------------------
 
 
@@ -190,6 +205,31 @@ def format_summary(report: Report, out: str) -> str:
         f"{report.dense_bytes:,} -> {report.compressed_bytes:,} bytes ({report.ratio:.1f}x)\n"
         f"params {report.dense_params:,} -> {report.params:,}, MACs {report.dense_macs:,} -> {report.macs:,}"
     )
-    if "latency_ms_b1" in lat:
-        line += f", CPU latency b1 {lat['dense_latency_ms_b1']:.2f} -> {lat['latency_ms_b1']:.2f} ms, b64 {lat['dense_latency_ms_b64']:.2f} -> {lat['latency_ms_b64']:.2f} ms"
+    for where, suffix in (("CPU", ""), ("GPU", "_gpu")):
+        if f"dense_latency_ms_b1{suffix}" in lat:
+            line += "\n" + format_latency(lat, where, suffix)
     return line + f"\nwrote {out}"
+
+
+def format_latency(lat: dict[str, float], where: str = "CPU", suffix: str = "") -> str:
+    """One line of a report's latency figures: per batch size, dense -> compressed milliseconds and
+    the speed-up with its ~95% interval; the CPU thread count.
+
+    >>> lat = {"dense_latency_ms_b1": 2.0, "latency_ms_b1": 1.0, "speedup_b1": 2.0, "speedup_b1_low": 1.9, "speedup_b1_high": 2.1, "latency_threads": 2}
+    >>> format_latency(lat)
+    'CPU latency, 2 threads: b1 2.00 -> 1.00 ms, speed-up 2.00x (95% interval 1.90-2.10)'
+    """
+    parts = []
+    for batch in (1, 64):
+        key = f"b{batch}{suffix}"
+        if f"latency_ms_{key}" not in lat or f"dense_latency_ms_{key}" not in lat:
+            continue
+        part = f"b{batch} {lat[f'dense_latency_ms_{key}']:.2f} -> {lat[f'latency_ms_{key}']:.2f} ms"
+        if f"speedup_{key}" in lat:
+            part += f", speed-up {lat[f'speedup_{key}']:.2f}x"
+            if f"speedup_{key}_low" in lat:
+                part += f" (95% interval {lat[f'speedup_{key}_low']:.2f}-{lat[f'speedup_{key}_high']:.2f})"
+        parts.append(part)
+    n = int(lat.get("latency_threads", 0))
+    threads = f", {n} thread{'s' if n != 1 else ''}" if where == "CPU" and n else ""
+    return f"{where} latency{threads}: " + "; ".join(parts)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from squeezetune.compression.measure import compare_latency, latency_ms, layer_macs, macs, params
+from squeezetune.compression.latency import compare_latency, latency_ms
+from squeezetune.compression.measure import layer_macs, macs, params
 from squeezetune.compression.structured._graph import StructureGraph
 from squeezetune.compression.structured.shrink import apply_spec, channel_groups, plan_counts, shrink, shrunk_spec
 from squeezetune.errors import SqueezeError
