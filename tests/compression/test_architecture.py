@@ -118,3 +118,15 @@ def test_the_decoder_reads_both_spec_formats():
     assert _apply_checked_spec(TinyCNN(), old).conv2.out_channels == 8
     new = architecture_spec(_replaced(), TinyCNN())
     assert isinstance(_apply_checked_spec(TinyCNN(), new).conv3, StridedConv2d)
+
+
+def test_an_unchanged_layer_of_a_type_outside_the_allow_list_needs_no_spec():
+    from squeezetune.compression.tensors import compressible, copy_model
+    from squeezetune.compression.unstructured.pruning import prune_layer
+    from squeezetune.tasks import get_task
+
+    dense = get_task("transformer-digits").build_model()  # attention's out_proj is a Linear subclass
+    model = copy_model(dense)
+    for name, t in compressible(model).items():
+        prune_layer(t.module, keep=max(1, t.numel // 10), attr=t.attr, name=name)
+    assert architecture_spec(model, dense) is None
