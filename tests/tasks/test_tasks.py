@@ -62,3 +62,21 @@ def test_console_script_imports_from_the_working_folder(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == "error: task factory 'consoletasks:broken' raised RuntimeError: no data here"
     assert not (tmp_path / "w.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["transformer-digits", "lstm-digits", "conv1d-digits", "cnn32-digits"])
+def test_deep_compression_codes_every_weight_of_the_new_tasks(name, tmp_path):
+    """The built-in recipe's generic rule (fine-tuning left out: the coding is what is tested) on each task's model."""
+    from squeezetune.compression import Recipe, compress, load_recipe
+
+    task = get_task(name)
+    model = task.build_model()
+    data = load_recipe("deep-compression", task.model, model).to_dict()
+    for stage in data["stages"]:
+        for kind, settings in stage.items():
+            if kind == "finetune":
+                settings["epochs"] = 0
+    report = compress(task, Recipe.from_dict(data), out=tmp_path / "m.sqz", dense=model, latency=False)
+    weights = [t for t in report.tensors if len(t.shape) >= 2]
+    assert weights and all(t.action != "raw" for t in weights), [(t.name, t.why) for t in weights if t.action == "raw"]
+    assert report.compressed_bytes == (tmp_path / "m.sqz").stat().st_size < report.dense_bytes / 5
