@@ -139,3 +139,16 @@ def test_a_copy_can_be_pruned_and_shared_again_without_touching_the_original():
     assert torch.equal(model[0](x), before)  # the original still computes with its own mask
     assert int((model[1].weight_hh_l0 != 0).sum()) == 30 and int((work[1].weight_hh_l0 != 0).sum()) == 10
     assert len(torch.unique(work[0].weight)) <= 5
+
+
+def test_a_pruned_recurrent_layer_copies_after_a_training_pass():
+    from squeezetune.compression.tensors import copy_model
+    from squeezetune.compression.unstructured.pruning import prune_layer
+
+    model = nn.GRU(8, 6, batch_first=True)
+    for name, t in compressible(model).items():
+        prune_layer(t.module, keep=10, attr=t.attr, name=name)
+    x = torch.randn(2, 3, 8)
+    model(x)  # with autograd on, the cached weights are computed tensors
+    copied = copy_model(model)
+    assert torch.equal(copied(x)[0], model(x)[0])

@@ -152,10 +152,13 @@ def copy_model(model: nn.Module) -> nn.Module:
     module a class of its own, which the copy shares, and removing a parametrization from the
     copy (pruning it again, sharing it) would take the property off that class -- off the original
     too. Here each parametrized tensor of the copy is registered again, on a class of its own.
+    A recurrent layer's cached weights (``_flat_weights``), which after a training pass are computed
+    tensors that ``deepcopy`` refuses, are copied detached (the layer recomputes them on its next pass).
     """
     import copy
 
-    work = copy.deepcopy(model)
+    memo = {id(w): w.detach().clone() for m in model.modules() if isinstance(m, nn.RNNBase) for w in m._flat_weights if w is not None and w.grad_fn is not None}
+    work = copy.deepcopy(model, memo)
     for module in work.modules():
         if not parametrize.is_parametrized(module):
             continue
