@@ -130,6 +130,7 @@ def test_damaged_files_are_one_line_errors(compressed, tmp_path, capsys, kind, c
         (["compress", "--macs-target", "0.5"], "recipe 'deep-compression' has no structured stage"),
         (["compress", "--recipe", "channel-pruning", "--macs-target", "0"], "macs_target=0.0 must be in (0, 1]"),
         (["compress", "--recipe", "filter-pruning", "--allocation", "best"], "--allocation 'best': expected uniform or sensitivity"),
+        (["compress", "--recipe", "filter-pruning", "--cost", "speed"], "--cost='speed' is not known: expected one of ['macs', 'latency']"),
         (["compress", "--recipe", "RECIPE:structured: {method: l1, layers: {fc3: {keep: 5}}}"], "layer 'fc3' cannot be pruned structurally"),
         (["compress", "--latency-threads", "0"], "latency threads=0 must be an integer >= 1"),
         (["compress", "--latency-budget", "-1"], "latency budget_s=-1.0 must be a number of seconds >= 0"),

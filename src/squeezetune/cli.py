@@ -94,6 +94,9 @@ def compress_cmd(
     dense: Optional[Path] = typer.Option(None, "--dense", help="Dense weights (.safetensors); trained and cached if absent."),
     macs_target: Optional[float] = typer.Option(None, "--macs-target", help="Fraction of dense MACs to keep, in (0, 1] (structured and decomposition recipes; default 0.5)."),
     allocation: Optional[str] = typer.Option(None, "--allocation", help="How --macs-target is spread over layers: uniform or sensitivity (structured), uniform or energy (decompose)."),
+    cost: Optional[str] = typer.Option(
+        None, "--cost", help="What --macs-target is a fraction of: macs (default) or latency (the dense model's predicted latency, each layer timed on this machine and cached)."
+    ),
     seed: int = SeedOpt,
     device: Optional[str] = DeviceOpt,
     latency_budget: Optional[float] = typer.Option(
@@ -114,7 +117,7 @@ def compress_cmd(
         raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity (structured pruning), or uniform or energy (decomposition)")
     timing = LatencyConfig(**{k: v for k, v in (("budget_s", latency_budget), ("threads", latency_threads)) if v is not None})
     splits = _load(t, data_dir)
-    loaded = load_recipe(recipe, t.model, t.build_model(), macs_target=macs_target, allocation=allocation)
+    loaded = load_recipe(recipe, t.model, t.build_model(), macs_target=macs_target, allocation=allocation, cost=cost)
     report = compress(t, loaded, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress, latency=timing)
     typer.echo(format_stages(report))
     typer.echo(format_tensors(report.tensors))

@@ -179,6 +179,7 @@ def test_auto_index_bits_round_trips():
         ShareConfig(fit=True),
         FinetuneConfig(epochs=3, distill=True, group_lasso=1e-4, group_lasso_groups="rows"),
         StructuredConfig(macs_target=0.5),
+        StructuredConfig(macs_target=0.5, cost="latency", latency_batch=16),
         GradualPruneConfig.from_dict({"layers": {"fc1": {"keep": 100}}, "budget": {"keep_fraction": 0.05}, "finetune": {"epochs": 4}, "regrow": True}),
         IterativePruneConfig.from_dict({"default": {"keep_fraction": 0.1}, "steps": 3, "max_drop": 0.2}),
         NeuronsConfig(inputs=False),
@@ -215,6 +216,20 @@ def test_the_decomposition_builtin_takes_the_macs_target_and_its_own_allocation(
     assert r.step("finetune").config.distill and Recipe.from_dict(r.to_dict()) == r
     with pytest.raises(SqueezeError, match=r"--allocation='sensitivity' is not known: expected one of \['uniform', 'energy'\]"):
         load_recipe("decomposition", "resnet20", model, allocation="sensitivity")
+
+
+def test_cost_goes_to_the_last_stage_that_plans_to_a_target_and_defaults_to_macs(tmp_path):
+    model = get_task("resnet20-mnist").build_model()
+    assert load_recipe("filter-pruning", "resnet20", model).first("structured").cost.value == "macs"
+    r = load_recipe("filter-pruning", "resnet20", model, cost="latency")
+    assert r.first("structured").cost.value == "latency" and Recipe.from_dict(r.to_dict()) == r
+    assert load_recipe("decomposition", "resnet20", model, cost="latency").first("decompose").cost.value == "latency"
+    with pytest.raises(SqueezeError, match=r"--cost='speed' is not known: expected one of \['macs', 'latency'\]"):
+        load_recipe("filter-pruning", "resnet20", model, cost="speed")
+    path = tmp_path / "r.yaml"
+    path.write_text("structured: {layers: {layer1.0.conv1: {keep: 8}}}")
+    with pytest.raises(SqueezeError, match=r"--cost 'latency' needs a macs_target"):
+        load_recipe(path, "resnet20", model, cost="latency")
 
 
 def test_macs_target_goes_to_the_last_stage_that_plans_to_one():

@@ -4,6 +4,7 @@ Everything here takes an *example*: one batch-1 input of the task (images, token
 or, for convenience, the shape of a float one. Nothing assumes 28x28 images.
 
 * :func:`params` -- parameter count;
+* :func:`input_shapes` -- the input shape of named layers;
 * :func:`layer_macs` / :func:`macs` -- multiply-accumulates of one forward pass, per layer: linear
   and convolutional layers (transposed too), multi-head attention (projections and the two
   attention products), recurrent layers (every gate, every step); norms, activations, pooling,
@@ -55,6 +56,30 @@ def _device_of(model: nn.Module) -> torch.device:
 def params(model: nn.Module) -> int:
     """Number of parameters (every element of every parameter tensor; buffers not counted)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def input_shapes(model: nn.Module, names: list[str], example: Example) -> dict[str, tuple[int, ...]]:
+    """The batch-1 input shape of each named layer on ``example``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def keep(name: str):
+        def hook(module: nn.Module, args: tuple, output) -> None:
+            shapes.setdefault(name, tuple(args[0].shape))
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            p = next(model.parameters(), None)
+            model(as_example(example, p.device if p is not None else None))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return shapes
 
 
 def _rnn_macs(m: nn.RNNBase, inputs: tuple) -> int:

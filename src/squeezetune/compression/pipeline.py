@@ -126,6 +126,7 @@ def compress(
         seed=seed,
         progress=progress,
         on_epoch=on_epoch,
+        latency=latency if isinstance(latency, LatencyConfig) else None,
     )
     pending: list[tuple[StageRecord, nn.Module]] = []  # data-free: models to measure after the last stage
 

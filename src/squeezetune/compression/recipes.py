@@ -48,11 +48,14 @@ Built-in recipes (:func:`builtin_recipe`):
   al. 2017) or by LASSO channel selection with least-squares reconstruction (He et al. 2017), to
   ``macs_target`` of the dense MACs (default 0.5) with per-layer counts spread ``uniform``-ly or by
   ``sensitivity``; then 3 epochs of fine-tuning distilled from the dense teacher. The shrunk model
-  is stored with float32 weights, so the decoded model is exactly the fine-tuned one.
+  is stored with float32 weights, so the decoded model is exactly the fine-tuned one. With
+  ``cost: latency`` (``--cost latency``) the target is a fraction of the dense model's predicted
+  latency instead, from each layer timed alone on this machine (cached per model and machine).
 * ``decomposition``: every layer that saves MACs by it replaced by low-rank factors (a Linear by two,
   a k x k convolution by a k x k one to r channels and a 1 x 1), the ranks planned by singular-value
   energy to ``macs_target`` of the dense MACs (default 0.5), fitted by SVD and least squares on
   sampled activations; then 3 epochs of fine-tuning distilled from the dense teacher; float32.
+  ``cost: latency`` plans the ranks to a fraction of the predicted latency, as for structured pruning.
 * ``data-free-merge``: a quarter of the neurons of every layer that can merge them (Linear or
   Conv2d layers with no BatchNorm or residual add after them) merged into their most similar
   neighbours (Srinivas & Babu 2015); no stage reads any data. Float32.
@@ -408,13 +411,15 @@ def load_recipe(
     *,
     macs_target: float | None = None,
     allocation: str | None = None,
+    cost: str | None = None,
 ) -> Recipe:
     """A built-in recipe by name, or a YAML/JSON recipe file, for a model (``model_name`` keys the paper's tables).
 
-    ``macs_target`` and ``allocation``, when given, replace those of the recipe's last stage that
-    plans to a MAC target (``structured`` or ``decompose``; ``--macs-target`` on the command line);
-    a recipe without one is an error. Both stages read the target as a fraction of the dense
-    model's MACs, so the last one decides where the model ends.
+    ``macs_target``, ``allocation`` and ``cost``, when given, replace those of the recipe's last
+    stage that plans to a MAC target (``structured`` or ``decompose``; ``--macs-target`` on the
+    command line); a recipe without one is an error. Both stages read the target as a fraction of
+    the dense model's MACs (or with ``cost="latency"`` of its predicted latency), so the last one
+    decides where the model ends.
     """
     if isinstance(spec, Recipe):
         recipe = spec
@@ -427,12 +432,12 @@ def load_recipe(
         from squeezetune._yaml import load_mapping
 
         recipe = Recipe.from_dict(load_mapping(path, "recipe file"))
-    if macs_target is None and allocation is None:
+    if macs_target is None and allocation is None and cost is None:
         return recipe
     targeted = [s for s in recipe.steps if "macs_target" in {f.name for f in fields(s.config)}]
     if not targeted:
         raise SqueezeError(
-            f"recipe {recipe.name!r} has no structured stage (nor a decompose stage) for --macs-target/--allocation: "
+            f"recipe {recipe.name!r} has no structured stage (nor a decompose stage) for --macs-target/--allocation/--cost: "
             "expected filter-pruning, channel-pruning, decomposition or a recipe with a structured or decompose stage"
         )
     step = targeted[-1]
@@ -445,6 +450,10 @@ def load_recipe(
         if changes.get("macs_target", step.config.macs_target) is None:
             raise SqueezeError(f"--allocation {allocation!r} needs a macs_target: recipe {recipe.name!r} sets its {step.stage} stage by hand")
         changes["allocation"] = read_value(typing.get_type_hints(type(step.config))["allocation"], allocation, "--allocation")
+    if cost is not None:
+        if changes.get("macs_target", step.config.macs_target) is None:
+            raise SqueezeError(f"--cost {cost!r} needs a macs_target: recipe {recipe.name!r} sets its {step.stage} stage by hand")
+        changes["cost"] = read_value(typing.get_type_hints(type(step.config))["cost"], cost, "--cost")
     steps = tuple(Step(s.label, replace(s.config, **changes)) if s is step else s for s in recipe.steps)
     return replace(recipe, steps=steps)
 

@@ -48,6 +48,7 @@ from torch import nn
 from squeezetune.errors import SqueezeError
 
 if typing.TYPE_CHECKING:
+    from squeezetune.compression.latency import LatencyConfig
     from squeezetune.tasks.data import Split
 
 Progress = Callable[[str], None]
@@ -107,6 +108,9 @@ class Context:
     """The recipe label of the stage now running."""
     snapshot: Callable[[nn.Module], tuple[nn.Module, int]] | None = None
     """Set by the pipeline: the model as decoded from a file if the recipe ended its training now."""
+    latency: LatencyConfig | None = None
+    """How the report times models (``None``: the defaults); a stage that plans by latency times
+    single layers at its CPU thread count."""
 
     def need_train(self, what: str) -> Split:
         if self.train is None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from squeezetune.compression import Context, Recipe, apply_stage, compress, decode_file
+from squeezetune.compression import Context, Recipe, apply_stage, compress, decode_file, latency_model
 from squeezetune.compression.architecture import Factors
 from squeezetune.compression.coding import codec
 from squeezetune.compression.coding.container import pack_sections
 from squeezetune.compression.decode import decode_bytes
 from squeezetune.compression.decomposition import DecomposeConfig
-from squeezetune.compression.measure import macs
+from squeezetune.compression.decomposition.stage import plan_targets, targets
+from squeezetune.compression.latency_model import LayerTimes
+from squeezetune.compression.measure import layer_macs, macs
 from squeezetune.errors import SqueezeError
 from squeezetune.tasks.cnn import ResNet20
 from tests.compression._tiny import CNN_TASK, TinyCNN, splits, trained
@@ -29,6 +31,9 @@ EXAMPLE = torch.zeros(1, 1, 12, 12)
         ({"layers": {"conv2": {}}}, r"decompose.layers.conv2 has no rank"),
         ({"macs_target": 0.5, "default": {"rank": 2}}, "both a default rank and a macs_target"),
         ({"macs_target": 1.5}, r"macs_target=1.5 must be in \(0, 1\]"),
+        ({"macs_target": 0.5, "cost": "speed"}, r"decompose.cost='speed' is not known: expected one of \['macs', 'latency'\]"),
+        ({"cost": "latency", "default": {"rank": 2}}, r"decompose.cost='latency' plans ranks to a macs_target"),
+        ({"macs_target": 0.5, "latency_batch": 0}, r"decompose.latency_batch=0 must be an integer >= 1"),
     ],
 )
 def test_bad_settings_are_one_line_errors_before_any_work(settings, message):
@@ -45,6 +50,38 @@ def test_a_macs_target_plans_ranks_that_reach_it(allocation):
     assert 0.4 < ratio <= 0.5
     ranks = [m[0].weight.shape[0] for m in small.modules() if isinstance(m, Factors)]
     assert ranks and all(r % 8 == 0 or r < 8 for r in ranks)  # multiples of round_to where the layer allows
+
+
+def fake_ms(module, shape, *, batch, device, threads):
+    """A stand-in timer, steady whatever the machine's load: MACs plus a fixed time per layer."""
+    return 1e-6 * batch * sum(layer_macs(module, tuple(shape)).values()) + 0.002 * sum(1 for m in module.modules() if not list(m.children()))
+
+
+def test_a_latency_target_plans_ranks_that_reach_it_and_the_second_plan_times_nothing(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(latency_model, "time_layer", lambda *a, **kw: calls.append(1) or fake_ms(*a, **kw))
+    model, example = ResNet20(blocks=1).eval(), torch.zeros(1, 1, 28, 28)
+    config = DecomposeConfig.from_dict({"method": "lowrank", "macs_target": 0.5, "cost": "latency", "allocation": "uniform"})
+    assert config.preview(model, example) is None  # the ranks depend on timings
+    times = LayerTimes.open(model, example, cache_dir=tmp_path)
+    planned, reached = plan_targets(model, config, example, times=times)
+    assert planned and reached <= 0.5 and calls and times.timed == len(calls)
+    again = LayerTimes.open(ResNet20(blocks=1), example, cache_dir=tmp_path)
+    assert plan_targets(model, config, example, times=again) == (planned, reached)
+    assert again.timed == 0 and len(calls) == times.timed
+    by_macs = DecomposeConfig.from_dict({"method": "lowrank", "macs_target": 0.5, "allocation": "uniform"})
+    assert targets(model, by_macs, example) == targets(model, DecomposeConfig.from_dict({**by_macs.to_dict(), "cost": "macs"}), example)
+
+
+def test_the_stage_plans_by_latency_and_says_what_it_reached(cache_dir, monkeypatch):
+    monkeypatch.setattr(latency_model, "time_layer", fake_ms)
+    model = ResNet20(blocks=1).eval()
+    lines: list[str] = []
+    config = DecomposeConfig.from_dict({"method": "lowrank", "macs_target": 0.6, "cost": "latency", "latency_batch": 8, "refit": False})
+    small = apply_stage(model, config, Context(teacher=model, example=torch.zeros(1, 1, 28, 28), progress=lines.append))
+    assert any(isinstance(m, Factors) for m in small.modules())
+    assert "of the dense MACs and" in lines[-1] and "of the predicted latency for macs_target=0.6 (cost: latency)" in lines[-1]
+    assert float(lines[-1].split(" and ")[1].split()[0]) <= 0.6
 
 
 def test_the_stage_fits_each_layer_and_the_container_rebuilds_it_bit_exactly():

@@ -18,6 +18,12 @@ the ranks of every eligible layer without one are planned (:mod:`._plan`, ``allo
 ``energy`` or ``uniform``); ``default`` instead gives every eligible layer one setting. A rank may
 not exceed the layer's limit: above it the factors hold more weights than the layer.
 
+With ``cost: latency`` the target is a fraction of the dense model's predicted latency instead:
+each conv and linear layer, and each planned layer's factors at a few ranks, timed alone on this
+machine (on the stage's device, at batch ``latency_batch``, with the report's CPU thread count),
+interpolated over the rank and summed; the timings are cached per model and machine
+(:mod:`squeezetune.compression.latency_model`).
+
 The factors start from the SVD of the dense weights (each output channel weighted by the scale of
 the BatchNorm after it); with ``refit`` (default) they are then fitted by least squares to the
 layer's outputs on ``images`` sampled training inputs, layer after layer, the inputs taken from
@@ -40,6 +46,7 @@ from torch import nn
 
 from squeezetune.compression.architecture import Factors, replace_module
 from squeezetune.compression.decomposition._base import Technique
+from squeezetune.compression.latency_model import Cost, LayerTimes
 from squeezetune.compression.stages import Context, StageConfig, register_stage
 from squeezetune.errors import SqueezeError
 
@@ -104,8 +111,11 @@ class DecomposeConfig(StageConfig):
     images: int = 256
     points: int = 10
     round_to: int = 8
+    cost: Cost = Cost.MACS
+    latency_batch: int = 64
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cost", Cost.read(self.cost, "decompose.cost"))
         if self.method is Method.NONE:
             raise SqueezeError("decompose.method='none' decomposes nothing: expected lowrank, separable, asymmetric or pool (none is for single layers)")
         if self.macs_target is not None and not 0 < self.macs_target <= 1:
@@ -118,6 +128,10 @@ class DecomposeConfig(StageConfig):
             raise SqueezeError(f"decompose.round_to={self.round_to!r} must be an integer >= 1")
         if self.images < 1 or self.points < 1:
             raise SqueezeError(f"decompose.images={self.images!r} and points={self.points!r} must be integers >= 1")
+        if self.latency_batch < 1:
+            raise SqueezeError(f"decompose.latency_batch={self.latency_batch!r} must be an integer >= 1")
+        if self.cost is Cost.LATENCY and self.macs_target is None:
+            raise SqueezeError("decompose.cost='latency' plans ranks to a macs_target: expected a macs_target (the ranks are given by hand)")
 
     def method_of(self, name: str) -> Method:
         setting = self.layers.get(name) or self.default
@@ -144,9 +158,11 @@ class DecomposeConfig(StageConfig):
                 if not setting.ranked and (self.default is None or not self.default.ranked) and self.macs_target is None:
                     raise SqueezeError(f"decompose.layers.{name} has no rank: give rank or rank_fraction, a default, or a macs_target")
         if exact:
-            targets(model, self, example)  # every default-covered layer fits its rank
+            _settings(model, self, example)  # every default-covered layer fits its rank
 
-    def preview(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+    def preview(self, model: nn.Module, example: torch.Tensor) -> nn.Module | None:
+        if self.cost is Cost.LATENCY and self.macs_target is not None:
+            return None  # the ranks depend on timings, not known without timing
         work = copy.deepcopy(model)
         for name, technique, rank in targets(work, self, example):
             replace_module(work, name, technique.build(work.get_submodule(name), rank))
@@ -185,14 +201,9 @@ def _eligible(model: nn.Module, method: Method, example: Any) -> list[tuple[str,
     return out
 
 
-def targets(model: nn.Module, config: DecomposeConfig, example: Any, *, dense_macs: int | None = None, scales: dict | None = None, progress=None) -> list[tuple[str, Technique, int]]:
-    """``(layer, technique, rank)`` for every layer the stage replaces, in module order.
-
-    ``dense_macs`` (default: ``model``'s) is what ``macs_target`` is a fraction of.
-    """
-    from squeezetune.compression.decomposition._plan import candidate, input_shapes, plan
-    from squeezetune.compression.measure import layer_macs
-
+def _settings(model: nn.Module, config: DecomposeConfig, example: Any) -> tuple[dict[str, tuple[Technique, int]], dict[str, Technique]]:
+    """The layers the stage replaces: those with a rank (or no rank to choose), checked against
+    their limits, ``(technique, rank)`` by name; and those whose rank is to be planned."""
     chosen: dict[str, tuple[Technique, int]] = {}
     to_plan: dict[str, Technique] = {}
     covered = {}
@@ -216,25 +227,69 @@ def targets(model: nn.Module, config: DecomposeConfig, example: Any, *, dense_ma
             chosen[name] = (technique, rank)
         else:
             to_plan[name] = technique
+    return chosen, to_plan
+
+
+def targets(model: nn.Module, config: DecomposeConfig, example: Any) -> list[tuple[str, Technique, int]]:
+    """``(layer, technique, rank)`` for every layer the stage replaces, in module order, planned by MACs
+    (:func:`plan_targets`)."""
+    return plan_targets(model, config, example)[0]
+
+
+def plan_targets(
+    model: nn.Module,
+    config: DecomposeConfig,
+    example: Any,
+    *,
+    dense_cost: float | None = None,
+    scales: dict | None = None,
+    progress=None,
+    times: LayerTimes | None = None,
+) -> tuple[list[tuple[str, Technique, int]], float | None]:
+    """``(layer, technique, rank)`` for every layer the stage replaces, in module order; and the
+    cost the plan reached as a fraction of ``dense_cost`` (``None`` when no rank was planned).
+
+    The cost is MACs, or with ``times`` (a :class:`~squeezetune.compression.latency_model.LayerTimes`)
+    the conv and linear layers' predicted milliseconds, summed. ``dense_cost`` (default:
+    ``model``'s) is what ``macs_target`` is a fraction of.
+    """
+    from squeezetune.compression.decomposition._plan import candidate, plan, timed
+    from squeezetune.compression.latency_model import timed_layers
+    from squeezetune.compression.measure import input_shapes, layer_macs
+
+    chosen, to_plan = _settings(model, config, example)
+    reached_cost = None
     if to_plan:
-        per_layer = layer_macs(model, example)
-        shapes = input_shapes(model, list(to_plan) + list(chosen), example)
-        fixed = sum(per_layer.get(n, 0) - t.macs(model.get_submodule(n), r, shapes[n]) for n, (t, r) in chosen.items())
-        total = sum(per_layer.values()) - fixed
-        candidates = [candidate(n, model.get_submodule(n), t, shapes[n], per_layer.get(n, 0), (scales or {}).get(n)) for n, t in to_plan.items()]
-        budget = config.macs_target * (dense_macs if dense_macs is not None else sum(per_layer.values())) - (total - sum(c.macs for c in candidates))
-        ranks, reached = plan(candidates, int(budget), config.allocation.value, config.round_to)
+        macs = layer_macs(model, example)
+        layers = timed_layers(model) if times is not None else {}
+        shapes = input_shapes(model, list(dict.fromkeys([*to_plan, *chosen, *layers])), example)
+        candidates = [candidate(n, model.get_submodule(n), t, shapes[n], macs.get(n, 0), (scales or {}).get(n)) for n, t in to_plan.items()]
+        if times is None:
+            per_layer = macs
+            replaced = {n: t.macs(model.get_submodule(n), r, shapes[n]) for n, (t, r) in chosen.items()}
+        else:
+            names = [n for n in layers if n in shapes]
+            built = [(t.build(model.get_submodule(n), r), shapes[n]) for n, (t, r) in chosen.items()]
+            ms = times.ms([(layers[n], shapes[n]) for n in names] + built)
+            per_layer, replaced = dict(zip(names, ms)), dict(zip(chosen, ms[len(names) :]))
+            candidates = timed(candidates, {n: model.get_submodule(n) for n in to_plan}, shapes, times, config.round_to)
+        rest = sum(per_layer.values()) - sum(per_layer.get(n, 0) - replaced[n] for n in chosen) - sum(c.cost(0) for c in candidates)
+        dense = dense_cost if dense_cost is not None else sum(per_layer.values())
+        budget = config.macs_target * dense - rest
+        ranks, reached = plan(candidates, budget if times is not None else int(budget), config.allocation.value, config.round_to)
         if not reached and progress is not None:
             progress(f"decompose: macs_target={config.macs_target} is out of reach at the lowest ranks; every planned layer takes its lowest rank")
         chosen.update({n: (to_plan[n], r) for n, r in ranks.items() if r})
+        reached_cost = (rest + sum(c.cost(ranks[c.name]) for c in candidates)) / dense if dense else 1.0
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    return [(n, t, r) for n, (t, r) in sorted(chosen.items(), key=lambda kv: order[kv[0]])]
+    return [(n, t, r) for n, (t, r) in sorted(chosen.items(), key=lambda kv: order[kv[0]])], reached_cost
 
 
 @register_stage(DecomposeConfig)
 def decompose(model: nn.Module, config: DecomposeConfig, ctx: Context) -> nn.Module:
     """Replace the layers ``config`` covers by factors fitted to them; returns the new model."""
     from squeezetune.compression._fit import Samples, norm_scales
+    from squeezetune.compression.latency import LatencyConfig
     from squeezetune.compression.measure import macs
 
     example = ctx.example
@@ -242,7 +297,12 @@ def decompose(model: nn.Module, config: DecomposeConfig, ctx: Context) -> nn.Mod
     candidates = [n for n, _ in _eligible(model, config.method, example)] + list(config.layers)
     scales = norm_scales(model, candidates, example)
     dense_macs = macs(ctx.teacher, example)
-    plan = targets(model, config, example, dense_macs=dense_macs, scales=scales, progress=ctx.progress)
+    times, dense_cost = None, dense_macs
+    if config.cost is Cost.LATENCY:
+        threads = (ctx.latency or LatencyConfig()).threads
+        times = LayerTimes.open(model, example, batch=config.latency_batch, device=ctx.device, threads=threads, progress=ctx.progress)
+        dense_cost = times.total(ctx.teacher, example)
+    plan, predicted = plan_targets(model, config, example, dense_cost=dense_cost, scales=scales, progress=ctx.progress, times=times)
     work = copy.deepcopy(model).eval()
     samples = None
     if train is not None:
@@ -257,6 +317,8 @@ def decompose(model: nn.Module, config: DecomposeConfig, ctx: Context) -> nn.Mod
         replace_module(work, name, factors)
         ctx.progress(f"{name}: {technique.name}{f' rank {rank}' if technique.ranked else ''}{note}")
     if config.macs_target is not None:
-        now = macs(work, example)
-        ctx.progress(f"decompose: {now / dense_macs:.3f} of the dense MACs for macs_target={config.macs_target}")
+        now = macs(work, example) / dense_macs
+        latency = f" and {predicted:.3f} of the predicted latency" if times is not None and predicted is not None else ""
+        cost = " (cost: latency)" if times is not None else ""
+        ctx.progress(f"decompose: {now:.3f} of the dense MACs{latency} for macs_target={config.macs_target}{cost}")
     return work.to(ctx.device)

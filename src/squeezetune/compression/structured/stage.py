@@ -7,6 +7,13 @@ of dense MACs to keep) spread ``uniform``-ly or by per-layer ``sensitivity``, as
 ``round_to`` channels (default 8: oneDNN's CPU convolutions and GPU kernels work on blocks of 8
 channels, so an odd count such as 45 runs no faster than 48 and often slower).
 
+``cost`` says what ``macs_target`` is a fraction of: ``macs`` (default), or ``latency``: the dense
+model's predicted latency, each conv and linear layer timed alone on this machine (on the stage's
+device, at batch ``latency_batch``, with the report's CPU thread count) at a grid of kept input and
+output channels, interpolated and summed (:class:`~._plan.LatencyModel`). The timings are cached
+per model and machine (:mod:`squeezetune.compression.latency_model`), so only the first plan
+waits for them (a few seconds for ResNet-20).
+
 A layer's LASSO ``lambda`` is dimensionless: the L1 weight on its channel coefficients in
 ``||Y - sum_c beta_c Z_c||^2 / (2 ||Y||^2) + lambda * ||beta||_1``, with the error measured
 relative to the layer's own output ``Y`` (:mod:`._lasso`). Every channel goes at
@@ -26,6 +33,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
+from squeezetune.compression.latency_model import Cost
 from squeezetune.compression.stages import (
     Context,
     StageConfig,
@@ -92,10 +100,17 @@ class StructuredConfig(StageConfig):
     images: int = 256
     points: int = 10
     round_to: int = 8
+    cost: Cost = Cost.MACS
+    latency_batch: int = 64
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cost", Cost.read(self.cost, "structured.cost"))
         if self.round_to < 1:
             raise SqueezeError(f"structured.round_to={self.round_to!r} must be an integer >= 1")
+        if self.latency_batch < 1:
+            raise SqueezeError(f"structured.latency_batch={self.latency_batch!r} must be an integer >= 1")
+        if self.cost is Cost.LATENCY and self.macs_target is None:
+            raise SqueezeError("structured.cost='latency' plans counts to a macs_target: expected a macs_target (the layers' counts are given by hand)")
         if self.images < 1 or self.points < 1:
             raise SqueezeError(f"structured.images={self.images!r} and points={self.points!r} must be integers >= 1")
         if self.macs_target is not None and not 0 < self.macs_target <= 1:
@@ -136,8 +151,11 @@ def _check_lasso_layers(graph) -> None:
 def structured(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.Module:
     """Physically shrink ``model`` by channel pruning as ``config`` says; returns the smaller model."""
     from squeezetune.compression.finetune import evaluate
+    from squeezetune.compression.latency import LatencyConfig
+    from squeezetune.compression.latency_model import LayerTimes
     from squeezetune.compression.measure import macs
     from squeezetune.compression.structured._graph import StructureGraph
+    from squeezetune.compression.structured._plan import latency_fraction
     from squeezetune.compression.structured.channel import (
         ChannelPruneConfig,
         channel_prune,
@@ -149,6 +167,10 @@ def structured(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.M
     from squeezetune.compression.structured.shrink import plan_counts
 
     example = ctx.example
+    times = None
+    if config.cost is Cost.LATENCY:
+        threads = (ctx.latency or LatencyConfig()).threads
+        times = LayerTimes.open(model, example, batch=config.latency_batch, device=ctx.device, threads=threads, progress=ctx.progress)
     graph = StructureGraph(copy.deepcopy(model), example)  # the names the user gave, resolved to their groups
     keep = {graph.resolve(n): c.keep for n, c in config.layers.items() if c.keep is not None}
     lam = {graph.resolve(n): c.lam for n, c in config.layers.items() if c.lam is not None}
@@ -159,7 +181,7 @@ def structured(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.M
                 raise SqueezeError("structured.allocation='sensitivity' needs an evaluation split: expected a task with data")
             ctx.progress("sensitivity analysis (L1 filter pruning of each layer alone)")
             sensitivity = sensitivity_analysis(model, lambda m: evaluate(m, ctx.eval, device=ctx.device), example=example, progress=ctx.progress)
-        planned = plan_counts(model, config.macs_target, config.allocation.value, sensitivity, round_to=config.round_to, example=example)
+        planned = plan_counts(model, config.macs_target, config.allocation.value, sensitivity, round_to=config.round_to, example=example, cost=config.cost.value, times=times)
         keep = {**{n: k for n, k in planned.items() if n not in lam}, **keep}
     ctx.progress(f"{config.method.value} channel pruning of {len(keep) + len(lam)} layer groups")
     if config.method is StructuredMethod.L1:
@@ -171,6 +193,10 @@ def structured(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.M
     if config.macs_target is not None:
         dense, now = macs(model, example), macs(pruned, example)
         reached = now / dense if dense else 1.0
-        note = "" if reached >= 0.8 * config.macs_target else f" -- well below the target: the counts are multiples of round_to={config.round_to}, and small layers cannot go lower than one block"
-        ctx.progress(f"structured: {reached:.3f} of the dense MACs for macs_target={config.macs_target}{note}")
+        latency, cost, held = "", "", reached  # held: what the target is a fraction of
+        if times is not None:
+            held = latency_fraction(model, pruned, times, round_to=config.round_to, example=example)
+            latency, cost = f" and {held:.3f} of the predicted latency", " (cost: latency)"
+        note = "" if held >= 0.8 * config.macs_target else f" -- well below the target: the counts are multiples of round_to={config.round_to}, and small layers cannot go lower than one block"
+        ctx.progress(f"structured: {reached:.3f} of the dense MACs{latency} for macs_target={config.macs_target}{cost}{note}")
     return pruned.to(ctx.device)
