@@ -119,7 +119,8 @@ def cnn(args) -> None:
             "ranks planned by singular-value energy to the MAC target, fitted by SVD then least squares on 256 sampled training images. "
             "Channel pruning: LASSO selection + least squares (`structured`, method lasso, uniform allocation, multiples of 8). "
             "Both: channel pruning first, then decomposition to the overall target, one fine-tune. "
-            "Accuracies are the decoded containers'; MACs, params and speed-ups are the compress report's "
+            + (f"With {args.ft_epochs} fine-tune epochs the channel-pruning row is the built-in `channel-pruning --macs-target {args.channel_target}` recipe. " if args.ft_epochs == 3 else "")
+            + "Accuracies are the decoded containers'; MACs, params and speed-ups are the compress report's "
             "(CPU, batch 1 and 64, dense and compressed timed in turns, medians of 20, each in its faster memory layout).",
             "",
             markdown_table(headers, rows),
