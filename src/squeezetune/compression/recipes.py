@@ -304,7 +304,7 @@ MAX_RATES: dict[str, dict[str, Any]] = {
         "centroids": {"epochs": 4, "lr": 0.002},
     },
     "lenet5": {
-        "keep": {"conv1": 0.5, "conv2": 0.04, "fc1": 0.004, "fc2": 0.06},
+        "keep": {"conv1": 0.5, "conv2": 0.04, "fc1": 0.004, "fc2": 0.08},
         "bits": {"conv1": 5, "conv2": 5, "fc1": 4, "fc2": 4},
         "prune": {"epochs": 24, "lr": 0.01, "group_lasso": 1e-5},
         "recover": {"epochs": 6, "lr": 0.005},
