@@ -108,6 +108,7 @@ def hand_runs(task: str, data_dir: str, workdir: Path) -> dict:
     from squeezetune.compression import BUILTIN_RECIPES, Recipe, compress, dense_model, load_recipe
     from squeezetune.tasks import get_task, hold_out
 
+    workdir.mkdir(parents=True, exist_ok=True)
     t = get_task(task)
     train, held = t.load_data(Path(data_dir))
     fit, val = hold_out(train)

@@ -318,3 +318,18 @@ def test_position_coding_round_trips_and_defaults_to_the_smallest_per_layer():
     assert r.encode.positions.value == "relative" and Recipe.from_dict(r.to_dict()) == r
     with pytest.raises(SqueezeError, match="encode.positions"):
         Recipe.from_dict({"encode": {"positions": "zigzag"}})
+
+
+def test_compress_refuses_an_output_folder_that_does_not_exist_before_training(tmp_path):
+    from squeezetune.compression import compress
+    from squeezetune.tasks import Task
+
+    def no_data(_):
+        raise AssertionError("data was loaded before the output path was checked")
+
+    task = Task("tiny", "tiny", _TinyNet, no_data)
+    out = tmp_path / "missing" / "m.sqz"
+    with pytest.raises(SqueezeError, match="does not exist") as err:
+        compress(task, "deep-compression", out=out, latency=False)
+    assert "\n" not in str(err.value) and "missing" in str(err.value)
+    assert not out.parent.exists()

@@ -102,6 +102,8 @@ def compress(
     task = get_task(task) if isinstance(task, str) else task
     device = pick_device(device)
     out = Path(out)
+    if not out.parent.is_dir():
+        raise SqueezeError(f"out={str(out)!r}: its folder {str(out.parent)!r} does not exist (checked before any training)")
     if splits is None:
         if task.needs_data_dir and data_dir is None:
             raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
