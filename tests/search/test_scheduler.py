@@ -54,6 +54,16 @@ def test_a_constraint_ranks_infeasible_trials_after_feasible_ones():
     assert _decide(s, "tiny", 1, 0.50, 50) == "STOP"  # infeasible and far off
 
 
+def test_a_warm_start_is_ranked_but_never_stopped():
+    s = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3, violation=lambda r: 0.97 - r["val_accuracy"])
+    assert _decide(s, "best", 1, 0.98, 100) == "CONTINUE"
+    recipe = SimpleNamespace(trial_id="recipe", config={"_warm_start": True})
+    assert s.on_trial_result(None, recipe, {"epoch": 1, "val_accuracy": 0.90, "bytes": 9000}) == "CONTINUE"  # dominated, yet it goes on
+    assert "recipe" in s._recorded[1] and "recipe" not in s.stopped
+    plain = SimpleNamespace(trial_id="plain", config={"_warm_start": False})
+    assert s.on_trial_result(None, plain, {"epoch": 1, "val_accuracy": 0.90, "bytes": 9000}) == "STOP"  # the same figures, not a warm start
+
+
 @pytest.mark.slow
 def test_stopped_trials_reach_optuna_as_pruned(tmp_path):
     """A real Tune run with a synthetic trainable: MO-ASHA stops most trials at the rungs; Optuna

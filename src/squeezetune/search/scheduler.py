@@ -9,6 +9,10 @@ rule); infeasible trials after them, by how far they miss their constraints
 other stops there. No weighted sum of objectives is formed. Decisions are asynchronous, as in
 ASHA: no trial waits for a rung to fill, and the first trials at a rung always go on.
 
+A warm-start trial (a built-in or user recipe projected into the space, marked ``_warm_start`` in
+its config) is ranked at each rung like any other, so later trials are compared against it, but it
+is never stopped: the front a search ends with is never worse than the recipes it started from.
+
 >>> rungs(min_t=2, max_t=40, eta=3)
 (2, 6, 18)
 """
@@ -30,6 +34,11 @@ def rungs(*, min_t: int, max_t: int, eta: int) -> tuple[int, ...]:
         out.append(t)
         t *= eta
     return tuple(out)
+
+
+def _warm_start(trial) -> bool:
+    config = getattr(trial, "config", None)
+    return bool(config.get("_warm_start")) if isinstance(config, Mapping) else False
 
 
 class MOASHA(FIFOScheduler):
@@ -86,7 +95,7 @@ class MOASHA(FIFOScheduler):
             if trial.trial_id in recorded:
                 return TrialScheduler.CONTINUE
             recorded[trial.trial_id] = (vector, float(self._violation(result)))
-            if self.promotable(milestone, trial.trial_id):
+            if _warm_start(trial) or self.promotable(milestone, trial.trial_id):
                 return TrialScheduler.CONTINUE
             self.stopped[trial.trial_id] = milestone
             return TrialScheduler.STOP

@@ -179,7 +179,7 @@ class TrackedOptunaSearch(OptunaSearch):
         elif self._reuse_run is not None:
             self._reuse_run(run_id, ot_trial.number)
         self._suggested_at[trial_id] = time.perf_counter()
-        return {**config, "_run_id": run_id, "_trial": ot_trial.number}
+        return {**config, "_run_id": run_id, "_trial": ot_trial.number, "_warm_start": bool(ot_trial.user_attrs.get("warm_start"))}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Rung results reach Optuna only through the trial's final outcome (see the module doc)."""
