@@ -77,3 +77,19 @@ def test_bad_settings_are_one_line_errors(config, message):
     with pytest.raises(SqueezeError) as err:
         derive_space(LeNet300(), config)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_recovery_finetune_after_neurons_lets_max_compression_warm_start_the_search():
+    from squeezetune.search.runner import warm_start_params
+    from squeezetune.tasks import get_task
+
+    task = get_task("lenet300-mnist")
+    config = {"prune": False, "finetune": False, "gradual_prune": {}, "neurons": True, "finetune_recover": True}
+    space = derive_space(task.build_model(), config)
+    assert space.stages == ("gradual_prune", "neurons", "finetune_recover", "share", "finetune_centroids")
+    assert space.knob("finetune_recover.epochs").domain == IntRange(2, 10)
+    starts = warm_start_params(space, task, ("auto",))
+    assert [s["gradual_prune.fc1.keep_fraction"] for s in starts] == [0.016]  # max-compression's tuned rate, and no other recipe fits
+    recipe = space.recipe({**space.corner(), **starts[0]})
+    assert [s.label for s in recipe.steps] == ["gradual_prune", "neurons", "finetune_recover", "share", "finetune_centroids"]
+    assert recipe.step("finetune_recover").config.epochs == 10 and recipe.encode.float_bits == 16

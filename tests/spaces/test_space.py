@@ -76,6 +76,9 @@ def test_fix_narrow_exclude():
     assert space.knob("encode.index_bits").domain == Fixed(5)
     assert derive_space(LeNet300(), {"encode": {"index_bits": [3, 8]}}).knob("encode.index_bits").domain == IntRange(3, 8)
     assert derive_space(LeNet300(), {"encode": {"index_bits": "auto"}}).knob("encode.index_bits").domain == Fixed("auto")
+    assert derive_space(LeNet300(), {"encode": {"float_bits": [16, 32]}}).knob("encode.float_bits").domain == Choice((16, 32))
+    with pytest.raises(SqueezeError, match="float_bits=8 is not known"):
+        derive_space(LeNet300(), {"encode": {"float_bits": 8}})
     assert "finetune_centroids" not in space.stages
     recipe = space.recipe(space.corner())
     assert recipe.step("finetune_centroids") is None and "fc3" not in recipe.first("prune").layers
@@ -84,8 +87,9 @@ def test_fix_narrow_exclude():
 
 def test_share_and_prune_off():
     space = derive_space(LeNet300(), {"share": False, "prune": False, "finetune": False, "finetune_centroids": False})
-    assert {k.name for k in space.knobs} == {"encode.coder", "encode.index_bits"}
+    assert {k.name for k in space.knobs} == {"encode.coder", "encode.index_bits", "encode.float_bits"}
     recipe = space.recipe(space.corner())
+    assert recipe.encode.float_bits == 16  # as the built-in recipes store codebooks and biases
     assert recipe.first("prune") is None and recipe.first("share") is None
 
 

@@ -22,7 +22,7 @@ fixes, narrows or excludes any of them::
         default: {bits: [1, 8]}       # 2**bits clusters (1 bit on a pruned layer: ternary); or clusters: [3, 200]
         layers: {fc3: {bits: 6}}
       finetune_centroids: {epochs: [0, 2], lr: 0.002}
-      encode: {coder: [huffman, ans, auto], index_bits: [3, 8]}   # default: both fixed at auto
+      encode: {coder: [huffman, ans, auto], index_bits: [3, 8], float_bits: 32}   # default: auto, auto, 16
 
 A space is Optuna define-by-run: :meth:`Space.suggest` asks a trial for each searched knob, so the
 number of parameters follows the model. :meth:`Space.recipe` turns the sampled values into a
@@ -68,6 +68,7 @@ GROUPINGS = ("tensor", "kind", "block")
 _FINETUNE_DEFAULTS = {
     "finetune": {"epochs": IntRange(1, 3), "distill": Choice((True, False)), "lr": FloatRange(0.01, 0.01, log=True)},
     "finetune_centroids": {"epochs": IntRange(0, 2), "lr": FloatRange(0.002, 0.002, log=True)},
+    "finetune_recover": {"epochs": IntRange(2, 10), "distill": Choice((True,)), "lr": FloatRange(0.005, 0.005, log=True)},
 }
 
 
@@ -320,7 +321,7 @@ def derive_space(model: nn.Module, config: Mapping[str, Any] | None = None, exam
             reshaped = f"{st.key} pruning" if st.key == "structured" else st.key
         stages.append(st.key)
         knobs += stage_knobs
-    knobs += _encode_knobs(_stage(config, "encode", ("coder", "index_bits"), allow_off=False))
+    knobs += _encode_knobs(_stage(config, "encode", ("coder", "index_bits", "float_bits"), allow_off=False))
     return Space(tuple(knobs), layers, tuple(stages), groups, scope.sensitivity)
 
 
@@ -411,6 +412,8 @@ def _encode_knobs(encode: dict[str, Any]) -> list[Knob]:
         out.append(Knob("encode.index_bits", Fixed("auto"), ("encode", "index_bits")))
     else:
         out.append(_recipe_knob("encode.index_bits", index_bits, IntRange(3, 8), ("encode", "index_bits")))
+    # float16 codebooks, biases and raw tensors, as the built-in recipes store them (32: full precision)
+    out.append(_recipe_knob("encode.float_bits", encode.get("float_bits"), Fixed(16), ("encode", "float_bits"), (16, 32)))
     return out
 
 
@@ -465,6 +468,7 @@ SPACE_STAGES: tuple[SpaceStage, ...] = (
     SpaceStage("prune", "prune", _prune_knobs, keys=("granularity", "default", "layers", "budget", "allocation")),
     SpaceStage("finetune", "finetune", _finetune_knobs("finetune"), keys=tuple(f.name for f in fields(FinetuneConfig))),
     SpaceStage("neurons", "neurons", _neuron_knobs, default_on=False),
+    SpaceStage("finetune_recover", "finetune", _finetune_knobs("finetune_recover"), default_on=False, keys=tuple(f.name for f in fields(FinetuneConfig))),
     SpaceStage("soft_share", "soft_share", _soft_share_knobs, default_on=False),
     SpaceStage("share", "share", _share_knobs, keys=("init", "default", "layers", "max_iter")),
     SpaceStage("finetune_centroids", "finetune", _finetune_knobs("finetune_centroids"), keys=tuple(f.name for f in fields(FinetuneConfig))),
@@ -492,7 +496,7 @@ def _stage(config: Mapping[str, Any], stage: str, keys: tuple[str, ...], allow_o
     raw = config.get(stage, {})
     if raw is False and allow_off:
         return None
-    if raw is None:
+    if raw is None or raw is True:
         raw = {}
     if not isinstance(raw, Mapping):
         raise SqueezeError(f"space.{stage}={raw!r}: expected a mapping with keys {list(keys)}{' or false' if allow_off else ''}")
