@@ -71,7 +71,7 @@ def run(task_name: str, trials: int, workdir: Path) -> dict:
     outcome = run_search(config, progress=lambda m: None)
     front = [{"val": p.accuracy, "acc": p.extra.get("eval_accuracy", p.accuracy), "bytes": p.bytes} for p in outcome.front]
     points = [{"val": p.accuracy, "acc": p.extra.get("eval_accuracy", p.accuracy), "bytes": p.bytes, "feasible": p.feasible} for p in outcome.points]
-    search = {"search_dense_accuracy": outcome.baseline.accuracy, "search_dense_bytes": outcome.baseline.bytes, "search_wall": time.time() - t0, "counts": outcome.counts}
+    search = {"errors": outcome.errors[:3], "search_dense_accuracy": outcome.baseline.accuracy, "search_dense_bytes": outcome.baseline.bytes, "search_wall": time.time() - t0, "counts": outcome.counts}
     return {"dc": dc, "front": front, "points": points, **search}
 
 
@@ -106,7 +106,9 @@ def main() -> None:
                 f"{dc['ratio']:.1f}x ({dc['bytes']:,} B)",
                 f"{dc['coded']} of {dc['compressible']}",
                 dc["shares"],
-                f"{search} (front of {len(r['front'])}; {r['counts']['complete']} complete, {r['counts']['stopped']} stopped, {r['search_wall'] / 60:.1f} min)",
+                f"{search} (front of {len(r['front'])}; {r['counts']['complete']} complete, {r['counts']['stopped']} stopped, "
+                + (f"{r['counts']['failed']} failed: {'; '.join(r.get('errors', []))}, " if r["counts"].get("failed") else "")
+                + f"{r['search_wall'] / 60:.1f} min)",
             ]
         )
         lat = dc["latency"]
