@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from squeezetune.compression import FinetuneConfig, PruneConfig, ShareConfig, StructuredConfig, known_stages
-from squeezetune.compression.recipes import Recipe, deep_compression, load_recipe
+from squeezetune.compression.recipes import Recipe, deep_compression, dense_keep, load_recipe
 from squeezetune.compression.structured.neurons import NeuronsConfig
 from squeezetune.compression.unstructured.gradual import GradualPruneConfig, IterativePruneConfig
 from squeezetune.compression.unstructured.soft_sharing import SoftShareConfig
@@ -47,6 +47,10 @@ def test_generic_rule_covers_attention_recurrent_and_embedding_tensors():
     model = nn.ModuleDict({"emb": nn.Embedding(100, 16), "attn": nn.MultiheadAttention(16, 2), "rnn": nn.GRU(16, 8), "head": nn.Linear(8, 3)})
     prune = deep_compression("other", model).first("prune")
     assert set(prune.layers) == {"emb", "attn.in_proj_weight", "attn.out_proj", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "head"}
+    # smaller tensors keep more: 10% only from 100,000 weights up
+    kept = {n: prune.layers[n].keep_fraction for n in ("emb", "rnn.weight_hh_l0")}
+    assert kept == {"emb": dense_keep(1_600), "rnn.weight_hh_l0": dense_keep(192)}
+    assert dense_keep(1_000_000) == 0.1 and dense_keep(12_500) > 0.1 and dense_keep(1) == 0.5
 
 
 def test_yaml_recipe_file_classic_form(tmp_path):

@@ -31,7 +31,8 @@ Built-in recipes (:func:`builtin_recipe`):
   conv2, fc1, fc2 with 8-bit conv and 5-bit fc weights; both with 5-bit index diffs. Any other
   model gets the generic rule over every compressible tensor: convolutions keep 50% with 8-bit
   weights, every other tensor (linear, embedding, attention, recurrent) keeps 10% with 5-bit
-  weights, the last one keeps 25% with 5-bit weights; cluster counts are capped at what each
+  weights from 100,000 weights up and more below (:func:`dense_keep`), the last one keeps 25%
+  with 5-bit weights; cluster counts are capped at what each
   tensor keeps (``share.fit``), so small tensors never fail. Fine-tuning distils from the dense
   teacher; each stream takes the smallest of its Huffman, ANS and fixed-width codes; codebooks
   and biases are stored as float16 (the decoded model is what is measured).
@@ -261,10 +262,20 @@ _PAPER = {
 }
 
 
+def dense_keep(numel: int) -> float:
+    """Kept fraction of a non-convolution tensor under the generic rule: 10% from 100,000 weights
+    up (the paper's fc layers), more for a smaller tensor, which has less to spare.
+
+    >>> [dense_keep(n) for n in (400_000, 100_000, 12_500, 1_563, 10)]
+    [0.1, 0.1, 0.168, 0.283, 0.5]
+    """
+    return round(min(0.5, 0.1 * (100_000 / max(numel, 1)) ** 0.25) if numel < 100_000 else 0.1, 3)
+
+
 def generic_layer_rule(model: nn.Module) -> dict[str, dict[str, dict[str, Any]]]:
     """The generic Deep Compression settings for every compressible tensor of ``model``.
 
-    Convolution kernels keep 50% at 8 bits, every other tensor 10% at 5 bits, the last tensor
+    Convolution kernels keep 50% at 8 bits, every other tensor :func:`dense_keep` at 5 bits, the last tensor
     (the classifier) 25% at 5 bits.
     """
     targets = compressible(model)
@@ -276,7 +287,7 @@ def generic_layer_rule(model: nn.Module) -> dict[str, dict[str, dict[str, Any]]]
         elif t.is_conv:
             prune[name], share[name] = {"keep_fraction": 0.5}, {"bits": 8}
         else:
-            prune[name], share[name] = {"keep_fraction": 0.1}, {"bits": 5}
+            prune[name], share[name] = {"keep_fraction": dense_keep(t.numel)}, {"bits": 5}
     return {"prune": {"layers": prune}, "share": {"layers": share, "fit": True}}
 
 
@@ -467,6 +478,7 @@ __all__ = [
     "data_free_merge",
     "decomposition",
     "deep_compression",
+    "dense_keep",
     "generic_layer_rule",
     "load_recipe",
     "max_compression",
