@@ -83,6 +83,8 @@ def cnn(args) -> None:
     rows, notes = [], []
     start, loads = time.perf_counter(), [load()]
     for task, label in (("resnet20-mnist", "ResNet-20"), ("vgg-mnist", "VGG")):
+        if task not in args.nets:
+            continue
         recipes = {
             f"decomposition {args.decompose_target}": {"stages": [{"decompose": {"method": "lowrank", "macs_target": args.decompose_target}}, {"finetune": ft}], "encode": encode},
             f"channel pruning {args.channel_target}": {"stages": [{"structured": {"method": "lasso", "macs_target": args.channel_target}}, {"finetune": ft}], "encode": encode},
@@ -296,6 +298,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist")
     parser.add_argument("--only", default="lenet300,merge,strided,cnn", help="comma-separated sections: cnn, lenet300, merge, strided")
     parser.add_argument("--ft-epochs", type=int, default=1)
+    parser.add_argument("--nets", nargs="+", default=["resnet20-mnist", "vgg-mnist"], choices=["resnet20-mnist", "vgg-mnist"], help="the CNNs of the cnn section")
     parser.add_argument("--lenet-epochs", type=int, default=2)
     parser.add_argument("--decompose-target", type=float, default=0.5)
     parser.add_argument("--channel-target", type=float, default=0.5)
