@@ -114,3 +114,13 @@ def test_bad_values_are_one_line_errors(call, message):
     with pytest.raises(SqueezeError, match=message) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_only_the_cache(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    said = []
+    times = LayerTimes.open(nn.Sequential(nn.Linear(8, 8)), (1, 8), batch=2, cache_dir=blocked, progress=said.append)
+    ms = times.ms([(nn.Linear(8, 4), (1, 8))])
+    assert len(ms) == 1 and ms[0] > 0
+    assert any("cannot cache" in line for line in said)

@@ -82,3 +82,12 @@ def test_ray_addresses(address):
 def test_bad_ray_addresses(address):
     with pytest.raises(SqueezeError, match="expected local, auto, host:port or ray://host:port"):
         SearchConfig.from_dict({"ray_address": address})
+
+
+@pytest.mark.parametrize("setting", [None, {}, True])
+def test_the_fidelity_sets_fine_tune_epochs_however_the_stage_is_turned_on(setting):
+    from squeezetune.search.runner import space_config
+
+    config = SearchConfig.from_dict({"task": "lenet300-digits", "space": {"finetune": setting, "finetune_centroids": setting}})
+    space = space_config(config)
+    assert space["finetune"]["epochs"] == config.fidelity.epochs and space["finetune_centroids"]["epochs"] == config.fidelity.centroid_epochs

@@ -134,3 +134,14 @@ def test_live_trials_carry_the_search_constraints(tmp_path):
     first, second = searcher.study.get_trials()
     assert first.constraints == {"max_bytes": 0.5} and second.constraints == {"max_bytes": pytest.approx(-0.1)}
     assert [t.number for t in searcher.study.best_trials] == [second.number]  # only the feasible one counts
+
+
+def test_a_requeued_warm_start_stays_a_warm_start():
+    from squeezetune.search.searcher import requeue
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial({"x": 1.0}, user_attrs={"warm_start": True})
+    first = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
+    requeue(study, first, run_id="run-1")
+    again = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
+    assert again.params == {"x": 1.0} and again.user_attrs["warm_start"] is True and again.user_attrs["retry_of"] == first.number

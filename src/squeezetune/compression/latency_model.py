@@ -169,7 +169,10 @@ class LayerTimes:
             where = f", cached in {self.path}" if self.path is not None else ""
             self.progress(f"latency model: {len(todo)} layer sizes timed in {time.perf_counter() - start:.1f} s{where}")
             if self.path is not None:
-                _write(self.path, self.key, self._ms)
+                try:
+                    _write(self.path, self.key, self._ms)
+                except (OSError, SqueezeError) as exc:  # the figures are still used; only the cache is lost
+                    self.progress(f"latency model: cannot cache the timings in {self.path} ({exc}); the next plan times them again")
         return [self._ms[sig] for sig in sigs]
 
     def total(self, model: nn.Module, example: Example) -> float:

@@ -540,7 +540,7 @@ def space_config(config: SearchConfig) -> dict[str, Any]:
         if setting is False:
             continue
         if not isinstance(setting, dict):
-            setting = {} if setting is None else setting
+            setting = {} if setting is None or setting is True else setting
         if isinstance(setting, dict) and "epochs" in setting:
             raise SqueezeError(
                 f"space.{stage}.epochs is set by the fidelity under multi-fidelity search: "

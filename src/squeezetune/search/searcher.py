@@ -128,6 +128,8 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.trial.
     attrs: dict[str, Any] = {"retry_of": trial.number, REQUEUES_ATTR: requeues + 1}
     if run_id:
         attrs[RUN_ATTR] = run_id
+    if trial.user_attrs.get("warm_start"):
+        attrs["warm_start"] = True  # MO-ASHA never stops a warm start, retried or not
     study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
 
 

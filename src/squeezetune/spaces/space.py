@@ -68,7 +68,7 @@ GROUPINGS = ("tensor", "kind", "block")
 _FINETUNE_DEFAULTS = {
     "finetune": {"epochs": IntRange(1, 3), "distill": Choice((True, False)), "lr": FloatRange(0.01, 0.01, log=True)},
     "finetune_centroids": {"epochs": IntRange(0, 2), "lr": FloatRange(0.002, 0.002, log=True)},
-    "finetune_recover": {"epochs": IntRange(2, 10), "distill": Choice((True,)), "lr": FloatRange(0.005, 0.005, log=True)},
+    "finetune_recover": {"epochs": IntRange(2, 10), "distill": Choice((True,)), "lr": FloatRange(0.005, 0.01, log=True)},
 }
 
 
@@ -499,7 +499,7 @@ def _stage(config: Mapping[str, Any], stage: str, keys: tuple[str, ...], allow_o
     if raw is None or raw is True:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise SqueezeError(f"space.{stage}={raw!r}: expected a mapping with keys {list(keys)}{' or false' if allow_off else ''}")
+        raise SqueezeError(f"space.{stage}={raw!r}: expected a mapping with keys {list(keys)}, true{' or false' if allow_off else ''}")
     unknown = sorted(set(raw) - set(keys))
     if unknown:
         raise SqueezeError(f"unknown knob {unknown[0]!r} in space.{stage}: expected one of {list(keys)}")
