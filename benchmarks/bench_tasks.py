@@ -72,7 +72,7 @@ def run(task_name: str, trials: int, workdir: Path) -> dict:
     front = [{"val": p.accuracy, "acc": p.extra.get("eval_accuracy", p.accuracy), "bytes": p.bytes} for p in outcome.front]
     points = [{"val": p.accuracy, "acc": p.extra.get("eval_accuracy", p.accuracy), "bytes": p.bytes, "feasible": p.feasible} for p in outcome.points]
     search = {"errors": outcome.errors[:3], "search_dense_accuracy": outcome.baseline.accuracy, "search_dense_bytes": outcome.baseline.bytes, "search_wall": time.time() - t0, "counts": outcome.counts}
-    return {"dc": dc, "front": front, "points": points, **search}
+    return {"dc": dc, "front": front, "points": points, **search, "measured": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def main() -> None:
@@ -94,6 +94,7 @@ def main() -> None:
         dc = r["dc"]
         best = max((p for p in r["front"] if 100 * (r["search_dense_accuracy"] - p["acc"]) <= 1.0), key=lambda p: r["search_dense_bytes"] / p["bytes"], default=None)
         search = f"{r['search_dense_bytes'] / best['bytes']:.1f}x at {100 * best['acc']:.2f}%" if best else "none within 1 pt"
+        search += f" (its dense baseline: {100 * r['search_dense_accuracy']:.2f}%)"
         top = max(r.get("points", []), key=lambda p: p["acc"], default=None)
         if best is None and top is not None:
             search += f" (most accurate complete trial: {r['search_dense_bytes'] / top['bytes']:.1f}x at {100 * top['acc']:.2f}%)"
@@ -109,6 +110,7 @@ def main() -> None:
                 f"{search} (front of {len(r['front'])}; {r['counts']['complete']} complete, {r['counts']['stopped']} stopped, "
                 + (f"{r['counts']['failed']} failed: {'; '.join(r.get('errors', []))}, " if r["counts"].get("failed") else "")
                 + f"{r['search_wall'] / 60:.1f} min)",
+                r.get("measured", "-"),
             ]
         )
         lat = dc["latency"]
@@ -121,7 +123,7 @@ def main() -> None:
         "(evaluation images; its dense baseline is trained on the training images left after the validation split). "
         "Shares are of the deep-compression file.",
         "",
-        markdown_table(["task", "dense", "dense bytes", "deep-compression accuracy", "ratio", "tensors coded", "share of the file", "16-trial search"], rows),
+        markdown_table(["task", "dense", "dense bytes", "deep-compression accuracy", "ratio", "tensors coded", "share of the file", "16-trial search", "measured"], rows),
         "",
         "Latency of the dense and the decoded deep-compression model (ms per forward pass, CPU, the compress report's interleaved medians):",
         "",
