@@ -149,6 +149,11 @@ def exported(points: list[dict], dense_val: float, dense_accuracy: float, dense_
     return f"{dense_bytes / p['bytes']:.1f}x ({100 * (p['acc'] - dense_accuracy):+.2f} pt)"
 
 
+def _outcomes(run: dict) -> list[tuple]:
+    """A search's finished trials without their times: what two searches are compared by."""
+    return sorted((p["trial"], p["val"], p["acc"], p["bytes"]) for p in run["points"])
+
+
 def hypervolume(points: list[dict], ref: tuple[float, int]) -> float:
     from squeezetune.search.pareto import Point, pareto_front
     from squeezetune.search.pareto import hypervolume as hv
@@ -271,6 +276,14 @@ def write(results: dict, args) -> None:
         wins = [hypervolume(r[f"default/{s}"]["points"], REF[task]) > hypervolume(r[f"random/{s}"]["points"], REF[task]) for s in seeds if f"default/{s}" in r and f"random/{s}" in r]
         if wins:
             summary.append(f"hypervolume above random search's in {sum(wins)} of {len(wins)} seeds")
+        same = [
+            s for s in seeds if f"default/{s}" in r and f"random/{s}" in r and _outcomes(r[f"default/{s}"]) == _outcomes(r[f"random/{s}"]) and r[f"default/{s}"]["states"] == r[f"random/{s}"]["states"]
+        ]
+        if same:
+            summary.append(
+                f"in seed {', '.join(same)} the default sampler's search ended exactly as random search's (NSGA-II breeds only from COMPLETE trials, "
+                "and with MO-ASHA stopping nearly every trial it never leaves its random first population, drawn from the same seed)"
+            )
         lines.append("; ".join(summary) + f" (hand recipe: {dense_bytes / hand['bytes']:.1f}x).")
         lines.append("")
     write_section("search", "\n".join(lines))
