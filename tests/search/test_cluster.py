@@ -104,8 +104,11 @@ def test_search_on_a_cluster_logging_to_a_tracking_server(workdir, mlflow_server
                 running = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("squeezetune.node")]
                 most_running[0] = max(most_running[0], len(running))
                 on_node = [r.info.run_id for r in running if r.data.tags["squeezetune.node"] == node]
-                # the worker has finished a trial (so both nodes are on record) and runs another: kill it
-                finished_there = any(r.info.status == "FINISHED" and r.data.tags.get("squeezetune.node") == node for r in runs)
+                # the worker has finished a trial (so both nodes are on record) and runs another: kill it.
+                # The run is FINISHED in MLflow a moment before Tune takes the trial's last result; a
+                # kill in between retries that trial elsewhere, so wait until it has settled.
+                settled = time.time() * 1000 - 5000
+                finished_there = any(r.info.status == "FINISHED" and r.data.tags.get("squeezetune.node") == node and (r.info.end_time or settled + 1) <= settled for r in runs)
                 if on_node and finished_there and most_running[0] >= CONCURRENT:
                     dead.append((node, on_node))
                     cluster.remove_node(workers[1], allow_graceful=False)
