@@ -61,7 +61,7 @@ REF = {"lenet300-mnist": (0.90, 60_000), "lenet5-mnist": (0.90, 100_000)}
 """Hypervolume reference point per net: (evaluation accuracy, container bytes)."""
 
 
-def run_search(task: str, data_dir: str, seed: int, workdir: Path, *, sampler: str | None, full_budget: bool, budget_s: float) -> dict:
+def run_search(task: str, data_dir: str, seed: int, workdir: Path, *, sampler: str | None, full_budget: bool, budget_s: float, trials: int = TRIALS, time_budget: float | None = None) -> dict:
     """One search as the CLI runs it; cut at ``budget_s`` seconds (Ctrl-C semantics) and scored."""
     import optuna
 
@@ -69,7 +69,16 @@ def run_search(task: str, data_dir: str, seed: int, workdir: Path, *, sampler: s
     from squeezetune.search.runner import run_search as run
 
     workdir.mkdir(parents=True, exist_ok=True)
-    data = {"name": "bench", "task": task, "data_dir": data_dir, "trials": TRIALS, "seed": seed, "constraints": {"max_drop": MAX_DROP}, "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}"}
+    data = {
+        "name": "bench",
+        "task": task,
+        "data_dir": data_dir,
+        "trials": trials,
+        "time_budget": time_budget,
+        "seed": seed,
+        "constraints": {"max_drop": MAX_DROP},
+        "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+    }
     if sampler:
         data["sampler"] = sampler
     if full_budget:
@@ -100,7 +109,18 @@ def run_search(task: str, data_dir: str, seed: int, workdir: Path, *, sampler: s
         {"trial": t.number, "val": t.user_attrs["val_accuracy"], "acc": t.user_attrs["accuracy"], "bytes": int(t.user_attrs["bytes"]), "at": t.datetime_complete.timestamp() - started} for t in done
     ]
     n = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in optuna.trial.TrialState}
-    return {"points": points, "wall": wall, "cut": cut, "dense_accuracy": baseline.accuracy, "dense_val": baseline.val_accuracy, "dense_bytes": baseline.bytes, "states": n}
+    return {
+        "points": points,
+        "wall": wall,
+        "cut": cut,
+        "dense_accuracy": baseline.accuracy,
+        "dense_val": baseline.val_accuracy,
+        "dense_bytes": baseline.bytes,
+        "states": n,
+        "trials": trials,
+        "time_budget": time_budget,
+        "sampler": config.sampler.value,
+    }
 
 
 def hand_runs(task: str, data_dir: str, workdir: Path) -> dict:
@@ -174,6 +194,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["lenet300-mnist", "lenet5-mnist"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--budget-minutes", type=float, default=30.0)
+    parser.add_argument("--trials", type=int, default=TRIALS, help="the searches' --trials")
+    parser.add_argument("--time-budget", type=float, default=None, help="the searches' --time-budget (minutes; below --budget-minutes, so the last trials finish)")
     parser.add_argument("--full-budget", action="store_true", help="also run the default sampler with every trial on the full schedule (seed 0)")
     parser.add_argument("--no-random", action="store_true")
     parser.add_argument("--workdir", default=None)
@@ -202,14 +224,17 @@ def main() -> None:
             if key in r:
                 continue
             print(f"{task}: {key}", flush=True)
-            r[key] = run_search(task, args.data_dir, seed, root / task / label / str(seed), sampler=sampler, full_budget=full, budget_s=60 * args.budget_minutes)
+            r[key] = run_search(
+                task, args.data_dir, seed, root / task / label / str(seed), sampler=sampler, full_budget=full, budget_s=60 * args.budget_minutes, trials=args.trials, time_budget=args.time_budget
+            )
             save()
     write(results, args)
 
 
 def write(results: dict, args) -> None:
     lines = [
-        f"Measured on {machine()}. `squeezetune search --task NET --data-dir D --trials {TRIALS} --max-drop {MAX_DROP} --seed S`, every other setting "
+        f"Measured on {machine()}. `squeezetune search --task NET --data-dir D --trials {args.trials}"
+        f"{f' --time-budget {args.time_budget:g}' if args.time_budget else ''} --max-drop {MAX_DROP} --seed S`, every other setting "
         "at its default (MO-ASHA over a 40 + 8 epoch schedule; 1,000 of the 8,000 training images held out to select on). "
         "Hand and built-in recipes ran their full schedules on the same dense baseline (trained on the other 7,000 images). "
         f"Every accuracy is the decoded file's, on the 2,000 evaluation images no selection saw; loss is against that dense baseline. "

@@ -41,6 +41,10 @@ def test_round_trip_through_dict(tmp_path):
         ({"resources": {"gpus": 1.5}}, "fraction"),
         ({"constraints": {"max_bytes": -3}}, "max_bytes"),
         ({"name": "a b"}, "name="),
+        ({"time_budget": 0}, "time_budget=0: expected minutes > 0"),
+        ({"time_budget": -5}, "time_budget=-5"),
+        ({"time_budget": "ten"}, "time_budget='ten'"),
+        ({"time_budget": True}, "time_budget=True"),
     ],
 )
 def test_bad_config(data, message):

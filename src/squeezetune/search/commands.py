@@ -34,6 +34,7 @@ def search_cmd(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Built-in task name or module:factory (default lenet300-digits)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="MNIST raw folder for *-mnist tasks."),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to finish, failed ones included (default 24)."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Minutes after which no trial starts (those running finish); the search ends then even short of --trials."),
     tracking_uri: Optional[str] = TrackingOpt,
     name: Optional[str] = typer.Option(None, "--name", "-n", help="The search's name (default: search-<date>-<time>)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2, tpe, gp or random."),
@@ -59,7 +60,8 @@ def search_cmd(
         clashing = [flag for flag, v in fixed if v is not None]
         if clashing:
             raise SqueezeError(
-                f"--resume continues the saved config: {clashing[0]} cannot be changed (only --trials, --tracking-uri, --ray-address, --data-dir, --cpus-per-trial, --gpus-per-trial, --max-concurrent)"
+                f"--resume continues the saved config: {clashing[0]} cannot be changed "
+                "(only --trials, --time-budget, --tracking-uri, --ray-address, --data-dir, --cpus-per-trial, --gpus-per-trial, --max-concurrent)"
             )
         uri = resolve_tracking_uri(tracking_uri)
         probe(uri)
@@ -75,6 +77,7 @@ def search_cmd(
         task=task,
         data_dir=str(data_dir) if data_dir is not None else None,
         trials=trials,
+        time_budget=time_budget,
         tracking_uri=tracking_uri,
         name=name,
         sampler=sampler,
@@ -91,6 +94,8 @@ def search_cmd(
     typer.echo(table(outcome.front, outcome.baseline))
     if not outcome.finished:
         typer.echo(f"\nthe search stopped before all trials finished; continue it with: squeezetune search --resume {outcome.name}")
+    elif outcome.out_of_time:
+        typer.echo(f"\nthe time budget ended the search after {sum(n.values())} of {outcome.trials} trials; run more with: squeezetune search --resume {outcome.name} --time-budget MINUTES")
     typer.echo(f"\nMLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
     typer.echo(ui_command(outcome.tracking_uri, outcome.experiment_id))
     if not outcome.finished:

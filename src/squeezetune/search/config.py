@@ -7,6 +7,8 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     data_dir: null                 # MNIST folder for *-mnist tasks
     dense: null                    # dense weights (.safetensors); default: trained once and cached
     trials: 24
+    time_budget: null              # minutes: no trial starts later than this after the search began
+                                   #   (those running finish); null: run until `trials` are done
     sampler: nsga2                 # nsga2 | tpe | gp | random
     population: null               # NSGA-II population / TPE and GP start-up trials (default: trials // 4, 4..50)
     seed: 0
@@ -137,6 +139,9 @@ class SearchConfig:
     data_dir: str | None = None
     dense: str | None = None
     trials: int = 24
+    time_budget: float | None = None
+    """Minutes after the search began (this session, for a resumed one) past which no trial starts;
+    the trials running then finish. ``None``: the search runs until ``trials`` are done."""
     sampler: SamplerChoice = SamplerChoice.NSGA2
     population: int | None = None
     seed: int = 0
@@ -165,6 +170,9 @@ class SearchConfig:
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (2 if key == "population" else 1)):
                 raise SqueezeError(f"{key}={v!r} must be an integer >= {2 if key == 'population' else 1}")
+        tb = self.time_budget
+        if tb is not None and (isinstance(tb, bool) or not isinstance(tb, (int, float)) or not math.isfinite(tb) or tb <= 0):
+            raise SqueezeError(f"time_budget={tb!r}: expected minutes > 0 (or null for no limit)")
         if self.population is None:
             object.__setattr__(self, "population", min(50, max(4, self.trials // 4)))
         ws = self.warm_start
@@ -199,7 +207,7 @@ class SearchConfig:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise SqueezeError(f"unknown key {unknown[0]!r} in search config: expected one of {known}")
-        kw = {k: v for k, v in data.items() if v is not None or k in ("data_dir", "dense", "tracking_uri", "study_storage", "ray_address", "fidelity")}
+        kw = {k: v for k, v in data.items() if v is not None or k in ("data_dir", "dense", "tracking_uri", "study_storage", "ray_address", "fidelity", "time_budget")}
         if "warm_start" in kw and kw["warm_start"] is None:
             kw["warm_start"] = ()
         if "sampler" in kw:

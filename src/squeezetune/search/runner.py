@@ -61,6 +61,8 @@ class SearchOutcome:
     nodes: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
     """The distinct error messages of the failed trials, first seen first."""
+    out_of_time: bool = False
+    """The time budget ended the search before ``trials`` were done (it counts as finished)."""
 
 
 def default_study_storage(uri: str) -> str:
@@ -209,6 +211,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
         f = config.fidelity
         plan = f"MO-ASHA compares trials at {', '.join(map(str, f.rungs)) or 'no rung'} of {f.epochs} fine-tune epochs" if f.early_stopping and f.rungs else f"every trial fine-tunes {f.epochs} epochs"
         progress(f"fidelity: {plan} (+{f.centroid_epochs} centroid epochs for trials that reach the end)")
+    if config.time_budget is not None:
+        progress(f"time budget: no trial starts later than {config.time_budget:g} min after the search began; those running then finish")
     try:
         if parent is None:
             _refuse_existing_study(storage, config.name)
@@ -308,6 +312,7 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
         constraints=constraints,
         objectives=objective_metrics(config.objectives),
         full_epochs=fidelity.epochs if fidelity else None,
+        deadline=started + 60 * config.time_budget if config.time_budget is not None else None,
     )
     study = searcher.study
     if not resume:
@@ -327,7 +332,9 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
         if remaining > 0:
             _run_tuner(config, searcher, base, remaining, uri, local=local, status=status)
         n = counts(study)
-        finished = n["complete"] + n["stopped"] + n["failed"] >= config.trials
+        finished = searcher.out_of_time or n["complete"] + n["stopped"] + n["failed"] >= config.trials
+        if searcher.out_of_time:
+            progress(f"time budget of {config.time_budget:g} min spent: no trial started after it, {n['complete'] + n['stopped'] + n['failed']} of {config.trials} trials done")
     finally:
         status.close()
         n = counts(study)
@@ -357,6 +364,7 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
         study_storage=storage,
         nodes=nodes,
         errors=errors,
+        out_of_time=searcher.out_of_time,
     )
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from squeezetune.compression.report import OUTCOME
@@ -139,7 +140,8 @@ class TrackedOptunaSearch(OptunaSearch):
     ``new_run(trial_number) -> run_id`` creates a child run on the driver; ``reuse_run(run_id,
     trial_number)`` is called when a retried trial takes over its first attempt's run.
     ``objectives`` are ``(result key, mode)`` pairs (:func:`objective_metrics`); ``full_epochs`` the
-    fidelity a complete trial reaches.
+    fidelity a complete trial reaches. Past ``deadline`` (a :func:`time.perf_counter` value) no trial
+    is suggested: Tune lets the running ones finish and ends the search.
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class TrackedOptunaSearch(OptunaSearch):
         constraints: OutcomeConstraints | None = None,
         objectives: list[tuple[str, str]] | None = None,
         full_epochs: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         objectives = objectives or objective_metrics(("accuracy", "bytes"))
         rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 30}} if storage.startswith("sqlite") else None)
@@ -166,12 +169,18 @@ class TrackedOptunaSearch(OptunaSearch):
         self._on_told = on_told
         self._constraints = constraints
         self._suggested_at: dict[str, float] = {}
+        self._deadline = deadline
+        self.out_of_time = False
+        """Whether the time budget ended the search (no trial was suggested after ``deadline``)."""
 
     @property
     def study(self) -> optuna.Study:
         return _adapters.searcher_study(self)
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self._deadline is not None and time.perf_counter() >= self._deadline:
+            self.out_of_time = True
+            return Searcher.FINISHED  # Tune starts no more trials; the running ones finish
         config = super().suggest(trial_id)
         ot_trial = _adapters.live_trial(self, trial_id)
         run_id = ot_trial.user_attrs.get(RUN_ATTR)
