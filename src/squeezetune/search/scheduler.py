@@ -9,6 +9,14 @@ rule); infeasible trials after them, by how far they miss their constraints
 other stops there. No weighted sum of objectives is formed. Decisions are asynchronous, as in
 ASHA: no trial waits for a rung to fill, and the first trials at a rung always go on.
 
+An accuracy limit (``max_drop``) is the limit of the *finished* model, and a trial at a rung is
+still recovering: judged by it as is, a heavily pruned trial at 18 of 40 epochs ranks behind every
+larger one that already meets the limit, and the search only ever finishes large models. So at each
+rung the limit is checked against the rung's accuracy plus the *recovery seen so far* from that
+rung: the median, over the trials that finished, of final minus rung accuracy (never below zero;
+zero until a trial has finished, so the first decisions are today's strict ones). Warm starts,
+which are never stopped, finish first and give the first measurement.
+
 A warm-start trial (a built-in or user recipe projected into the space, marked ``_warm_start`` in
 its config) is ranked at each rung like any other, so later trials are compared against it, but it
 is never stopped: the front a search ends with is never worse than the recipes it started from.
@@ -20,6 +28,7 @@ is never stopped: the front a search ends with is never worse than the recipes i
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
@@ -46,7 +55,9 @@ class MOASHA(FIFOScheduler):
 
     ``violation(result)`` gives a result's total constraint violation (``<= 0``: feasible).
     ``time_attr`` names the fidelity in each result; a result with ``final`` set is the trial's
-    complete outcome and is never stopped.
+    complete outcome and is never stopped. ``recovery_key`` names the accuracy that rises with
+    fine-tuning (default: the first maximised objective), to which a rung's observed recovery is
+    added before ``violation`` is checked (see the module doc).
     """
 
     def __init__(
@@ -58,6 +69,7 @@ class MOASHA(FIFOScheduler):
         eta: int = 3,
         time_attr: str = "epoch",
         violation: Callable[[Mapping[str, Any]], float] | None = None,
+        recovery_key: str | None = None,
     ) -> None:
         super().__init__()
         if eta < 2 or min_t < 1 or max_t < min_t:
@@ -67,7 +79,10 @@ class MOASHA(FIFOScheduler):
         self.eta = eta
         self.milestones = rungs(min_t=min_t, max_t=max_t, eta=eta)
         self._violation = violation or (lambda result: 0.0)
-        self._recorded: dict[int, dict[str, tuple[tuple[float, ...], float]]] = {m: {} for m in self.milestones}
+        self.recovery_key = recovery_key or next((m for m, mode in self.objectives if mode == "max"), None)
+        self._recorded: dict[int, dict[str, tuple[tuple[float, ...], dict[str, Any]]]] = {m: {} for m in self.milestones}
+        self._at_rung: dict[str, dict[int, float]] = {}
+        self._gains: dict[int, list[float]] = {m: [] for m in self.milestones}
         self.stopped: dict[str, int] = {}
         """Trials this scheduler stopped, and the rung where it stopped them."""
 
@@ -85,8 +100,11 @@ class MOASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         t = result.get(self.time_attr)
+        if result.get("final"):
+            self._finished(trial.trial_id, result)
+            return TrialScheduler.CONTINUE
         vector = self._vector(result)
-        if result.get("final") or t is None or vector is None:
+        if t is None or vector is None:
             return TrialScheduler.CONTINUE
         for milestone in reversed(self.milestones):
             if t < milestone:
@@ -94,7 +112,10 @@ class MOASHA(FIFOScheduler):
             recorded = self._recorded[milestone]
             if trial.trial_id in recorded:
                 return TrialScheduler.CONTINUE
-            recorded[trial.trial_id] = (vector, float(self._violation(result)))
+            recorded[trial.trial_id] = (vector, dict(result))
+            accuracy = _number(result.get(self.recovery_key)) if self.recovery_key else None
+            if accuracy is not None:
+                self._at_rung.setdefault(trial.trial_id, {})[milestone] = accuracy
             if _warm_start(trial) or self.promotable(milestone, trial.trial_id):
                 return TrialScheduler.CONTINUE
             self.stopped[trial.trial_id] = milestone
@@ -105,9 +126,29 @@ class MOASHA(FIFOScheduler):
         """Whether ``trial_id`` is among the best ``ceil(n / eta)`` of the ``n`` trials at ``milestone``."""
         recorded = self._recorded[milestone]
         ids = list(recorded)
-        order = priority([recorded[i][0] for i in ids], [recorded[i][1] for i in ids])
+        order = priority([recorded[i][0] for i in ids], [self.violation_at(milestone, recorded[i][1]) for i in ids])
         keep = math.ceil(len(ids) / self.eta)
         return ids.index(trial_id) in order[:keep]
+
+    def recovery(self, milestone: int) -> float:
+        """The accuracy a trial has gained so far, typically, between ``milestone`` and its final
+        outcome: the median over the finished trials that reported there (0 before any did)."""
+        gains = self._gains[milestone]
+        return max(0.0, statistics.median(gains)) if gains else 0.0
+
+    def violation_at(self, milestone: int, result: Mapping[str, Any]) -> float:
+        """``result``'s constraint violation, its accuracy raised by the recovery seen from ``milestone``."""
+        gain = self.recovery(milestone)
+        accuracy = _number(result.get(self.recovery_key)) if self.recovery_key else None
+        if gain > 0 and accuracy is not None:
+            result = {**result, self.recovery_key: accuracy + gain}
+        return float(self._violation(result))
+
+    def _finished(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        final = _number(result.get(self.recovery_key)) if self.recovery_key else None
+        for milestone, accuracy in self._at_rung.pop(trial_id, {}).items():
+            if final is not None:
+                self._gains[milestone].append(final - accuracy)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         pass
@@ -118,3 +159,7 @@ class MOASHA(FIFOScheduler):
     def debug_string(self) -> str:
         counts = ", ".join(f"{m} epochs: {len(r)} reached" for m, r in self._recorded.items())
         return f"MO-ASHA ({len(self.stopped)} stopped; {counts})"
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
