@@ -13,9 +13,12 @@ An accuracy limit (``max_drop``) is the limit of the *finished* model, and a tri
 still recovering: judged by it as is, a heavily pruned trial at 18 of 40 epochs ranks behind every
 larger one that already meets the limit, and the search only ever finishes large models. So at each
 rung the limit is checked against the rung's accuracy plus the *recovery seen so far* from that
-rung: the median, over the trials that finished, of final minus rung accuracy (never below zero;
-zero until a trial has finished, so the first decisions are today's strict ones). Warm starts,
-which are never stopped, finish first and give the first measurement.
+rung: the largest gain, final minus rung accuracy, of any trial that finished (never below zero;
+zero until a trial has finished, so the first decisions are strict ones). The largest, not a
+typical gain: most trials that finish are mildly pruned and gain nothing after the first rung
+(their median gain is about 0), while a heavily pruned one gains a point or more, and it is those
+the allowance is for; like ASHA, the rule is optimistic about a trial that could still make it.
+Warm starts, which are never stopped, finish first and give the first measurements.
 
 A warm-start trial (a built-in or user recipe projected into the space, marked ``_warm_start`` in
 its config) is ranked at each rung like any other, so later trials are compared against it, but it
@@ -28,7 +31,6 @@ is never stopped: the front a search ends with is never worse than the recipes i
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
@@ -131,10 +133,9 @@ class MOASHA(FIFOScheduler):
         return ids.index(trial_id) in order[:keep]
 
     def recovery(self, milestone: int) -> float:
-        """The accuracy a trial has gained so far, typically, between ``milestone`` and its final
-        outcome: the median over the finished trials that reported there (0 before any did)."""
-        gains = self._gains[milestone]
-        return max(0.0, statistics.median(gains)) if gains else 0.0
+        """The most accuracy a finished trial gained between ``milestone`` and its final outcome
+        (0 before any trial that reported there finished)."""
+        return max([0.0, *self._gains[milestone]])
 
     def violation_at(self, milestone: int, result: Mapping[str, Any]) -> float:
         """``result``'s constraint violation, its accuracy raised by the recovery seen from ``milestone``."""
