@@ -61,7 +61,19 @@ REF = {"lenet300-mnist": (0.90, 60_000), "lenet5-mnist": (0.90, 100_000)}
 """Hypervolume reference point per net: (evaluation accuracy, container bytes)."""
 
 
-def run_search(task: str, data_dir: str, seed: int, workdir: Path, *, sampler: str | None, full_budget: bool, budget_s: float, trials: int = TRIALS, time_budget: float | None = None) -> dict:
+def run_search(
+    task: str,
+    data_dir: str,
+    seed: int,
+    workdir: Path,
+    *,
+    sampler: str | None,
+    full_budget: bool,
+    budget_s: float,
+    trials: int = TRIALS,
+    time_budget: float | None = None,
+    extra: dict | None = None,
+) -> dict:
     """One search as the CLI runs it; cut at ``budget_s`` seconds (Ctrl-C semantics) and scored."""
     import optuna
 
@@ -81,8 +93,9 @@ def run_search(task: str, data_dir: str, seed: int, workdir: Path, *, sampler: s
     }
     if sampler:
         data["sampler"] = sampler
+    data.update(extra or {})
     if full_budget:
-        data["fidelity"] = {"early_stopping": False}
+        data["fidelity"] = {**data.get("fidelity", {}), "early_stopping": False}
     config = SearchConfig.from_dict(data)
     started = time.time()
     timer = threading.Timer(budget_s, lambda: os.kill(os.getpid(), 2))  # SIGINT: the search stops as on Ctrl-C
@@ -120,6 +133,7 @@ def run_search(task: str, data_dir: str, seed: int, workdir: Path, *, sampler: s
         "trials": trials,
         "time_budget": time_budget,
         "sampler": config.sampler.value,
+        "extra": extra,
     }
 
 
@@ -196,6 +210,7 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=30.0)
     parser.add_argument("--trials", type=int, default=TRIALS, help="the searches' --trials")
     parser.add_argument("--time-budget", type=float, default=None, help="the searches' --time-budget (minutes; below --budget-minutes, so the last trials finish)")
+    parser.add_argument("--search-config", default=None, help="YAML of search config keys (space, fidelity, ...) every search also gets")
     parser.add_argument("--full-budget", action="store_true", help="also run the default sampler with every trial on the full schedule (seed 0)")
     parser.add_argument("--no-random", action="store_true")
     parser.add_argument("--workdir", default=None)
@@ -204,6 +219,11 @@ def main() -> None:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-search-"))
     results_path = Path(args.results) if args.results else root / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    extra = None
+    if args.search_config:
+        import yaml
+
+        extra = yaml.safe_load(Path(args.search_config).read_text())
 
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1))
@@ -225,10 +245,24 @@ def main() -> None:
                 continue
             print(f"{task}: {key}", flush=True)
             r[key] = run_search(
-                task, args.data_dir, seed, root / task / label / str(seed), sampler=sampler, full_budget=full, budget_s=60 * args.budget_minutes, trials=args.trials, time_budget=args.time_budget
+                task,
+                args.data_dir,
+                seed,
+                root / task / label / str(seed),
+                sampler=sampler,
+                full_budget=full,
+                budget_s=60 * args.budget_minutes,
+                trials=args.trials,
+                time_budget=args.time_budget,
+                extra=extra,
             )
             save()
     write(results, args)
+
+
+def sampler_of(method: str, run: dict) -> str:
+    """`` (tpe)`` after the default search's label: the sampler it ran with, when recorded."""
+    return f" ({run['sampler']})" if method == "default" and run.get("sampler") else ""
 
 
 def write(results: dict, args) -> None:
@@ -265,7 +299,8 @@ def write(results: dict, args) -> None:
                 ]
             )
         seeds = sorted({k.split("/")[1] for k in r if "/" in k})
-        for method in ("default", "random", "full-budget"):
+        methods = list(dict.fromkeys(k.split("/")[0] for k in r if "/" in k))
+        for method in sorted(methods, key=lambda m: (m != "default", m == "full-budget", m)):
             for seed in seeds:
                 run = r.get(f"{method}/{seed}")
                 if run is None:
@@ -276,7 +311,7 @@ def write(results: dict, args) -> None:
                 states = ", ".join(f"{v} {k.lower()}" for k, v in run["states"].items() if v)
                 rows.append(
                     [
-                        f"search {method}, seed {seed}{' (cut at the budget)' if run['cut'] else ''}",
+                        f"search {method}{sampler_of(method, run)}, seed {seed}{' (cut at the budget)' if run['cut'] else ''}",
                         f"{best:.1f}x" if best else "none",
                         exported(run["points"], run["dense_val"], dense_acc, dense_bytes),
                         states,
