@@ -8,7 +8,7 @@ from squeezetune.search.config import SearchConfig
 
 def test_defaults_need_no_config():
     c = SearchConfig()
-    assert c.task == "lenet300-digits" and c.sampler.value == "nsga2" and c.trials >= 1 and c.population >= 2
+    assert c.task == "lenet300-digits" and c.sampler.value == "tpe" and c.trials >= 1 and c.population >= 2
 
 
 def test_round_trip_through_dict(tmp_path):

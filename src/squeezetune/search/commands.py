@@ -37,7 +37,7 @@ def search_cmd(
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Minutes after which no trial starts (those running finish); the search ends then even short of --trials."),
     tracking_uri: Optional[str] = TrackingOpt,
     name: Optional[str] = typer.Option(None, "--name", "-n", help="The search's name (default: search-<date>-<time>)."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2, tpe, gp or random."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default), nsga2, gp or random."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the sampler and of every trial's pipeline (default 0)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted search NAME to its requested trials (or to --trials)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: auto, host:port or ray://host:port; local forces a local Ray (default: $RAY_ADDRESS, else local)."),

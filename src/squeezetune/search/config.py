@@ -9,7 +9,7 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     trials: 24
     time_budget: null              # minutes: no trial starts later than this after the search began
                                    #   (those running finish); null: run until `trials` are done
-    sampler: nsga2                 # nsga2 | tpe | gp | random
+    sampler: tpe                   # tpe | nsga2 | gp | random
     population: null               # NSGA-II population / TPE and GP start-up trials (default: trials // 4, 4..50)
     seed: 0
     tracking_uri: null             # default: sqlite:///<cwd>/mlflow.db ; or http://host:5000
@@ -142,7 +142,7 @@ class SearchConfig:
     time_budget: float | None = None
     """Minutes after the search began (this session, for a resumed one) past which no trial starts;
     the trials running then finish. ``None``: the search runs until ``trials`` are done."""
-    sampler: SamplerChoice = SamplerChoice.NSGA2
+    sampler: SamplerChoice = SamplerChoice.TPE
     population: int | None = None
     seed: int = 0
     tracking_uri: str | None = None

@@ -12,9 +12,12 @@
   - a rung result but no final one (MO-ASHA stopped it early): PRUNED, never COMPLETE with
     partial values. Its last rung's figures stay as user attributes (``rung_*``), and it carries
     the constraint ``fidelity = 1 - epochs reached / full epochs`` (above 0: infeasible). That is
-    how a stopped trial feeds the sampler: TPE counts it among the infeasible trials, i.e. in the
-    group of configurations to move away from, the ones stopped earliest the furthest; NSGA-II and
-    GP draw their parents and model from the completed trials only, which MO-ASHA has chosen;
+    how a stopped trial feeds the sampler. TPE (the default) models the best tenth of the trials
+    against the rest: completed trials that meet the constraints come first, then the others by
+    total violation, so while few trials have completed, those stopped at a late rung close to the
+    limits stand for the good region, and those stopped at the first rung, or far off, for the bad
+    one. NSGA-II and GP draw their parents and model from completed trials only (NSGA-II needs a
+    whole population of them before it breeds, which MO-ASHA's stopping delays for long);
   - no result at all (Ctrl-C, never started): re-queued with the same parameters and run;
 
 * the outcome is stored as Optuna user attributes, and the constraint violations it implies are
