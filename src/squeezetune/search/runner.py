@@ -209,8 +209,12 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     owns_ray = connect_ray(config, progress)
     if config.fidelity is not None:
         f = config.fidelity
-        plan = f"MO-ASHA compares trials at {', '.join(map(str, f.rungs)) or 'no rung'} of {f.epochs} fine-tune epochs" if f.early_stopping and f.rungs else f"every trial fine-tunes {f.epochs} epochs"
-        progress(f"fidelity: {plan} (+{f.centroid_epochs} centroid epochs for trials that reach the end)")
+        if "finetune" not in space.stages:  # rungs are the finetune stage's epochs
+            progress("fidelity: the space has no finetune stage, so trials report no rung and each runs its stages' own schedule in full")
+        else:
+            rungs = ", ".join(map(str, f.rungs)) or "no rung"
+            plan = f"MO-ASHA compares trials at {rungs} of {f.epochs} fine-tune epochs" if f.early_stopping and f.rungs else f"every trial fine-tunes {f.epochs} epochs"
+            progress(f"fidelity: {plan} (+{f.centroid_epochs} centroid epochs for trials that reach the end)")
     if config.time_budget is not None:
         progress(f"time budget: no trial starts later than {config.time_budget:g} min after the search began; those running then finish")
     try:
