@@ -95,7 +95,7 @@ def run_search(
         data["sampler"] = sampler
     data.update(extra or {})
     if full_budget:
-        data["fidelity"] = {**data.get("fidelity", {}), "early_stopping": False}
+        data["fidelity"] = {**(data.get("fidelity") or {}), "early_stopping": False}
     config = SearchConfig.from_dict(data)
     started = time.time()
     timer = threading.Timer(budget_s, lambda: os.kill(os.getpid(), 2))  # SIGINT: the search stops as on Ctrl-C

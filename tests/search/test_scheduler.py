@@ -64,8 +64,9 @@ def test_at_a_rung_the_accuracy_limit_allows_the_recovery_seen_from_there():
     assert _decide(s, "small", 1, 0.95, 1000) == "STOP"  # infeasible as it stands, behind the feasible big one
     # three trials finish, having gained 0.0, 0.03 and 0.04 since their first rung: allowance 0.04
     for tid, at_rung, final, size in (("r0", 0.97, 0.97, 20000), ("r1", 0.90, 0.93, 500), ("r2", 0.92, 0.96, 500)):
-        assert _decide(s, tid, 1, at_rung, size) in ("CONTINUE", "STOP")
-        _decide(s, tid, 9, final, size, final=True)
+        warm = SimpleNamespace(trial_id=tid, config={"_warm_start": True})  # never stopped: they reach their final outcome
+        assert s.on_trial_result(None, warm, {"epoch": 1, "val_accuracy": at_rung, "bytes": size}) == "CONTINUE"
+        assert s.on_trial_result(None, warm, {"epoch": 9, "val_accuracy": final, "bytes": size, "final": True}) == "CONTINUE"
     assert s.recovery(1) == pytest.approx(0.04)
     assert s.violation_at(1, {"val_accuracy": 0.95}) < 0 < s.violation_at(1, {"val_accuracy": 0.92})
     assert _decide(s, "small2", 1, 0.955, 1000) == "CONTINUE"  # 0.955 + 0.04 meets the limit: on the feasible front with big

@@ -95,7 +95,8 @@ def search_cmd(
     if not outcome.finished:
         typer.echo(f"\nthe search stopped before all trials finished; continue it with: squeezetune search --resume {outcome.name}")
     elif outcome.out_of_time:
-        typer.echo(f"\nthe time budget ended the search after {sum(n.values())} of {outcome.trials} trials; run more with: squeezetune search --resume {outcome.name} --time-budget MINUTES")
+        done = n["complete"] + n["stopped"] + n["failed"]
+        typer.echo(f"\nthe time budget ended the search after {done} of {outcome.trials} trials; run more with: squeezetune search --resume {outcome.name} --time-budget MINUTES")
     typer.echo(f"\nMLflow: parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
     typer.echo(ui_command(outcome.tracking_uri, outcome.experiment_id))
     if not outcome.finished:

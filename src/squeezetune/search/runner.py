@@ -336,9 +336,13 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
         if remaining > 0:
             _run_tuner(config, searcher, base, remaining, uri, local=local, status=status)
         n = counts(study)
-        finished = searcher.out_of_time or n["complete"] + n["stopped"] + n["failed"] >= config.trials
-        if searcher.out_of_time:
-            progress(f"time budget of {config.time_budget:g} min spent: no trial started after it, {n['complete'] + n['stopped'] + n['failed']} of {config.trials} trials done")
+        done = n["complete"] + n["stopped"] + n["failed"]
+        # a budget that ran out counts as finished, unless trials were cut short (Ctrl-C after it)
+        finished = (searcher.out_of_time and not searcher.interrupted) or done >= config.trials
+        if searcher.out_of_time and done == 0:
+            progress(f"time budget of {config.time_budget:g} min was spent before the first trial could start (dense baseline, Ray start-up): expected a longer --time-budget")
+        elif searcher.out_of_time:
+            progress(f"time budget of {config.time_budget:g} min spent: no trial started after it, {done} of {config.trials} trials done")
     finally:
         status.close()
         n = counts(study)

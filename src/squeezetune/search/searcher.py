@@ -174,6 +174,8 @@ class TrackedOptunaSearch(OptunaSearch):
         self._suggested_at: dict[str, float] = {}
         self._deadline = deadline
         self.out_of_time = False
+        self.interrupted = 0
+        """Trials of this session that ended without a result (Ctrl-C) and were queued again."""
         """Whether the time budget ended the search (no trial was suggested after ``deadline``)."""
 
     @property
@@ -254,6 +256,7 @@ class TrackedOptunaSearch(OptunaSearch):
         after ``--resume`` -- runs it into that run.
         """
         requeues = int(ot_trial.user_attrs.get(REQUEUES_ATTR, 0))
+        self.interrupted += 1
         if requeues >= MAX_REQUEUES:  # it keeps ending without a result: a real failure, not an interruption
             ot_trial.set_user_attr(ERROR_ATTR, f"the trial ended without reporting a result {requeues + 1} times")
         else:
