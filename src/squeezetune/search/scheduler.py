@@ -83,8 +83,7 @@ class MOASHA(FIFOScheduler):
         self._violation = violation or (lambda result: 0.0)
         self.recovery_key = recovery_key or next((m for m, mode in self.objectives if mode == "max"), None)
         self._recorded: dict[int, dict[str, tuple[tuple[float, ...], dict[str, Any]]]] = {m: {} for m in self.milestones}
-        self._at_rung: dict[str, dict[int, float]] = {}
-        self._gains: dict[int, list[float]] = {m: [] for m in self.milestones}
+        self._recovery: dict[int, float] = dict.fromkeys(self.milestones, 0.0)
         self.stopped: dict[str, int] = {}
         """Trials this scheduler stopped, and the rung where it stopped them."""
 
@@ -115,9 +114,6 @@ class MOASHA(FIFOScheduler):
             if trial.trial_id in recorded:
                 return TrialScheduler.CONTINUE
             recorded[trial.trial_id] = (vector, dict(result))
-            accuracy = _number(result.get(self.recovery_key)) if self.recovery_key else None
-            if accuracy is not None:
-                self._at_rung.setdefault(trial.trial_id, {})[milestone] = accuracy
             if _warm_start(trial) or self.promotable(milestone, trial.trial_id):
                 return TrialScheduler.CONTINUE
             self.stopped[trial.trial_id] = milestone
@@ -135,21 +131,29 @@ class MOASHA(FIFOScheduler):
     def recovery(self, milestone: int) -> float:
         """The most accuracy a finished trial gained between ``milestone`` and its final outcome
         (0 before any trial that reported there finished)."""
-        return max([0.0, *self._gains[milestone]])
+        return self._recovery[milestone]
 
     def violation_at(self, milestone: int, result: Mapping[str, Any]) -> float:
         """``result``'s constraint violation, its accuracy raised by the recovery seen from ``milestone``."""
         gain = self.recovery(milestone)
-        accuracy = _number(result.get(self.recovery_key)) if self.recovery_key else None
+        accuracy = self._accuracy(result)
         if gain > 0 and accuracy is not None:
             result = {**result, self.recovery_key: accuracy + gain}
         return float(self._violation(result))
 
+    def _accuracy(self, result: Mapping[str, Any]) -> float | None:
+        v = result.get(self.recovery_key) if self.recovery_key else None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
     def _finished(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        final = _number(result.get(self.recovery_key)) if self.recovery_key else None
-        for milestone, accuracy in self._at_rung.pop(trial_id, {}).items():
-            if final is not None:
-                self._gains[milestone].append(final - accuracy)
+        """Raise each rung's recovery to what this trial gained from it (its rung record is kept)."""
+        final = self._accuracy(result)
+        if final is None:
+            return
+        for milestone, recorded in self._recorded.items():
+            at_rung = self._accuracy(recorded[trial_id][1]) if trial_id in recorded else None
+            if at_rung is not None:
+                self._recovery[milestone] = max(self._recovery[milestone], final - at_rung)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         pass
@@ -160,7 +164,3 @@ class MOASHA(FIFOScheduler):
     def debug_string(self) -> str:
         counts = ", ".join(f"{m} epochs: {len(r)} reached" for m, r in self._recorded.items())
         return f"MO-ASHA ({len(self.stopped)} stopped; {counts})"
-
-
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
