@@ -137,8 +137,12 @@ def run_search(
     }
 
 
-def hand_runs(task: str, data_dir: str, workdir: Path) -> dict:
-    """Every hand and built-in recipe, full schedule, on the search's own dense baseline and split."""
+RECIPES = ("hand", "deep-compression", "max-compression")
+"""The recipes run beside the searches: the hand recipe, and the built-in ones that aim at bytes, not MACs."""
+
+
+def hand_runs(task: str, data_dir: str, workdir: Path, names: tuple[str, ...] = RECIPES) -> dict:
+    """The hand and built-in recipes ``names``, full schedule, on the search's own dense baseline and split."""
     from squeezetune.compression import BUILTIN_RECIPES, Recipe, compress, dense_model, load_recipe
     from squeezetune.tasks import get_task, hold_out
 
@@ -147,10 +151,7 @@ def hand_runs(task: str, data_dir: str, workdir: Path) -> dict:
     train, held = t.load_data(Path(data_dir))
     fit, val = hold_out(train)
     dense = dense_model(t, (fit, held), seed=0)
-    recipes = {"hand": Recipe.from_dict(HAND[task])}
-    for name in BUILTIN_RECIPES:
-        if name in ("deep-compression", "max-compression"):  # the recipes that aim at bytes, not MACs
-            recipes[name] = load_recipe(name, t.model, t.build_model())
+    recipes = {name: Recipe.from_dict(HAND[task]) if name == "hand" else load_recipe(name, t.model, t.build_model()) for name in names if name == "hand" or name in BUILTIN_RECIPES}
     out = {}
     for label, recipe in recipes.items():
         t0 = time.time()
@@ -213,6 +214,7 @@ def main() -> None:
     parser.add_argument("--search-config", default=None, help="YAML of search config keys (space, fidelity, ...) every search also gets")
     parser.add_argument("--full-budget", action="store_true", help="also run the default sampler with every trial on the full schedule (seed 0)")
     parser.add_argument("--no-random", action="store_true")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="the recipes run beside the searches (hand is always run: the table reads its dense baseline)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--results", default=None, help="JSON file that keeps every finished run, so a rerun continues")
     args = parser.parse_args()
@@ -232,7 +234,7 @@ def main() -> None:
         r = results.setdefault(task, {})
         if "hand" not in r:
             print(f"{task}: hand and built-in recipes", flush=True)
-            r["hand"] = hand_runs(task, args.data_dir, root / task / "recipes")
+            r["hand"] = hand_runs(task, args.data_dir, root / task / "recipes", tuple(dict.fromkeys(["hand", *args.recipes])))
             save()
         runs = [("default", None, False, s) for s in args.seeds]
         if not args.no_random:

@@ -95,3 +95,36 @@ def test_the_fidelity_sets_fine_tune_epochs_however_the_stage_is_turned_on(setti
     config = SearchConfig.from_dict({"task": "lenet300-digits", "space": {"finetune": setting, "finetune_centroids": setting}})
     space = space_config(config)
     assert space["finetune"]["epochs"] == config.fidelity.epochs and space["finetune_centroids"]["epochs"] == config.fidelity.centroid_epochs
+
+
+def test_with_no_space_a_search_gets_max_compressions_stages_and_its_recipe_as_warm_start():
+    from squeezetune.search.config import DEFAULT_SPACE
+    from squeezetune.search.runner import fidelity_stage, space_config, warm_start_params
+    from squeezetune.spaces import derive_space
+    from squeezetune.tasks import get_task
+
+    for data in ({}, {"space": None}):
+        assert SearchConfig.from_dict(data).space == DEFAULT_SPACE
+    assert SearchConfig.from_dict({"space": {}}).space == {}  # the one-shot space, as derive_space's defaults
+    config = SearchConfig.from_dict({"task": "lenet5-mnist"})
+    assert fidelity_stage(config.space) == "gradual_prune"
+    space = derive_space(get_task("lenet5-mnist").build_model(), space_config(config), sensitivity={})
+    assert space.stages == ("gradual_prune", "neurons", "finetune_recover", "share", "finetune_centroids")
+    [params] = warm_start_params(space, get_task("lenet5-mnist"), ("auto",))  # max-compression only: the space has no prune stage
+    recipe = space.recipe({**space.corner(), **params}, name="warm").to_dict()
+    stages = {next(iter(s)) if "label" not in s else s["label"]: s for s in recipe["stages"]}
+    gradual = stages["gradual_prune"]["gradual_prune"]
+    assert {n: v["keep_fraction"] for n, v in gradual["layers"].items()} == {"conv1": 0.5, "conv2": 0.04, "fc1": 0.004, "fc2": 0.08}  # max-compression's own
+    assert gradual["finetune"]["epochs"] == config.fidelity.epochs and gradual["finetune"]["group_lasso"] == 1e-5 and gradual["ramp"] == 0.8
+
+
+def test_the_fidelity_sets_gradual_prunings_epochs_in_a_space_without_finetune():
+    from squeezetune.search.runner import fidelity_stage, space_config
+
+    space = {"finetune": False, "gradual_prune": {"default": {"keep_fraction": [0.01, 0.1]}}}
+    config = SearchConfig.from_dict({"space": space, "fidelity": {"epochs": 12}})
+    assert space_config(config)["gradual_prune"]["finetune"]["epochs"] == 12 and "finetune" not in config.space["gradual_prune"]
+    assert fidelity_stage({**space, "finetune": {}}) == "finetune" and fidelity_stage({"finetune": False}) is None
+    bad = SearchConfig.from_dict({"space": {**space, "gradual_prune": {**space["gradual_prune"], "finetune": {"epochs": 30}}}})
+    with pytest.raises(SqueezeError, match=r"space.gradual_prune.finetune.epochs is set by the fidelity.*fidelity.epochs"):
+        space_config(bad)

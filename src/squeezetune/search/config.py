@@ -23,14 +23,16 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     objectives: [accuracy, bytes]  # add latency_ms_b1 or latency_ms_b64 for a third (CPU; *_gpu on a GPU)
     validation: 0.125              # share of the training data held out: trials select on it
     fidelity:                      # multi-fidelity: MO-ASHA stops poor trials early; null: every
-      epochs: 40                   #   trial fine-tunes space.finetune.epochs (a knob) as set
+      epochs: 40                   #   trial trains the epochs its space sets (a knob). epochs: of
+                                   #   finetune, or of gradual_prune in a space without finetune
       centroid_epochs: 8
       min_epochs: 2                # the first rung; then x reduction_factor up to epochs
       reduction_factor: 3
       early_stopping: true         # false: every trial gets the full schedule
     warm_start: [auto]             # recipes run first, projected into the space: built-in names, YAML files,
                                    #   or auto (every built-in recipe whose stages the space searches); [] for none
-    space: {...}                   # see squeezetune.spaces.space
+    space: null                    # null: DEFAULT_SPACE (max-compression's stages, below); {...}: see
+                                   #   squeezetune.spaces.space ({} is the one-shot prune + finetune space)
 
 Relative paths in a config file (``data_dir``, ``dense``, ``warm_start`` YAML files, ``sqlite:///``
 URIs) are read against the file's folder, so a config runs the same from any working folder.
@@ -41,6 +43,7 @@ URIs) are read against the file's folder, so a config runs the same from any wor
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -93,8 +96,9 @@ search started on a cluster, on this machine)."""
 class Fidelity:
     """How long trials fine-tune, and where MO-ASHA compares them (see :mod:`squeezetune.search.scheduler`).
 
-    Every trial's ``finetune`` stage is set to ``epochs`` and its ``finetune_centroids`` stage to
-    ``centroid_epochs``. A trial reports at the rungs ``min_epochs * reduction_factor**k`` below
+    Every trial's fidelity stage (``finetune``, or in a space without it the training of
+    ``gradual_prune``; :func:`~squeezetune.search.runner.fidelity_stage`) is set to ``epochs`` and its
+    ``finetune_centroids`` stage to ``centroid_epochs``. A trial reports at the rungs ``min_epochs * reduction_factor**k`` below
     ``epochs``: the accuracy and bytes of its model as the file would hold it then. With
     ``early_stopping`` MO-ASHA stops the trials that rank poorly at a rung; the others go on to
     the full schedule.
@@ -119,11 +123,29 @@ class Fidelity:
 
     @property
     def rungs(self) -> tuple[int, ...]:
-        """The fine-tune epochs at which a trial reports before its final outcome."""
+        """The epochs of the fidelity stage at which a trial reports before its final outcome."""
         from squeezetune.search.scheduler import rungs
 
         return rungs(min_t=self.min_epochs, max_t=self.epochs, eta=self.reduction_factor)
 
+
+DEFAULT_SPACE: dict[str, Any] = {
+    "prune": False,
+    "finetune": False,
+    "gradual_prune": {"default": {"keep_fraction": [0.001, 0.6]}, "finetune": {"lr": [0.01, 0.02], "group_lasso": 1e-5}, "ramp": 0.8},
+    "neurons": True,
+    "finetune_recover": {"epochs": [6, 10], "lr": [0.005, 0.01]},
+    "share": {"default": {"bits": [1, 8]}, "init": "linear"},
+    "finetune_centroids": {"distill": True},
+}
+"""The space of a search whose config gives none: the stages of the ``max-compression`` recipe,
+whose settings it holds (so the auto warm start is that recipe, projected exactly). Each tensor's
+final kept fraction (0.1-60%, log-scaled) and shared bits (1-8) are knobs, with the learning rates
+and the recovery's length; gradual pruning prunes during the fidelity's epochs with a row/column
+group lasso, the neurons no kept weight uses are removed, a distilled fine-tune recovers, then
+k-means sharing and the centroid fine-tune. MO-ASHA's rungs fall inside gradual pruning, where a
+rung measures each trial pruned at once to its final targets. ``space: {}`` is the one-shot space
+instead (``prune`` + ``finetune``; :func:`~squeezetune.spaces.space.derive_space`'s defaults)."""
 
 OBJECTIVES = ("accuracy", "bytes", "latency_ms_b1", "latency_ms_b64", "latency_ms_b1_gpu", "latency_ms_b64_gpu")
 
@@ -157,7 +179,8 @@ class SearchConfig:
     validation: float = 0.125
     fidelity: Fidelity | None = field(default_factory=Fidelity)
     warm_start: tuple[str, ...] = ("auto",)
-    space: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
+    """The knobs (see :mod:`squeezetune.spaces.space`); absent or null: :data:`DEFAULT_SPACE`."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -245,7 +268,7 @@ class SearchConfig:
         if isinstance(kw.get("warm_start"), (list, tuple)):
             kw["warm_start"] = tuple(_file_against(w, folder) for w in kw["warm_start"])
         if "space" in kw and kw["space"] is None:
-            kw["space"] = {}
+            del kw["space"]
         return cls(**kw)
 
     @classmethod

@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
@@ -209,11 +209,13 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     owns_ray = connect_ray(config, progress)
     if config.fidelity is not None:
         f = config.fidelity
-        if "finetune" not in space.stages:  # rungs are the finetune stage's epochs
-            progress("fidelity: the space has no finetune stage, so trials report no rung and each runs its stages' own schedule in full")
+        stage = fidelity_stage(config.space)
+        if stage is None:
+            progress("fidelity: the space has neither finetune nor gradual_prune, so trials report no rung and each runs its stages' own schedule in full")
         else:
             rungs = ", ".join(map(str, f.rungs)) or "no rung"
-            plan = f"MO-ASHA compares trials at {rungs} of {f.epochs} fine-tune epochs" if f.early_stopping and f.rungs else f"every trial fine-tunes {f.epochs} epochs"
+            what = "fine-tune epochs" if stage == "finetune" else "gradual pruning's epochs (each rung measures the model pruned to its final targets)"
+            plan = f"MO-ASHA compares trials at {rungs} of {f.epochs} {what}" if f.early_stopping and f.rungs else f"every trial trains {f.epochs} epochs in {stage}"
             progress(f"fidelity: {plan} (+{f.centroid_epochs} centroid epochs for trials that reach the end)")
     if config.time_budget is not None:
         progress(f"time budget: no trial starts later than {config.time_budget:g} min after the search began; those running then finish")
@@ -502,6 +504,7 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
             threads=max(1, int(config.resources.cpus)),
             task_path=str(Path.cwd()),
             rungs=fidelity.rungs if fidelity else (),
+            rung_stage=fidelity_stage(config.space) or "",
             full_epochs=fidelity.epochs if fidelity else 0,
             latency=needs_latency(config),
             sensitivity=base.space.sensitivity,
@@ -541,29 +544,46 @@ def _single_node() -> bool:
     return len([n for n in ray.nodes() if n.get("Alive")]) <= 1
 
 
+def fidelity_stage(space: Mapping[str, Any]) -> str | None:
+    """The stage whose epochs are the fidelity: ``finetune`` unless the space turns it off, else a
+    ``gradual_prune`` it names (rungs then fall inside the pruning schedule); ``None``: neither."""
+    if space.get("finetune", True) is not False:
+        return "finetune"
+    if space.get("gradual_prune", False) is not False:
+        return "gradual_prune"
+    return None
+
+
 def space_config(config: SearchConfig) -> dict[str, Any]:
     """The space a search samples from: the user's, with fine-tune lengths set by the fidelity.
 
-    Under multi-fidelity the ``finetune`` stage always runs ``fidelity.epochs`` (MO-ASHA cuts
-    trials short, not the sampler) and ``finetune_centroids`` ``fidelity.centroid_epochs``; a space
-    that also names those epochs is a one-line error.
+    Under multi-fidelity the fidelity stage (:func:`fidelity_stage`: ``finetune``, or the training
+    of ``gradual_prune``) always runs ``fidelity.epochs`` (MO-ASHA cuts trials short, not the
+    sampler) and ``finetune_centroids`` ``fidelity.centroid_epochs``; a space that also names those
+    epochs is a one-line error.
     """
     space = dict(config.space)
     if config.fidelity is None:
         return space
-    for stage, epochs in (("finetune", config.fidelity.epochs), ("finetune_centroids", config.fidelity.centroid_epochs)):
-        setting = space.get(stage, {})
-        if setting is False:
+    stage = fidelity_stage(space)
+    for key, epochs, where in ((stage, config.fidelity.epochs, "epochs"), ("finetune_centroids", config.fidelity.centroid_epochs, "centroid_epochs")):
+        if key is None or space.get(key, {}) is False:
             continue
+        setting = space.get(key)
+        setting = {} if setting is None or setting is True else dict(setting) if isinstance(setting, Mapping) else setting
         if not isinstance(setting, dict):
-            setting = {} if setting is None or setting is True else setting
-        if isinstance(setting, dict) and "epochs" in setting:
-            raise SqueezeError(
-                f"space.{stage}.epochs is set by the fidelity under multi-fidelity search: "
-                f"set fidelity.{'epochs' if stage == 'finetune' else 'centroid_epochs'} instead, or fidelity: null to search epochs as a knob"
-            )
-        if isinstance(setting, dict):
-            space[stage] = {**setting, "epochs": epochs}
+            continue  # derive_space names the bad value
+        inner = setting
+        if key == "gradual_prune":
+            ft = setting.get("finetune")
+            inner = {} if ft is None or ft is True else dict(ft) if isinstance(ft, Mapping) else None
+            if inner is None:
+                continue
+        if "epochs" in inner:
+            path = "gradual_prune.finetune" if key == "gradual_prune" else key
+            raise SqueezeError(f"space.{path}.epochs is set by the fidelity under multi-fidelity search: set fidelity.{where} instead, or fidelity: null to search epochs as a knob")
+        inner["epochs"] = epochs
+        space[key] = {**setting, "finetune": inner} if key == "gradual_prune" else inner
     return space
 
 

@@ -50,7 +50,7 @@ RUN_ATTR = "mlflow_run_id"
 OUTCOME_ATTRS = (*OUTCOME, "epoch", "pipeline_seconds", "trial_seconds", "mlflow_seconds")
 """What a trial's result leaves on its Optuna trial as user attributes."""
 STOPPED_ATTR = "stopped_at"
-"""The fine-tune epochs a trial had reached when MO-ASHA stopped it."""
+"""The epochs of the fidelity stage a trial had reached when MO-ASHA stopped it."""
 RUNG_PREFIX = "rung_"
 OBJECTIVE_METRICS = {"accuracy": ("val_accuracy", "max"), "bytes": ("bytes", "min")}
 """Each objective a search can name, as the trial's result key Optuna is told and its direction."""

@@ -6,9 +6,10 @@ It runs :func:`~squeezetune.compression.pipeline.compress` -- prune, fine-tune, 
 centroids, encode, decode the file back and measure it -- on the device Ray gave it (a GPU when the
 trial asked for one).
 
-Multi-fidelity: at each rung (an epoch count of the ``finetune`` stage, see
-:class:`~squeezetune.search.config.Fidelity`) the trial reports the model as the file would hold
-it then -- shared, coded and decoded (:class:`~squeezetune.compression.stages.EpochEvent`'s
+Multi-fidelity: at each rung (an epoch count of the ``finetune`` stage, or of ``gradual_prune``'s
+training in a space without ``finetune``; see :class:`~squeezetune.search.config.Fidelity`) the
+trial reports the model as the file would hold it then -- pruned to its final targets (gradual
+pruning), shared, coded and decoded (:class:`~squeezetune.compression.stages.EpochEvent`'s
 snapshot) -- with its validation accuracy, evaluation accuracy and real bytes; the MLflow run logs
 them as metric steps. If MO-ASHA stops it there, Tune ends the trial at that report and the run
 is marked KILLED with the tag ``squeezetune.outcome=stopped``. A trial that runs the whole schedule
@@ -52,9 +53,11 @@ class TrialSetup:
     task_path: str | None = None
     """The driver's working folder, where a ``module:factory`` task's module may live."""
     rungs: tuple[int, ...] = ()
-    """Fine-tune epochs at which the trial reports before its final outcome."""
+    """Epochs of ``rung_stage`` at which the trial reports before its final outcome."""
+    rung_stage: str = "finetune"
+    """The recipe stage whose epochs are the fidelity (``finetune`` or ``gradual_prune``)."""
     full_epochs: int = 0
-    """The fine-tune epochs of the full schedule (the ``epoch`` of a final report)."""
+    """The fidelity stage's epochs in the full schedule (the ``epoch`` of a final report)."""
     dense_val_accuracy: float = 0.0
     latency: bool = False
     """Whether trials measure latency (an objective or a constraint needs it)."""
@@ -130,14 +133,14 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, 
 
 
 class _Rungs:
-    """The ``on_epoch`` callback that reports the trial at each rung of its ``finetune`` stage."""
+    """The ``on_epoch`` callback that reports the trial at each rung of its fidelity stage (``setup.rung_stage``)."""
 
     def __init__(self, setup: TrialSetup, splits, example, dense_bytes: int, c, run_id: str, report, clock: dict) -> None:
         self.setup, self.splits, self.example, self.dense_bytes = setup, splits, example, dense_bytes
         self.c, self.run_id, self.report, self.clock = c, run_id, report, clock
 
     def __call__(self, event) -> None:
-        if event.stage != "finetune" or event.epoch not in self.setup.rungs or event.snapshot is None:
+        if event.stage != self.setup.rung_stage or event.epoch not in self.setup.rungs or event.snapshot is None:
             return
         from squeezetune.compression import evaluate
 

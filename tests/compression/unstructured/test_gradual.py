@@ -57,6 +57,28 @@ def test_gradual_sparsity_follows_the_cubic_curve_and_ends_at_the_target():
     assert mask_of(model[3]) is None  # only the named layer is pruned
 
 
+@pytest.mark.parametrize("regrow", [False, True])
+def test_a_snapshot_mid_ramp_is_pruned_to_the_final_targets_and_leaves_the_training_alone(regrow):
+    """What a search's rung measures: the model at its final size now, not the larger one still training."""
+    model, data = _mlp(), _data(96)
+    config = GradualPruneConfig(layers={"1": LayerPrune(keep=40)}, finetune=FinetuneConfig(epochs=4, batch_size=16, lr=0.05), ramp=0.75, every=1, regrow=regrow)
+    seen: list[tuple[int, int, int]] = []
+
+    def snapshot(m: nn.Module) -> tuple[nn.Module, int]:
+        return m, 0
+
+    def on_epoch(event: EpochEvent) -> None:
+        shown, _ = event.snapshot()
+        weight = shown[1].weight
+        seen.append((int(mask_of(event.model[1]).sum()), int(mask_of(shown[1]).sum()), int((weight != 0).sum())))
+        assert shown is not event.model
+
+    apply_stage(model, config, _ctx(model, data, on_epoch=on_epoch, snapshot=snapshot))
+    assert [s[1:] for s in seen] == [(40, 40)] * 4  # every snapshot at the final count
+    assert seen[0][0] > 40  # while the model itself was still on the curve
+    assert int(mask_of(model[1]).sum()) == 40
+
+
 def test_gradual_one_shot_with_no_epochs_prunes_to_the_target():
     model, data = _mlp(), _data()
     apply_stage(model, GradualPruneConfig(default=LayerPrune(keep_fraction=0.25), finetune=FinetuneConfig(epochs=0)), _ctx(model, data))

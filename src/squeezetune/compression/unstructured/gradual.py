@@ -10,7 +10,10 @@ falls along Zhu & Gupta's cubic curve, from what the tensor keeps now to its tar
     keep(t) = final + (initial - final) * (1 - (t - t0) / n)^3
 
 with the masks recomputed every ``every`` optimizer steps over the ``ramp`` share of the training
-that starts at ``begin``; the rest of the training recovers at the final sparsity. With
+that starts at ``begin``; the rest of the training recovers at the final sparsity. The model a
+snapshot shows mid-training (what a search's rung reports, :class:`~.stages.EpochEvent`) is pruned
+to the final targets at once, by magnitude, so a rung measures the trial's final size and how well
+its weights take that sparsity so far, not a model that is still larger. With
 ``regrow: true`` the masks can be revised as in Dynamic Network Surgery (Guo et al. 2016): pruned
 weights keep receiving their gradient (straight through the mask) and come back when their
 magnitude ranks among the kept again. A pruned weight also decays by :data:`REGROW_DECAY` per step,
@@ -34,6 +37,7 @@ the ``prune`` stage does.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -44,7 +48,7 @@ from torch.nn.utils import parametrize
 
 from squeezetune.compression.finetune import FinetuneConfig, evaluate, train_in
 from squeezetune.compression.stages import Context, StageConfig, register_stage
-from squeezetune.compression.tensors import Target, compressible, setting_key
+from squeezetune.compression.tensors import Target, compressible, copy_model, setting_key
 from squeezetune.compression.unstructured.pruning import Granularity, LayerPrune, Mask, apply_mask, check_layers, magnitude_mask, mask_of
 from squeezetune.compression.unstructured.sensitivity import Allocation, Budget, budget_counts, prediction_drift
 from squeezetune.compression.unstructured.sharing import shared_of
@@ -243,6 +247,9 @@ def gradual_prune(model: nn.Module, config: GradualPruneConfig, ctx: Context) ->
             _set_keep(t, held[name], keep, config.granularity, config.regrow)
 
     ft = config.finetune
+    if ctx.snapshot is not None:
+        snapshot = ctx.snapshot
+        ctx = dataclasses.replace(ctx, snapshot=lambda m: snapshot(_at_targets(m, targets, finals, config.granularity)))
     schedule = schedule_for(config, math.ceil(len(data) / ft.batch_size))
     step = [0]
 
@@ -260,6 +267,19 @@ def gradual_prune(model: nn.Module, config: GradualPruneConfig, ctx: Context) ->
     update(1.0)
     _release(targets, held)
     return model
+
+
+@torch.no_grad()
+def _at_targets(model: nn.Module, targets: dict[str, Target], finals: dict[str, int], granularity: Granularity) -> nn.Module:
+    """A copy of ``model`` with every covered tensor pruned by magnitude to its final count now."""
+    work = copy_model(model)
+    for name, t in targets.items():
+        module = work.get_submodule(t.module_name)
+        holder = next(p for p in module.parametrizations[t.attr] if isinstance(p, Mask))
+        original = module.parametrizations[t.attr].original
+        holder.mask.copy_(magnitude_mask(original * holder.mask, keep=finals[name], granularity=granularity, name=name))
+        original.mul_(holder.mask)
+    return work
 
 
 # -- iterative pruning ---------------------------------------------------------------------------
