@@ -23,9 +23,9 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     objectives: [accuracy, bytes]  # add latency_ms_b1 or latency_ms_b64 for a third (CPU; *_gpu on a GPU)
     validation: 0.125              # share of the training data held out: trials select on it
     fidelity:                      # multi-fidelity: MO-ASHA stops poor trials early; null: every
-      epochs: 40                   #   trial trains the epochs its space sets (a knob). epochs: of
+      epochs: 30                   #   trial trains the epochs its space sets (a knob). epochs: of
                                    #   finetune, or of gradual_prune in a space without finetune
-      centroid_epochs: 8
+      centroid_epochs: 4
       min_epochs: 2                # the first rung; then x reduction_factor up to epochs
       reduction_factor: 3
       early_stopping: true         # false: every trial gets the full schedule
@@ -104,8 +104,8 @@ class Fidelity:
     the full schedule.
     """
 
-    epochs: int = 40
-    centroid_epochs: int = 8
+    epochs: int = 30
+    centroid_epochs: int = 4
     min_epochs: int = 2
     reduction_factor: int = 3
     early_stopping: bool = True
