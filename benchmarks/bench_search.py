@@ -233,9 +233,10 @@ def main() -> None:
 
     for task in args.tasks:
         r = results.setdefault(task, {})
-        if "hand" not in r:
-            print(f"{task}: hand and built-in recipes", flush=True)
-            r["hand"] = hand_runs(task, args.data_dir, root / task / "recipes", tuple(dict.fromkeys(["hand", *args.recipes])))
+        missing = [n for n in dict.fromkeys(["hand", *args.recipes]) if n not in r.get("hand", {})]
+        if missing:
+            print(f"{task}: recipes {', '.join(missing)}", flush=True)
+            r.setdefault("hand", {}).update(hand_runs(task, args.data_dir, root / task / "recipes", tuple(missing)))
             save()
         runs = [("default", None, False, s) for s in args.seeds]
         if not args.no_random:
@@ -278,7 +279,8 @@ def write(results: dict, args) -> None:
         f"Every accuracy is the decoded file's, on the 2,000 evaluation images no selection saw; loss is against that dense baseline. "
         f"`best ratio at <= {MAX_DROP} pt` takes the best of every finished trial by its evaluation-image accuracy (an upper bound: it selects on the images it reports); "
         f"the export column is the point `export --max-drop {MAX_DROP}` would hand the user, chosen on the validation images, with its evaluation-image loss. "
-        f"Each search had at most {args.budget_minutes:.0f} minutes of wall-clock time.",
+        f"Each search had at most {args.budget_minutes:.0f} minutes of wall-clock time."
+        + (f" Every search also had the config keys of `{Path(args.search_config).name}`, which override these defaults." if getattr(args, "search_config", None) else ""),
         "",
     ]
     for task, r in results.items():

@@ -66,6 +66,7 @@ def run(task_name: str, trials: int, workdir: Path) -> dict:
             "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
             "fidelity": {"epochs": 12, "centroid_epochs": 3, "min_epochs": 2},
             "constraints": {"max_drop": 1.0},
+            "space": {},  # the one-shot space this benchmark's section describes (prune, fine-tune, share)
         }
     )
     outcome = run_search(config, progress=lambda m: None)

@@ -128,3 +128,37 @@ def test_the_fidelity_sets_gradual_prunings_epochs_in_a_space_without_finetune()
     bad = SearchConfig.from_dict({"space": {**space, "gradual_prune": {**space["gradual_prune"], "finetune": {"epochs": 30}}}})
     with pytest.raises(SqueezeError, match=r"space.gradual_prune.finetune.epochs is set by the fidelity.*fidelity.epochs"):
         space_config(bad)
+
+
+def test_a_recipes_global_budget_warm_starts_a_per_tensor_space_at_that_fraction():
+    """max-compression on a model without tuned rates keeps 5% of all weights, split as it runs;
+    projected into the default space's per-tensor knobs it is 5% of each, not the range's low end."""
+    from squeezetune.compression.recipes import GENERIC_BUDGET
+    from squeezetune.search.runner import space_config, warm_start_params
+    from squeezetune.spaces import derive_space
+    from squeezetune.tasks import get_task
+
+    task = get_task("cnn32-digits")
+    space = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"task": task.name})), sensitivity={})
+    [params] = warm_start_params(space, task, ("auto",))
+    keeps = {k: v for k, v in params.items() if k.endswith(".keep_fraction")}
+    assert len(keeps) == len(space.layers) and set(keeps.values()) == {GENERIC_BUDGET}
+
+
+@pytest.mark.parametrize(
+    ("space", "stage", "epochs"),
+    [
+        ({"finetune": False, "gradual_prune": None}, None, None),  # null is off, as derive_space reads it
+        ({"finetune": False, "gradual_prune": False}, None, None),
+        ({"finetune": False, "gradual_prune": True}, "gradual_prune", 7),
+        ({"finetune": False, "gradual_prune": {"finetune": False}}, "gradual_prune", 7),  # false: the stage's defaults
+        ({"finetune": False, "gradual_prune": {"finetune": None}}, "gradual_prune", 7),
+    ],
+)
+def test_the_fidelity_stage_reads_a_space_as_derive_space_does(space, stage, epochs):
+    from squeezetune.search.runner import fidelity_stage, space_config
+
+    config = SearchConfig.from_dict({"space": space, "fidelity": {"epochs": 7}})
+    assert fidelity_stage(config.space) == stage
+    gradual = space_config(config).get("gradual_prune")
+    assert (gradual["finetune"]["epochs"] if isinstance(gradual, dict) else None) == epochs

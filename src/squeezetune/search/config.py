@@ -94,7 +94,7 @@ search started on a cluster, on this machine)."""
 
 @dataclass(frozen=True)
 class Fidelity:
-    """How long trials fine-tune, and where MO-ASHA compares them (see :mod:`squeezetune.search.scheduler`).
+    """How long trials train, and where MO-ASHA compares them (see :mod:`squeezetune.search.scheduler`).
 
     Every trial's fidelity stage (``finetune``, or in a space without it the training of
     ``gradual_prune``; :func:`~squeezetune.search.runner.fidelity_stage`) is set to ``epochs`` and its
@@ -139,7 +139,8 @@ DEFAULT_SPACE: dict[str, Any] = {
     "finetune_centroids": {"distill": True},
 }
 """The space of a search whose config gives none: the stages of the ``max-compression`` recipe,
-whose settings it holds (so the auto warm start is that recipe, projected exactly). Each tensor's
+whose settings it holds (so the auto warm start is that recipe: exactly on LeNet-300-100; on a model
+without tuned rates, its global budget as the same fraction of every tensor). Each tensor's
 final kept fraction (0.1-60%, log-scaled) and shared bits (1-8) are knobs, with the learning rates
 and the recovery's length; gradual pruning prunes during the fidelity's epochs with a row/column
 group lasso, the neurons no kept weight uses are removed, a distilled fine-tune recovers, then

@@ -17,7 +17,7 @@ from squeezetune.search.pareto import Baseline, Point
 COLUMNS = ["trial", "val_accuracy", "accuracy", "drop_points", "bytes", "ratio", "epochs", "feasible", "run_id"]
 """``val_accuracy``: on the validation split the front was selected on; ``accuracy`` and
 ``drop_points`` (against the dense model): on the evaluation images, which no selection has seen;
-``epochs``: the fine-tune fidelity the trial reached."""
+``epochs``: the epochs of the fidelity stage the trial reached."""
 
 
 def rows(front: Sequence[Point], baseline: Baseline) -> list[dict]:

@@ -214,8 +214,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
             progress("fidelity: the space has neither finetune nor gradual_prune, so trials report no rung and each runs its stages' own schedule in full")
         else:
             rungs = ", ".join(map(str, f.rungs)) or "no rung"
-            what = "fine-tune epochs" if stage == "finetune" else "gradual pruning's epochs (each rung measures the model pruned to its final targets)"
-            plan = f"MO-ASHA compares trials at {rungs} of {f.epochs} {what}" if f.early_stopping and f.rungs else f"every trial trains {f.epochs} epochs in {stage}"
+            what = "fine-tune" if stage == "finetune" else "gradual pruning (each rung measures the model pruned at once to its final targets)"
+            plan = f"MO-ASHA compares trials at epochs {rungs} of {f.epochs} of {what}" if f.early_stopping and f.rungs else f"every trial trains {f.epochs} epochs in {stage}"
             progress(f"fidelity: {plan} (+{f.centroid_epochs} centroid epochs for trials that reach the end)")
     if config.time_budget is not None:
         progress(f"time budget: no trial starts later than {config.time_budget:g} min after the search began; those running then finish")
@@ -549,7 +549,7 @@ def fidelity_stage(space: Mapping[str, Any]) -> str | None:
     ``gradual_prune`` it names (rungs then fall inside the pruning schedule); ``None``: neither."""
     if space.get("finetune", True) is not False:
         return "finetune"
-    if space.get("gradual_prune", False) is not False:
+    if space.get("gradual_prune") not in (None, False):
         return "gradual_prune"
     return None
 
@@ -576,7 +576,7 @@ def space_config(config: SearchConfig) -> dict[str, Any]:
         inner = setting
         if key == "gradual_prune":
             ft = setting.get("finetune")
-            inner = {} if ft is None or ft is True else dict(ft) if isinstance(ft, Mapping) else None
+            inner = {} if ft is None or isinstance(ft, bool) else dict(ft) if isinstance(ft, Mapping) else None  # false: the stage's defaults, as derive_space reads it
             if inner is None:
                 continue
         if "epochs" in inner:

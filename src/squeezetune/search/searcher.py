@@ -7,7 +7,7 @@
   ``--resume`` re-runs logs into the same run, never a duplicate;
 * a trial's last result decides how Optuna hears of it (:meth:`TrackedOptunaSearch.on_trial_complete`):
 
-  - its ``final`` outcome (the full fine-tune schedule ran): COMPLETE, with the objectives;
+  - its ``final`` outcome (the full schedule ran): COMPLETE, with the objectives;
   - an ``error``, or a worker that kept dying: FAIL, with the error as a user attribute;
   - a rung result but no final one (MO-ASHA stopped it early): PRUNED, never COMPLETE with
     partial values. Its last rung's figures stay as user attributes (``rung_*``), and it carries

@@ -2,9 +2,9 @@
 
 The trial receives the dense baseline's weights and the data from the driver (``tune.with_parameters``
 puts them in Ray's object store once), so no node needs the data files or retrains the baseline.
-It runs :func:`~squeezetune.compression.pipeline.compress` -- prune, fine-tune, share, fine-tune
-centroids, encode, decode the file back and measure it -- on the device Ray gave it (a GPU when the
-trial asked for one).
+It runs :func:`~squeezetune.compression.pipeline.compress` -- the stages of its recipe (gradual
+pruning, neurons, recovery, sharing, centroid fine-tune in the default space), encode, decode the
+file back and measure it -- on the device Ray gave it (a GPU when the trial asked for one).
 
 Multi-fidelity: at each rung (an epoch count of the ``finetune`` stage, or of ``gradual_prune``'s
 training in a space without ``finetune``; see :class:`~squeezetune.search.config.Fidelity`) the

@@ -16,6 +16,9 @@ Used by :func:`~squeezetune.spaces.space.derive_space` when the user's space has
 
 The fine-tuning knobs are those of ``finetune`` (any :class:`~squeezetune.compression.finetune.FinetuneConfig`
 field), landing under ``gradual_prune.finetune``; its epochs default to ``[10, 30]``, distillation on.
+In a search with a fidelity (the default) and no ``finetune`` stage, the epochs are the fidelity's
+(``fidelity.epochs``, set by :func:`~squeezetune.search.runner.space_config`), so a space names them
+only with ``fidelity: null``, as in the example above.
 """
 
 from __future__ import annotations

@@ -160,6 +160,7 @@ class Space:
         """
         data: dict[str, Any] = {step.label: step.config.to_dict() for step in recipe.steps}
         data["encode"] = recipe.encode.to_dict()
+        self._budget_as_layers(data)
         params = self.corner()
         for k in self.knobs:
             value = self._lookup(data, k.target)
@@ -168,6 +169,26 @@ class Space:
             elif k.target[0] == "structured" and k.target[-1] == "keep_channels":
                 params[k.name] = k.corners()[1]
         return params
+
+    def _budget_as_layers(self, data: dict[str, Any]) -> None:
+        """A recipe's global budget (``prune`` or ``gradual_prune``) as per-tensor kept fractions, in
+        place, for a space whose knobs for that stage are per tensor: split by the space's sensitivity
+        curves when it has them, else the same fraction for every tensor (never below the budget's
+        floor). The recipe itself splits it when it runs, by what it measures then, so this is the
+        nearest point the space holds, not the same split."""
+        for key in ("prune", "gradual_prune"):
+            stage = data.get(key)
+            budget = stage.get("budget") if isinstance(stage, Mapping) else None
+            if not isinstance(budget, Mapping) or not any(k.target[:2] == (key, "layers") for k in self.knobs):
+                continue
+            named = stage.get("layers") or {}
+            sizes = {n: size for n, size in self.layers.items() if n not in named}
+            floor = budget.get("min_keep_fraction") or 0.0
+            if self.sensitivity and budget.get("allocation", "sensitivity") == "sensitivity":
+                fractions = allocate(self.sensitivity, sizes, budget["keep_fraction"], floor=floor)
+            else:
+                fractions = dict.fromkeys(sizes, max(budget["keep_fraction"], floor))
+            stage["layers"] = {**named, **{n: {"keep_fraction": f} for n, f in fractions.items()}}
 
     def _lookup(self, data: Mapping[str, Any], target: tuple[str, ...]) -> Any:
         """The recipe's value for a knob; for a group's knob, the mean over the group's tensors; for

@@ -77,6 +77,9 @@ def test_a_snapshot_mid_ramp_is_pruned_to_the_final_targets_and_leaves_the_train
     assert [s[1:] for s in seen] == [(40, 40)] * 4  # every snapshot at the final count
     assert seen[0][0] > 40  # while the model itself was still on the curve
     assert int(mask_of(model[1]).sum()) == 40
+    unseen = _mlp()
+    apply_stage(unseen, config, _ctx(unseen, data))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), unseen.state_dict().values()))  # the snapshots changed nothing
 
 
 def test_gradual_one_shot_with_no_epochs_prunes_to_the_target():

@@ -249,7 +249,7 @@ def gradual_prune(model: nn.Module, config: GradualPruneConfig, ctx: Context) ->
     ft = config.finetune
     if ctx.snapshot is not None:
         snapshot = ctx.snapshot
-        ctx = dataclasses.replace(ctx, snapshot=lambda m: snapshot(_at_targets(m, targets, finals, config.granularity)))
+        ctx = dataclasses.replace(ctx, snapshot=lambda m: snapshot(_at_targets(m, targets, finals, config.granularity, config.regrow)))
     schedule = schedule_for(config, math.ceil(len(data) / ft.batch_size))
     step = [0]
 
@@ -270,15 +270,14 @@ def gradual_prune(model: nn.Module, config: GradualPruneConfig, ctx: Context) ->
 
 
 @torch.no_grad()
-def _at_targets(model: nn.Module, targets: dict[str, Target], finals: dict[str, int], granularity: Granularity) -> nn.Module:
-    """A copy of ``model`` with every covered tensor pruned by magnitude to its final count now."""
+def _at_targets(model: nn.Module, targets: dict[str, Target], finals: dict[str, int], granularity: Granularity, surgery: bool) -> nn.Module:
+    """A copy of ``model`` with every covered tensor pruned to its final count now, ranked as the
+    stage's last mask update ranks them."""
     work = copy_model(model)
     for name, t in targets.items():
-        module = work.get_submodule(t.module_name)
-        holder = next(p for p in module.parametrizations[t.attr] if isinstance(p, Mask))
-        original = module.parametrizations[t.attr].original
-        holder.mask.copy_(magnitude_mask(original * holder.mask, keep=finals[name], granularity=granularity, name=name))
-        original.mul_(holder.mask)
+        there = dataclasses.replace(t, module=work.get_submodule(t.module_name))
+        holder = next(p for p in there.module.parametrizations[t.attr] if isinstance(p, Mask))
+        _set_keep(there, holder, finals[name], granularity, surgery)
     return work
 
 
