@@ -23,9 +23,9 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     objectives: [accuracy, bytes]  # add latency_ms_b1 or latency_ms_b64 for a third (CPU; *_gpu on a GPU)
     validation: 0.125              # share of the training data held out: trials select on it
     fidelity:                      # multi-fidelity: MO-ASHA stops poor trials early; null: every
-      epochs: 30                   #   trial trains the epochs its space sets (a knob). epochs: of
+      epochs: 40                   #   trial trains the epochs its space sets (a knob). epochs: of
                                    #   finetune, or of gradual_prune in a space without finetune
-      centroid_epochs: 4
+      centroid_epochs: 8
       min_epochs: 2                # the first rung; then x reduction_factor up to epochs
       reduction_factor: 3
       early_stopping: true         # false: every trial gets the full schedule
@@ -104,8 +104,8 @@ class Fidelity:
     the full schedule.
     """
 
-    epochs: int = 30
-    centroid_epochs: int = 4
+    epochs: int = 40
+    centroid_epochs: int = 8
     min_epochs: int = 2
     reduction_factor: int = 3
     early_stopping: bool = True
@@ -139,8 +139,9 @@ DEFAULT_SPACE: dict[str, Any] = {
     "finetune_centroids": {"distill": True},
 }
 """The space of a search whose config gives none: the stages of the ``max-compression`` recipe,
-whose settings it holds (so the auto warm start is that recipe: exactly on LeNet-300-100; on a model
-without tuned rates, its global budget as the same fraction of every tensor). Each tensor's
+whose settings it holds (so the auto warm start is that recipe: its own rates on LeNet-300-100 and
+LeNet-5, trained for the fidelity's epochs; on a model without tuned rates, its global budget as the
+same fraction of every tensor). Each tensor's
 final kept fraction (0.1-60%, log-scaled) and shared bits (1-8) are knobs, with the learning rates
 and the recovery's length; gradual pruning prunes during the fidelity's epochs with a row/column
 group lasso, the neurons no kept weight uses are removed, a distilled fine-tune recovers, then

@@ -11,7 +11,7 @@ other stops there. No weighted sum of objectives is formed. Decisions are asynch
 ASHA: no trial waits for a rung to fill, and the first trials at a rung always go on.
 
 An accuracy limit (``max_drop``) is the limit of the *finished* model, and a trial at a rung is
-still recovering: judged by it as is, a heavily pruned trial at 18 of 30 epochs ranks behind every
+still recovering: judged by it as is, a heavily pruned trial at 18 of 40 epochs ranks behind every
 larger one that already meets the limit, and the search only ever finishes large models. So at each
 rung the limit is checked against the rung's accuracy plus the *recovery seen so far* from that
 rung: the largest gain, final minus rung accuracy, of any trial that finished (never below zero;
