@@ -37,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, markdown_table, write_section  # noqa: E402
 
+from squeezetune.spaces.constraints import drop_points  # noqa: E402
+
 MAX_DROP = 0.2
 TRIALS = 32
 HAND = {
@@ -171,14 +173,14 @@ def hand_runs(task: str, data_dir: str, workdir: Path, names: tuple[str, ...] = 
 
 def best_within(points: list[dict], dense_accuracy: float, dense_bytes: int) -> float | None:
     """The best ratio among points losing at most MAX_DROP points on the evaluation images."""
-    ok = [p for p in points if 100 * (dense_accuracy - p["acc"]) <= MAX_DROP + 1e-9]
+    ok = [p for p in points if drop_points(dense_accuracy, p["acc"]) <= MAX_DROP]
     return dense_bytes / min(p["bytes"] for p in ok) if ok else None
 
 
 def exported(points: list[dict], dense_val: float, dense_accuracy: float, dense_bytes: int) -> str:
     """What ``squeezetune export --max-drop MAX_DROP`` hands the user: the smallest point within
     MAX_DROP on the validation images it was selected on, then its ratio and evaluation-image loss."""
-    ok = [p for p in points if 100 * (dense_val - p["val"]) <= MAX_DROP + 1e-9]
+    ok = [p for p in points if drop_points(dense_val, p["val"]) <= MAX_DROP]
     if not ok:
         return "none"
     p = min(ok, key=lambda p: p["bytes"])

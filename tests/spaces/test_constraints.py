@@ -24,3 +24,20 @@ def test_no_constraints_is_falsy_and_always_feasible():
 def test_bad_constraints(data):
     with pytest.raises(SqueezeError):
         Constraints.from_dict(data)
+
+
+def test_a_drop_of_exactly_the_limit_is_within_it_whatever_float32_makes_of_the_accuracies():
+    """Four of 2,000 images lost is 0.2 points, though float32 accuracies differ by 0.2000034."""
+    import numpy as np
+
+    from squeezetune.search.export import pick
+    from squeezetune.search.pareto import Point, best_ratio
+
+    dense, acc = float(np.float32(1968 / 2000)), float(np.float32(1964 / 2000))
+    assert 100.0 * (dense - acc) > 0.2  # what a plain difference says
+    c = Constraints(max_drop=0.2)
+    assert c.named_violations(accuracy=acc, bytes=1, dense_accuracy=dense)["max_drop"] <= 0
+    assert c.named_violations(accuracy=float(np.float32(1963 / 2000)), bytes=1, dense_accuracy=dense)["max_drop"] > 0  # five images are not
+    p = Point(0, acc, 100)
+    assert best_ratio([p], dense_bytes=1000, dense_accuracy=dense, max_drop=0.2) == p
+    assert pick([p], [p], dense_accuracy=dense, max_drop=0.2) == p

@@ -34,6 +34,7 @@ from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
 from squeezetune.search.pareto import Baseline, Point, pareto_front, point
+from squeezetune.spaces.constraints import drop_points
 
 ONNX_OPSET = 18
 Progress = Callable[[str], None]
@@ -84,7 +85,7 @@ def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, tria
         if not ok:
             raise SqueezeError(f"--max-bytes {max_bytes:,}: no front point is that small; the smallest takes {min(p.bytes for p in front):,} bytes")
         return max(ok, key=lambda p: (p.accuracy, -p.bytes))
-    ok = [p for p in front if 100.0 * (dense_accuracy - p.accuracy) <= max_drop + 1e-9]
+    ok = [p for p in front if drop_points(dense_accuracy, p.accuracy) <= max_drop]
     if not ok:
         best = max(front, key=lambda p: p.accuracy)
         raise SqueezeError(f"--max-drop {max_drop}: no front point loses that little; the most accurate loses {100.0 * (dense_accuracy - best.accuracy):.2f} points")

@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from squeezetune.spaces.constraints import drop_points
+
 
 @dataclass(frozen=True)
 class Point:
@@ -119,7 +121,7 @@ def _hv2d(pts: list[tuple[int, float]], ref_acc: float, ref_bytes: float) -> flo
 
 def best_ratio(points: Iterable[Point], *, dense_bytes: int, dense_accuracy: float, max_drop: float) -> Point | None:
     """The smallest file among points losing at most ``max_drop`` accuracy points; ``None`` if none qualifies."""
-    ok = [p for p in points if math.isfinite(p.accuracy) and 100.0 * (dense_accuracy - p.accuracy) <= max_drop + 1e-9]
+    ok = [p for p in points if math.isfinite(p.accuracy) and drop_points(dense_accuracy, p.accuracy) <= max_drop]
     return min(ok, key=lambda p: (p.bytes, -p.accuracy, p.trial)) if ok else None
 
 
