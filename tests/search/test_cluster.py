@@ -127,6 +127,7 @@ def test_search_on_a_cluster_logging_to_a_tracking_server(workdir, mlflow_server
                 "max_failures": 3,
                 "fidelity": {"epochs": EPOCHS, "centroid_epochs": 1, "min_epochs": 1, "early_stopping": False},
                 "warm_start": [],
+                "space": {},  # the light one-shot space: eight trials share two cores, and the nodes must keep their heartbeats
             }
         )
         outcome = run_search(config)
