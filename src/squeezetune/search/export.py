@@ -88,7 +88,7 @@ def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, tria
     ok = [p for p in front if drop_points(dense_accuracy, p.accuracy) <= max_drop]
     if not ok:
         best = max(front, key=lambda p: p.accuracy)
-        raise SqueezeError(f"--max-drop {max_drop}: no front point loses that little; the most accurate loses {100.0 * (dense_accuracy - best.accuracy):.2f} points")
+        raise SqueezeError(f"--max-drop {max_drop}: no front point loses that little; the most accurate loses {drop_points(dense_accuracy, best.accuracy):.2f} points")
     return min(ok, key=lambda p: (p.bytes, -p.accuracy))
 
 

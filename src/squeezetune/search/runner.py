@@ -566,25 +566,29 @@ def space_config(config: SearchConfig) -> dict[str, Any]:
     if config.fidelity is None:
         return space
     stage = fidelity_stage(space)
-    for key, epochs, where in ((stage, config.fidelity.epochs, "epochs"), ("finetune_centroids", config.fidelity.centroid_epochs, "centroid_epochs")):
-        if key is None or space.get(key, {}) is False:
-            continue
-        setting = space.get(key)
-        setting = {} if setting is None or setting is True else dict(setting) if isinstance(setting, Mapping) else setting
-        if not isinstance(setting, dict):
-            continue  # derive_space names the bad value
-        inner = setting
-        if key == "gradual_prune":
-            ft = setting.get("finetune")
-            inner = {} if ft is None or isinstance(ft, bool) else dict(ft) if isinstance(ft, Mapping) else None  # false: the stage's defaults, as derive_space reads it
-            if inner is None:
-                continue
-        if "epochs" in inner:
-            path = "gradual_prune.finetune" if key == "gradual_prune" else key
-            raise SqueezeError(f"space.{path}.epochs is set by the fidelity under multi-fidelity search: set fidelity.{where} instead, or fidelity: null to search epochs as a knob")
-        inner["epochs"] = epochs
-        space[key] = {**setting, "finetune": inner} if key == "gradual_prune" else inner
+    if stage is not None:
+        _fix_epochs(space, ("gradual_prune", "finetune") if stage == "gradual_prune" else (stage,), config.fidelity.epochs, "epochs")
+    _fix_epochs(space, ("finetune_centroids",), config.fidelity.centroid_epochs, "centroid_epochs")
     return space
+
+
+def _fix_epochs(space: dict[str, Any], path: tuple[str, ...], epochs: int, where: str) -> None:
+    """Set ``epochs`` at ``path`` in ``space`` (copying each level), as derive_space reads it: a stage
+    turned off is left alone; ``null``/``true`` (and ``false`` for a nested setting) mean its
+    defaults; a value that is not a mapping is left for derive_space to name."""
+    node = space
+    for depth, key in enumerate(path):
+        value = node.get(key)
+        if value is False and depth == 0:
+            return
+        if value is None or isinstance(value, bool):
+            value = {}
+        if not isinstance(value, Mapping):
+            return
+        node[key] = node = dict(value)
+    if "epochs" in node:
+        raise SqueezeError(f"space.{'.'.join(path)}.epochs is set by the fidelity under multi-fidelity search: set fidelity.{where} instead, or fidelity: null to search epochs as a knob")
+    node["epochs"] = epochs
 
 
 def needs_latency(config: SearchConfig) -> bool:

@@ -151,8 +151,13 @@ def _hold_masks(targets: dict[str, Target], surgery: bool) -> dict[str, Mask]:
         if surgery:
             parametrize.remove_parametrizations(t.module, t.attr, leave_parametrized=True)
             parametrize.register_parametrization(t.module, t.attr, SurgeryMask(mask))
-        held[name] = next(p for p in t.module.parametrizations[t.attr] if isinstance(p, Mask))
+        held[name] = _holder(t)
     return held
+
+
+def _holder(t: Target) -> Mask:
+    """The :class:`Mask` parametrization on ``t``'s tensor."""
+    return next(p for p in t.module.parametrizations[t.attr] if isinstance(p, Mask))
 
 
 def _original(t: Target) -> torch.Tensor:
@@ -276,8 +281,7 @@ def _at_targets(model: nn.Module, targets: dict[str, Target], finals: dict[str, 
     work = copy_model(model)
     for name, t in targets.items():
         there = dataclasses.replace(t, module=work.get_submodule(t.module_name))
-        holder = next(p for p in there.module.parametrizations[t.attr] if isinstance(p, Mask))
-        _set_keep(there, holder, finals[name], granularity, surgery)
+        _set_keep(there, _holder(there), finals[name], granularity, surgery)
     return work
 
 
