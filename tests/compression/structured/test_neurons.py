@@ -188,3 +188,54 @@ def test_decompose_refuses_a_gathered_layer_in_one_line():
 
     layer = GatheredLinear(20, 17, 12)
     assert "GatheredLinear" in LowRank().refuses(layer) and LowRank().refuses(nn.Linear(20, 12)) is None
+
+
+class HiddenReader(nn.Module):
+    """``head`` reads fc1's units through a bare parameter, which DepGraph reads as a pass-through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.mix = nn.Parameter(torch.randn(8, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(torch.relu(self.fc1(x)) @ self.mix))
+
+
+class Volume(nn.Module):
+    """A Conv3d flattened into a bare-parameter matmul and a GRUCell: DepGraph's indices run past the conv's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 6, 3)
+        self.mix = nn.Parameter(torch.randn(6 * 8, 16) * 0.1)
+        self.gru = nn.GRUCell(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x)).flatten(1) @ self.mix
+        return self.head(self.gru(torch.relu(h)))
+
+
+def test_a_reader_depgraph_cannot_see_keeps_the_group_whole():
+    torch.manual_seed(0)
+    model = HiddenReader()
+    with torch.no_grad():
+        model.head.weight[:, :3] = 0  # by the traced graph fc1's units 0-2 have no outputs; mix still reads them
+    x = torch.randn(64, 4)
+    out = _run(copy.deepcopy(model), x)
+    assert out.fc1.out_features == 8
+    torch.testing.assert_close(out(x), model(x))
+
+
+def test_a_model_depgraph_mistraces_runs_and_keeps_its_outputs():
+    torch.manual_seed(0)
+    model = Volume()
+    with torch.no_grad():
+        model.conv.weight[2] = 0
+        model.head.weight[:, 5] = 0
+    x = torch.randn(32, 2, 4, 4, 4)
+    out = _run(copy.deepcopy(model), x)
+    assert out.conv.out_channels == 6  # its readers are not traceable, so the conv stays whole
+    torch.testing.assert_close(out(x), model(x))

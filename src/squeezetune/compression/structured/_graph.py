@@ -62,6 +62,15 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, _ConvNd) and m.groups == m.out_channels and m.out_channels > 1
 
 
+def _width(m: nn.Module, role: str) -> int:
+    """How many channels ``m`` has on the side ``role`` couples."""
+    if isinstance(m, _BatchNorm):
+        return m.num_features
+    if role == "in":
+        return m.in_channels if isinstance(m, _ConvNd) else m.in_features
+    return m.out_channels if isinstance(m, _ConvNd) else m.out_features
+
+
 def check_plain(model: nn.Module) -> None:
     """Structured pruning rewrites weight tensors, so masks and codebooks must be baked first, and
     a layer must read all of its input (a gathered layer's columns are not its producer's channels)."""
@@ -145,6 +154,9 @@ class StructureGraph:
             else:
                 problem = f"{name!r} ({type(m).__name__}) has channels that squeezetune cannot shrink"
                 continue
+            width = _width(m, role)
+            if any(not 0 <= i < width for i in idxs):
+                problem = f"DepGraph traced channel indices up to {max(idxs)} for {name!r}, which has {width} {'input' if role == 'in' else 'output'} channels (a dependency it cannot follow)"
             out.append(Coupling(name, role, idxs, root))
         return tuple(out), problem
 
@@ -158,15 +170,13 @@ class StructureGraph:
                 continue
             first = self.get(members[0])
             channels = first.out_channels if isinstance(first, _ConvNd) else first.out_features
+            # re-express every index in the first member's coordinates
+            if problem is None and self.names[g[0].dep.target.module] != members[0]:
+                couplings, problem = self._couplings(self._full_group(members[0], channels))
             if problem is not None:
                 for m in members:
                     self._unprunable[m] = problem
                 continue
-            # re-express every index in the first member's coordinates
-            root_module = self.names[g[0].dep.target.module]
-            if root_module != members[0]:
-                g = self._full_group(members[0], channels)
-                couplings, _ = self._couplings(g)
             groups[members[0]] = ChannelGroup(members[0], channels, couplings)
         self._groups = dict(sorted(groups.items(), key=lambda kv: self.order[kv[0]]))
 

@@ -12,7 +12,8 @@ every partner DepGraph couples to it) is dead when
 
 Dead channels are removed with :func:`~squeezetune.compression.structured.shrink.shrink`, again
 until none is left (removing one unit can leave another without outputs); a group always keeps at
-least one channel. Then every linear layer whose remaining input columns are all zero reads only
+least one channel. Each removal is checked on the training batch: when the outputs move (a reader
+DepGraph cannot see, such as a bare parameter in a matmul), that group stays whole. Then every linear layer whose remaining input columns are all zero reads only
 the features it uses (:mod:`.gather`): input pixels that no kept weight reads cost neither
 positions nor MACs, and the model still takes its original input. Pruning masks are carried over
 (a tensor that was pruned is pruned again where its weights are zero), so unstructured pruning
@@ -133,24 +134,62 @@ def remove_dead(model: nn.Module, x: torch.Tensor, example: torch.Tensor) -> tup
     Returns the new model and the channels removed per group.
     """
     removed: dict[str, int] = {}
+    whole: set[str] = set()  # groups whose removal would change the outputs
     for _ in range(16):
         graph = StructureGraph(model, example)
         readers = {c.module for g in graph.groups.values() for c in g.couplings if c.role == "in"}
         seen = _reader_inputs(model, readers, x)
         plan: dict[str, list[int]] = {}
+        folds: dict[str, list[tuple[nn.Module, torch.Tensor]]] = {}
         for name, group in graph.groups.items():
-            dead, folds = _dead(graph, group, seen)
-            if not dead:
-                continue
-            with torch.no_grad():
-                for m, extra in folds:
-                    m.bias.add_(extra)
-            plan[name] = dead
-            removed[name] = removed.get(name, 0) + len(dead)
+            if name not in whole:
+                plan[name], folds[name] = _dead(graph, group, seen)
+        plan = {name: dead for name, dead in plan.items() if dead}
         if not plan:
             break
-        model = shrink(model, plan, example=example)
+        before = _outputs(model, x)
+        smaller = _without(model, graph, plan, folds, example)
+        if smaller is None or not _same(_outputs(smaller, x), before):
+            # a reader DepGraph did not see (a bare parameter, an op it cannot trace): find the
+            # groups whose removal keeps the outputs, one at a time; the others stay whole
+            accepted: dict[str, list[int]] = {}
+            for name, dead in plan.items():
+                trial = _without(model, graph, {**accepted, name: dead}, folds, example)
+                if trial is not None and _same(_outputs(trial, x), before):
+                    accepted[name], smaller = dead, trial
+                else:
+                    whole.add(name)
+            if not accepted:
+                break
+            plan = accepted
+        for name, dead in plan.items():
+            removed[name] = removed.get(name, 0) + len(dead)
+        model = smaller
     return model, removed
+
+
+def _without(model: nn.Module, graph: StructureGraph, plan: dict[str, list[int]], folds: dict, example: torch.Tensor) -> nn.Module | None:
+    """A copy of ``model`` with the channels in ``plan`` removed and their constants folded; ``None`` if that breaks it."""
+    work = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in plan:
+            for m, extra in folds[name]:
+                work.get_submodule(graph.names[m]).bias.add_(extra)
+    try:
+        return shrink(work, plan, example=example)
+    except SqueezeError:
+        return None
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def _same(after: torch.Tensor, before: torch.Tensor) -> bool:
+    """Whether removing dead channels left the outputs as they were (up to float rounding)."""
+    return after.shape == before.shape and float((after - before).abs().max()) <= 1e-4 * (1.0 + float(before.abs().max()))
 
 
 @register_stage(NeuronsConfig)
