@@ -283,7 +283,8 @@ class _TinyNet(nn.Module):
 
 def test_max_compression_runs_on_a_tiny_model(tmp_path):
     from squeezetune.compression import compress, decode_file
-    from squeezetune.compression.recipes import max_compression
+    from squeezetune.compression.recipes import generic_budget, max_compression
+    from squeezetune.compression.tensors import compressible
     from squeezetune.tasks import Split, Task
 
     g = torch.Generator().manual_seed(0)
@@ -294,7 +295,7 @@ def test_max_compression_runs_on_a_tiny_model(tmp_path):
     torch.manual_seed(0)
     dense = _TinyNet().eval()
     recipe = max_compression("tiny", dense)  # no tuned rates: the generic rule
-    assert recipe.first("gradual_prune").budget.keep_fraction == 0.05
+    assert recipe.first("gradual_prune").budget.keep_fraction == generic_budget(sum(t.numel for t in compressible(dense).values()))
     assert [s.label for s in recipe.steps] == ["gradual_prune", "neurons", "finetune_recover", "share", "finetune_centroids"]
     report = compress(task, _one_epoch(recipe), out=tmp_path / "m.sqz", dense=dense, latency=False)
     assert report.compressed_bytes < report.dense_bytes / 5

@@ -131,9 +131,11 @@ def test_the_fidelity_sets_gradual_prunings_epochs_in_a_space_without_finetune()
 
 
 def test_a_recipes_global_budget_warm_starts_a_per_tensor_space_at_that_fraction():
-    """max-compression on a model without tuned rates keeps 5% of all weights, split as it runs;
-    projected into the default space's per-tensor knobs it is 5% of each, not the range's low end."""
-    from squeezetune.compression.recipes import GENERIC_BUDGET
+    """max-compression on a model without tuned rates keeps one share of all weights, split as it
+    runs; projected into the default space's per-tensor knobs it is that share of each, not the
+    range's low end."""
+    from squeezetune.compression.recipes import generic_budget
+    from squeezetune.compression.tensors import compressible
     from squeezetune.search.runner import space_config, warm_start_params
     from squeezetune.spaces import derive_space
     from squeezetune.tasks import get_task
@@ -142,7 +144,8 @@ def test_a_recipes_global_budget_warm_starts_a_per_tensor_space_at_that_fraction
     space = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"task": task.name})), sensitivity={})
     [params] = warm_start_params(space, task, ("auto",))
     keeps = {k: v for k, v in params.items() if k.endswith(".keep_fraction")}
-    assert len(keeps) == len(space.layers) and set(keeps.values()) == {GENERIC_BUDGET}
+    budget = generic_budget(sum(t.numel for t in compressible(task.build_model()).values()))
+    assert len(keeps) == len(space.layers) and set(keeps.values()) == {budget}
 
 
 @pytest.mark.parametrize(

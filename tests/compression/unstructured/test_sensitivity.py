@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from squeezetune.compression.unstructured.sensitivity import Budget, allocate, budget_counts, prediction_drift, sensitivity_curves
+from squeezetune.compression.unstructured.sensitivity import Budget, allocate, budget_counts, prediction_drift, recalibrated, sensitivity_curves
 from squeezetune.errors import SqueezeError
 
 
@@ -121,3 +121,41 @@ def test_magnitude_is_one_threshold_over_every_layer():
     pooled = torch.cat([model[0].weight.abs().flatten(), model[2].weight.abs().flatten()])
     threshold = pooled.topk(105).values[-1]
     assert counts == {"0": int((model[0].weight.abs() >= threshold).sum()), "2": int((model[2].weight.abs() >= threshold).sum())}
+
+
+def _bn_net() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 8, 5, padding=2, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4))
+    x = torch.randn(256, 1, 16)
+    model[1].momentum = None  # running statistics: the average over the data
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model[1].momentum = 0.1
+    return model.eval(), x
+
+
+def test_recalibration_reestimates_batchnorm_statistics_and_restores_them():
+    model, x = _bn_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.mul_(0.1)  # a pruned convolution's outputs shrink
+    with recalibrated(model, x):
+        assert not model[1].training
+        out = model[0](x)
+        torch.testing.assert_close(model[1].running_mean, out.mean((0, 2)), atol=1e-5, rtol=1e-4)
+        assert float(model[1].running_var.max()) < 0.05 * float(before["1.running_var"].min())
+    for k in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        torch.testing.assert_close(model.state_dict()[k], before[k])
+
+
+def test_calibration_keeps_a_batchnorm_layer_from_looking_oversensitive():
+    """Pruned by magnitude, a convolution's outputs shrink; with the dense statistics its
+    BatchNorm then mis-scales them and the curve blames the convolution."""
+    model, x = _bn_net()
+    drift = prediction_drift(model, x)
+    plain = sensitivity_curves(model, drift, ["0"], fractions=(0.5, 0.3))["0"]
+    calibrated = sensitivity_curves(model, drift, ["0"], fractions=(0.5, 0.3), calibration=x)["0"]
+    assert calibrated[0][1] < 1e-3  # the unpruned model, recalibrated on its own data, barely moves
+    assert calibrated[-1][1] < plain[-1][1]
+    torch.testing.assert_close(model.state_dict()["1.running_var"], _bn_net()[0].state_dict()["1.running_var"])

@@ -126,12 +126,12 @@ class TargetConfig(StageConfig):
             counts[name] = keep
         rest = [n for n in targets if n not in counts]
         if self.budget is not None and rest:
-            drift = None
+            drift, x = None, None
             if Allocation(self.budget.allocation) is Allocation.SENSITIVITY and ctx.train is not None:
                 x = ctx.train.x[: self.budget.images]
                 drift = prediction_drift(model, x, device=ctx.device)
                 ctx.progress(f"{ctx.label}: sensitivity of {len(rest)} tensors on {len(x)} training images")
-            counts.update(budget_counts(model, self.budget, rest, drift))
+            counts.update(budget_counts(model, self.budget, rest, drift, calibration=x))
         alive = {n: _alive(t) for n, t in targets.items()}
         return {n: max(1, min(k, alive[n])) for n, k in counts.items()}
 

@@ -40,13 +40,15 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from squeezetune.compression.tensors import Target, compressible
 from squeezetune.compression.unstructured.pruning import magnitude_mask
@@ -72,13 +74,17 @@ def sensitivity_curves(
     names: Sequence[str] | None = None,
     fractions: Sequence[float] = FRACTIONS,
     *,
+    calibration: torch.Tensor | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, list[tuple[float, float]]]:
     """Each tensor's curve ``[(1.0, loss(model)), (kept fraction, loss), ...]`` with that tensor
     alone magnitude-pruned (``names``: every compressible tensor when not given).
 
-    The curves are made monotone (a smaller fraction never loses less than a larger one). The
-    model itself is left as it is; a copy is pruned and restored tensor by tensor.
+    With ``calibration`` inputs, every BatchNorm's statistics are re-estimated on them before each
+    loss (as the first steps of any fine-tune re-estimate them): a pruned convolution's outputs
+    shrink, and the dense statistics would make a BatchNorm-followed layer look far more sensitive
+    than it is. The curves are made monotone (a smaller fraction never loses less than a larger
+    one). The model itself is left as it is; a copy is pruned and restored tensor by tensor.
     """
     grid = sorted({float(f) for f in fractions}, reverse=True)
     if not grid or not 0 < grid[-1] <= grid[0] < 1:
@@ -89,7 +95,14 @@ def sensitivity_curves(
     unknown = sorted(set(names) - set(targets))
     if unknown:
         raise SqueezeError(f"no compressible tensor {unknown[0]!r}: expected one of {sorted(targets)}")
-    base = float(loss(work))
+
+    def measure() -> float:
+        if calibration is None:
+            return float(loss(work))
+        with recalibrated(work, calibration):
+            return float(loss(work))
+
+    base = measure()
     curves: dict[str, list[tuple[float, float]]] = {}
     for name in names:
         t = targets[name]
@@ -98,13 +111,40 @@ def sensitivity_curves(
         for f in grid:
             keep = max(1, round(f * original.numel()))
             _set(t, original * magnitude_mask(original, keep=keep, name=name))
-            worst = max(worst, float(loss(work)))
+            worst = max(worst, measure())
             points.append((f, worst))
         _set(t, original)
         curves[name] = points
         if progress is not None:
             progress(f"sensitivity of {name}: " + ", ".join(f"{100 * f:g}% -> {d:.4g}" for f, d in points[1:]))
     return curves
+
+
+@contextmanager
+def recalibrated(model: nn.Module, x: torch.Tensor, *, batch_size: int = 500) -> Iterator[nn.Module]:
+    """``model`` with its BatchNorm statistics re-estimated on inputs ``x`` (the rest in eval
+    mode), restored on exit."""
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in norms]
+    try:
+        if norms:
+            model.eval()
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the batches
+                m.train()
+            device = norms[0].running_mean.device
+            with torch.no_grad():
+                for i in range(0, len(x), batch_size):
+                    model(x[i : i + batch_size].to(device))
+            model.eval()
+        yield model
+    finally:
+        for m, (mean, var, count, momentum) in zip(norms, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+            m.momentum = momentum
 
 
 def _set(target: Target, value: torch.Tensor) -> None:
@@ -236,10 +276,11 @@ class Budget:
             raise SqueezeError(f"budget.images={self.images!r} must be an integer >= 1")
 
 
-def budget_counts(model: nn.Module, budget: Budget, names: Sequence[str], loss: Loss | None = None) -> dict[str, int]:
+def budget_counts(model: nn.Module, budget: Budget, names: Sequence[str], loss: Loss | None = None, *, calibration: torch.Tensor | None = None) -> dict[str, int]:
     """Weights to keep per tensor (``names``) so that together they keep ``budget.keep_fraction``.
 
-    ``loss`` is needed for ``allocation: sensitivity`` (see :func:`prediction_drift`).
+    ``loss`` is needed for ``allocation: sensitivity`` (see :func:`prediction_drift`), and
+    ``calibration`` inputs re-estimate BatchNorm statistics there (:func:`sensitivity_curves`).
     """
     targets = compressible(model)
     sizes = {n: targets[n].numel for n in names}
@@ -254,5 +295,5 @@ def budget_counts(model: nn.Module, budget: Budget, names: Sequence[str], loss: 
         return {n: min(sizes[n], max(c, math.ceil(floor * sizes[n]), 1)) for n, c in counts.items()}
     if loss is None:
         raise SqueezeError("budget.allocation='sensitivity' needs training data to measure the curves: expected a task with a training split")
-    fractions = allocate(sensitivity_curves(model, loss, names), sizes, budget.keep_fraction, floor=floor)
+    fractions = allocate(sensitivity_curves(model, loss, names, calibration=calibration), sizes, budget.keep_fraction, floor=floor)
     return {n: min(sizes[n], max(1, round(f * sizes[n]))) for n, f in fractions.items()}
