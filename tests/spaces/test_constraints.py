@@ -41,3 +41,15 @@ def test_a_drop_of_exactly_the_limit_is_within_it_whatever_float32_makes_of_the_
     p = Point(0, acc, 100)
     assert best_ratio([p], dense_bytes=1000, dense_accuracy=dense, max_drop=0.2) == p
     assert pick([p], [p], dense_accuracy=dense, max_drop=0.2) == p
+
+
+def test_no_point_within_the_drop_names_the_split_both_losses_and_the_trial_to_take():
+    from squeezetune.search.export import pick
+    from squeezetune.search.pareto import point
+
+    points = [point(3, {"val_accuracy": 0.965, "accuracy": 0.9715, "bytes": 6444}), point(7, {"val_accuracy": 0.95, "accuracy": 0.96, "bytes": 3000})]
+    with pytest.raises(SqueezeError) as err:
+        pick(points, points, dense_accuracy=0.970, dense_eval_accuracy=0.9725, max_drop=0.2)
+    message = str(err.value)
+    assert "validation images" in message and "trial 3 (6,444 bytes)" in message
+    assert "loses 0.50 points there and 0.10 on the evaluation images" in message and "--trial 3" in message

@@ -70,8 +70,22 @@ def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], lis
     return points, pareto_front(points), baseline_of(parent)
 
 
-def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, trial: int | None = None, max_bytes: int | None = None, max_drop: float | None = None) -> Point:
-    """The trial to export; exactly one selector must be given."""
+def pick(
+    points: list[Point],
+    front: list[Point],
+    *,
+    dense_accuracy: float,
+    trial: int | None = None,
+    max_bytes: int | None = None,
+    max_drop: float | None = None,
+    dense_eval_accuracy: float | None = None,
+) -> Point:
+    """The trial to export; exactly one selector must be given.
+
+    ``dense_accuracy`` is the dense model's on the split the points were selected on;
+    ``dense_eval_accuracy``, when the search held out a validation split, its accuracy on the
+    evaluation images (only for the message when no point is within ``max_drop``).
+    """
     check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop)
     if not points:
         raise SqueezeError("the search has no finished trial to export")
@@ -87,8 +101,15 @@ def pick(points: list[Point], front: list[Point], *, dense_accuracy: float, tria
         return max(ok, key=lambda p: (p.accuracy, -p.bytes))
     ok = [p for p in front if drop_points(dense_accuracy, p.accuracy) <= max_drop]
     if not ok:
-        best = max(front, key=lambda p: p.accuracy)
-        raise SqueezeError(f"--max-drop {max_drop}: no front point loses that little; the most accurate loses {drop_points(dense_accuracy, best.accuracy):.2f} points")
+        best = max(front, key=lambda p: (p.accuracy, -p.bytes))
+        where, held = "", ""
+        if "eval_accuracy" in best.extra and dense_eval_accuracy is not None:
+            where = " on the validation images the search selects on"
+            held = f" there and {drop_points(dense_eval_accuracy, best.extra['eval_accuracy']):.2f} on the evaluation images"
+        raise SqueezeError(
+            f"--max-drop {max_drop}: no front point loses that little{where}; the most accurate, trial {best.trial} ({best.bytes:,} bytes), "
+            f"loses {drop_points(dense_accuracy, best.accuracy):.2f} points{held}: expected a larger --max-drop, or --trial {best.trial}"
+        )
     return min(ok, key=lambda p: (p.bytes, -p.accuracy))
 
 
@@ -169,7 +190,7 @@ def export_trial(
 ) -> Exported:
     """Write the chosen trial's model in every format to ``out`` and register it in MLflow."""
     from squeezetune.search.runner import load_saved_config
-    from squeezetune.tasks import get_task
+    from squeezetune.tasks import get_task, hold_out
 
     out = Path(out)
     check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop)
@@ -182,16 +203,18 @@ def export_trial(
     data_dir = data_dir if data_dir is not None else config.data_dir
     if task.needs_data_dir and data_dir is None:
         raise SqueezeError(f"task {task.name!r} needs --data-dir to re-measure accuracy: expected a folder with MNIST idx files")
-    _, eval_split = task.load_data(Path(data_dir) if data_dir is not None else None)
+    train, eval_split = task.load_data(Path(data_dir) if data_dir is not None else None)
     points = trial_points(c, exp_id, parent.info.run_id)
     front = pareto_front(points)
     baseline = baseline_of(parent)
-    one_image = 100.0 / max(1, len(eval_split))
+    selected_on, split = (hold_out(train, config.validation)[1], "validation") if baseline.val_accuracy is not None else (eval_split, "evaluation")
+    one_image = 100.0 / max(1, len(selected_on))
     if max_drop is not None and 0 < max_drop < one_image:
         progress(
-            f"note: --max-drop is in accuracy points; {max_drop:g} points is less than one of the {len(eval_split):,} eval images ({one_image:.3g} points), so only trials that lose nothing qualify"
+            f"note: --max-drop is in accuracy points on the {len(selected_on):,} {split} images the search selects on; {max_drop:g} points is less than one of them "
+            f"({one_image:.3g} points), so only trials that lose nothing qualify"
         )
-    chosen = pick(points, front, dense_accuracy=baseline.selected, trial=trial, max_bytes=max_bytes, max_drop=max_drop)
+    chosen = pick(points, front, dense_accuracy=baseline.selected, trial=trial, max_bytes=max_bytes, max_drop=max_drop, dense_eval_accuracy=baseline.accuracy)
     held = chosen.extra.get("eval_accuracy", chosen.accuracy)
     progress(f"exporting trial {chosen.trial} (run {chosen.run_id}): accuracy {held:.4f} on the evaluation images, {chosen.bytes:,} bytes")
 
