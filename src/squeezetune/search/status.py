@@ -17,7 +17,8 @@ Progress = Callable[[str], None]
 class SearchStatus:
     def __init__(self, trials: int, baseline: Baseline, max_drop: float | None, progress: Progress, *, live: bool | None = None) -> None:
         self.trials, self.baseline, self.max_drop, self.progress = trials, baseline, max_drop, progress
-        self.running = 0
+        self._started: set = set()  # trial numbers Ray started in this session
+        self._ended: set = set()  # and those told to Optuna since
         self.counts: dict[str, int] = {"complete": 0, "stopped": 0, "failed": 0}
         self.front: Sequence[Point] = ()
         self._bar = None
@@ -27,6 +28,11 @@ class SearchStatus:
             self._bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True)
             self._task = self._bar.add_task(self.summary(), total=trials)
             self._bar.start()
+
+    @property
+    def running(self) -> int:
+        """Trials started and not yet told (Ray's completion callback comes after the tell)."""
+        return len(self._started - self._ended)
 
     def summary(self) -> str:
         n = self.counts
@@ -53,6 +59,7 @@ class SearchStatus:
         self.front = front
         if frozen is None:
             return
+        self._ended.add(frozen.number)
         a = frozen.user_attrs
         if frozen.state == optuna.trial.TrialState.COMPLETE:
             what = f"{_accuracies(a)}, {int(a['bytes']):,} bytes ({self.baseline.bytes / a['bytes']:.1f}x) after the full schedule"
@@ -71,18 +78,12 @@ class SearchStatus:
 
         class _Status(Callback):
             def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-                status.running += 1
+                status._started.add(trial.config.get("_trial"))
                 status.say(f"trial {trial.config.get('_trial', '?')}: started")
 
             def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
                 if not result.get("final") and result.get("epoch") and "bytes" in result:
                     status.say(f"trial {result.get('trial', '?')}: {result['epoch']} epochs, {_accuracies(result)}, {int(result['bytes']):,} bytes")
-
-            def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-                status.running = max(0, status.running - 1)
-
-            def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-                status.running = max(0, status.running - 1)
 
         return _Status()
 
