@@ -239,3 +239,20 @@ def test_a_model_depgraph_mistraces_runs_and_keeps_its_outputs():
     out = _run(copy.deepcopy(model), x)
     assert out.conv.out_channels == 6  # its readers are not traceable, so the conv stays whole
     torch.testing.assert_close(out(x), model(x))
+
+
+def test_a_layer_its_module_reads_past_forward_is_not_gathered():
+    """nn.TransformerEncoderLayer's fused inference path reads linear1.weight itself: gathering
+    linear1's inputs would break it, so that layer stays plain while the head is gathered."""
+    from squeezetune.tasks.shapes import TinyTransformer
+
+    torch.manual_seed(0)
+    model = TinyTransformer().eval()
+    with torch.no_grad():
+        model.encoder.layers[0].linear1.weight[:, :20] = 0
+        model.head.weight[:, :20] = 0
+    tokens = torch.randint(0, 17, (16, 64))
+    expected = model(tokens)
+    done = gather_unused_inputs(model, tokens)
+    assert list(done) == ["head"] and type(model.encoder.layers[0].linear1) is nn.Linear
+    torch.testing.assert_close(model(tokens), expected)

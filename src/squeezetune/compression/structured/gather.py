@@ -114,13 +114,18 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def gather_unused_inputs(model: nn.Module) -> dict[str, tuple[int, int]]:
+def gather_unused_inputs(model: nn.Module, x: torch.Tensor | None = None) -> dict[str, tuple[int, int]]:
     """Replace every plain linear layer with all-zero input columns by a :class:`GatheredLinear`, in
     place, where the weights that go take more memory than the ``inputs`` buffer it adds.
+
+    With inputs ``x``, a replacement stands only if the model still gives the same outputs on
+    them (eval mode): a module that reads its layer's weight itself instead of calling it (as
+    ``nn.TransformerEncoderLayer``'s fused inference path does) keeps the plain layer.
 
     Returns ``{layer: (features read, features before)}`` for each layer replaced. Layers must
     carry no parametrization (bake masks first).
     """
+    before = eval_outputs(model, x) if x is not None else None
     done = {}
     for name, m in list(model.named_modules()):
         if type(m) is not nn.Linear or parametrize.is_parametrized(m):
@@ -129,8 +134,27 @@ def gather_unused_inputs(model: nn.Module) -> dict[str, tuple[int, int]]:
         if not bool(used.any()) or m.out_features * int((~used).sum()) < _buffer_cost(m.in_features):
             continue
         _replace(model, name, GatheredLinear.from_linear(m, used))
+        if before is not None and not same_outputs(model, x, before):
+            _replace(model, name, m)
+            continue
         done[name] = (int(used.sum()), m.in_features)
     return done
+
+
+def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` in eval mode, without autograd."""
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def same_outputs(model: nn.Module, x: torch.Tensor, before: torch.Tensor) -> bool:
+    """Whether ``model`` still runs on ``x`` and gives ``before`` (up to float rounding)."""
+    try:
+        after = eval_outputs(model, x)
+    except Exception:  # noqa: BLE001 - a layer some module reads past its forward: not gathered
+        return False
+    return after.shape == before.shape and float((after - before).abs().max()) <= 1e-4 * (1.0 + float(before.abs().max()))
 
 
 def ungather(model: nn.Module) -> nn.Module:

@@ -34,7 +34,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from squeezetune.compression.stages import Context, StageConfig, register_stage
 from squeezetune.compression.structured._graph import ChannelGroup, StructureGraph
-from squeezetune.compression.structured.gather import gather_unused_inputs, ungather
+from squeezetune.compression.structured.gather import eval_outputs, same_outputs, gather_unused_inputs, ungather
 from squeezetune.compression.structured.shrink import shrink
 from squeezetune.compression.tensors import compressible
 from squeezetune.compression.unstructured.pruning import apply_mask, bake, mask_of
@@ -147,15 +147,15 @@ def remove_dead(model: nn.Module, x: torch.Tensor, example: torch.Tensor) -> tup
         plan = {name: dead for name, dead in plan.items() if dead}
         if not plan:
             break
-        before = _outputs(model, x)
+        before = eval_outputs(model, x)
         smaller = _without(model, graph, plan, folds, example)
-        if smaller is None or not _same(_outputs(smaller, x), before):
+        if smaller is None or not same_outputs(smaller, x, before):
             # a reader DepGraph did not see (a bare parameter, an op it cannot trace): find the
             # groups whose removal keeps the outputs, one at a time; the others stay whole
             accepted: dict[str, list[int]] = {}
             for name, dead in plan.items():
                 trial = _without(model, graph, {**accepted, name: dead}, folds, example)
-                if trial is not None and _same(_outputs(trial, x), before):
+                if trial is not None and same_outputs(trial, x, before):
                     accepted[name], smaller = dead, trial
                 else:
                     whole.add(name)
@@ -181,17 +181,6 @@ def _without(model: nn.Module, graph: StructureGraph, plan: dict[str, list[int]]
         return None
 
 
-def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(x)
-
-
-def _same(after: torch.Tensor, before: torch.Tensor) -> bool:
-    """Whether removing dead channels left the outputs as they were (up to float rounding)."""
-    return after.shape == before.shape and float((after - before).abs().max()) <= 1e-4 * (1.0 + float(before.abs().max()))
-
-
 @register_stage(NeuronsConfig)
 def neurons(model: nn.Module, config: NeuronsConfig, ctx: Context) -> nn.Module:
     """Remove dead neurons, channels and unread input features; returns the smaller model."""
@@ -203,7 +192,7 @@ def neurons(model: nn.Module, config: NeuronsConfig, ctx: Context) -> nn.Module:
     work = ungather(copy.deepcopy(bake(model))).cpu()  # masks come back below, from the zeros
     x = ctx.train.x[: config.images] if ctx.train is not None else ctx.example
     work, removed = remove_dead(work, x.cpu(), ctx.example)
-    gathered = gather_unused_inputs(work) if config.inputs else {}
+    gathered = gather_unused_inputs(work, x.cpu()) if config.inputs else {}
     for name, t in compressible(work).items():
         if name in pruned:
             apply_mask(t.module, t.tensor.detach().ne(0).float(), t.attr)
