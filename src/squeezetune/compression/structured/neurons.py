@@ -34,7 +34,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from squeezetune.compression.stages import Context, StageConfig, register_stage
 from squeezetune.compression.structured._graph import ChannelGroup, StructureGraph
-from squeezetune.compression.structured.gather import eval_outputs, same_outputs, gather_unused_inputs, ungather
+from squeezetune.compression.structured.gather import eval_outputs, gather_unused_inputs, same_outputs, ungather
 from squeezetune.compression.structured.shrink import shrink
 from squeezetune.compression.tensors import compressible
 from squeezetune.compression.unstructured.pruning import apply_mask, bake, mask_of
