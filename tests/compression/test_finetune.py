@@ -37,3 +37,36 @@ def test_cuda_this_machine_lacks():
 def test_mps_this_machine_lacks():
     with pytest.raises(SqueezeError, match="MPS is not available"):
         pick_device("mps")
+
+
+def _diverging_setup():
+    from torch import nn
+
+    from squeezetune.tasks import Split
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = (x[:, :5].sum(1) > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 2))
+    return model, Split(x, y)
+
+
+def test_a_diverging_epoch_is_run_again_at_half_the_learning_rate():
+    from squeezetune.compression.finetune import RETRIES, FinetuneConfig, evaluate, train
+
+    model, data = _diverging_setup()
+    lines: list[str] = []
+    train(model, data, FinetuneConfig(epochs=3, lr=40.0), progress=lines.append)  # lr 40 blows up at once
+    assert any("diverged; run again at half the learning rate" in line for line in lines)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert sum("diverged" in line for line in lines) <= RETRIES + 1
+    assert evaluate(model, data) > 0.5
+
+
+def test_training_with_hooks_still_refuses_a_non_finite_loss():
+    from squeezetune.compression.finetune import FinetuneConfig, train
+
+    model, data = _diverging_setup()
+    with pytest.raises(SqueezeError, match="finite loss"):
+        train(model, data, FinetuneConfig(epochs=3, lr=1e6), after_step=lambda: None)

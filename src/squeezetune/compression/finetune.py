@@ -9,6 +9,7 @@ members' gradients.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -134,7 +135,15 @@ def train(
     computed once. ``after_step`` runs after every optimizer step (structured pruning uses it
     to hold zeroed channels); ``epoch_end(epoch, mean loss)`` after every epoch. ``penalty()``, when
     given, is added to every step's loss (soft weight-sharing's prior; the caller steps any
-    parameters of its own in ``after_step``). Raises :class:`SqueezeError` if the loss becomes NaN or infinite.
+    parameters of its own in ``after_step``).
+
+    A plain training (no ``after_step``, no ``penalty``) guards against divergence: an epoch whose
+    mean loss is not finite or ends above :func:`diverged`'s bound over the loss the model started
+    with (a centroid fine-tune of a 1-bit layer, where each centroid moves by the sum of thousands
+    of gradients, can leap to chance level in one epoch) is run again from its start at half the
+    learning rate, up to :data:`RETRIES` times; then training stops with the weights from before
+    that epoch. Training with hooks (pruning schedules, penalties), whose loss may rightly rise,
+    raises :class:`SqueezeError` if the loss becomes NaN or infinite.
     """
     if config.epochs == 0 or len(data) == 0:
         return model
@@ -152,21 +161,36 @@ def train(
     gen = torch.Generator().manual_seed(config.seed)
     lasso = GroupLasso(model, config.group_lasso, config.group_lasso_groups) if config.group_lasso > 0 else None
     x_all, y_all = data.x.to(device), data.y.to(device)
-    for epoch in range(config.epochs):
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        logits = model(x_all[idx])
+        loss = F.cross_entropy(logits, y_all[idx])
+        if soft is not None:
+            t = config.temperature
+            kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(soft[idx] / t, 1), reduction="batchmean")
+            loss = config.alpha * t * t * kd + (1.0 - config.alpha) * loss
+        return loss
+
+    guard = after_step is None and penalty is None
+    if guard:
+        model.eval()
+        with torch.no_grad():
+            start = float(batch_loss(torch.arange(min(len(data), 2048), device=device)))
+    epoch, retries = 0, 0
+    while epoch < config.epochs:
+        saved = copy.deepcopy((model.state_dict(), opt.state_dict(), sched.state_dict())) if guard else None
         model.train()
         order = torch.randperm(len(data), generator=gen).to(device)
         total = 0.0
         for i in range(0, len(data), config.batch_size):
             idx = order[i : i + config.batch_size]
-            logits = model(x_all[idx])
-            loss = F.cross_entropy(logits, y_all[idx])
-            if soft is not None:
-                t = config.temperature
-                kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(soft[idx] / t, 1), reduction="batchmean")
-                loss = config.alpha * t * t * kd + (1.0 - config.alpha) * loss
+            loss = batch_loss(idx)
             if penalty is not None:
                 loss = loss + penalty()
             if not torch.isfinite(loss):
+                if guard:
+                    total = math.inf
+                    break
                 raise SqueezeError(f"training loss became {loss.item()} in epoch {epoch + 1}: expected a finite loss (lower the lr={config.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -177,12 +201,42 @@ def train(
             if after_step is not None:
                 after_step()
             total += loss.item() * len(idx)
+        mean = total / len(data)
+        if saved is not None and diverged(start, mean):
+            model.load_state_dict(saved[0])
+            opt.load_state_dict(saved[1])
+            sched.load_state_dict(saved[2])
+            if retries == RETRIES:
+                if progress is not None:
+                    progress(f"epoch {epoch + 1}/{config.epochs} loss {mean:.4f} from {start:.4f}: diverged {RETRIES + 1} times; training stops with the weights from before this epoch")
+                break
+            retries += 1
+            for group in opt.param_groups:
+                group["lr"] *= 0.5  # the cosine schedule scales what it is given, so the rest of it halves too
+            if progress is not None:
+                progress(f"epoch {epoch + 1}/{config.epochs} loss {mean:.4f} from {start:.4f}: diverged; run again at half the learning rate")
+            continue
         if progress is not None:
-            progress(f"epoch {epoch + 1}/{config.epochs} loss {total / len(data):.4f}")
+            progress(f"epoch {epoch + 1}/{config.epochs} loss {mean:.4f}")
         if epoch_end is not None:
-            epoch_end(epoch + 1, total / len(data))
+            epoch_end(epoch + 1, mean)
+        epoch += 1
     model.eval()
     return model
+
+
+RETRIES = 4
+"""How many times a diverged epoch is run again, each time at half the learning rate."""
+
+
+def diverged(start: float, loss: float) -> bool:
+    """Whether an epoch's mean ``loss`` says training diverged from a model whose loss was ``start``:
+    not finite, or above ``3 * start + 1`` (a distilled classifier at chance level is near 20).
+
+    >>> diverged(0.05, 0.2), diverged(0.05, 19.2), diverged(2.3, 2.0), diverged(0.1, float("nan"))
+    (False, True, False, True)
+    """
+    return not math.isfinite(loss) or loss > 3.0 * start + 1.0
 
 
 def train_in(
