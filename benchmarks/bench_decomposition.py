@@ -87,14 +87,14 @@ def cnn(args) -> None:
             continue
         recipes = {
             f"decomposition {args.decompose_target}": {"stages": [{"decompose": {"method": "lowrank", "macs_target": args.decompose_target}}, {"finetune": ft}], "encode": encode},
-            f"channel pruning {args.channel_target}": {"stages": [{"structured": {"method": "lasso", "macs_target": args.channel_target}}, {"finetune": ft}], "encode": encode},
+            **{f"channel pruning {c}": {"stages": [{"structured": {"method": "lasso", "macs_target": c}}, {"finetune": ft}], "encode": encode} for c in args.channel_target},
             f"both: channels {args.both_channels}, then decomposition {args.both_target}": {
                 "stages": [{"structured": {"method": "lasso", "macs_target": args.both_channels}}, {"decompose": {"method": "lowrank", "macs_target": args.both_target}}, {"finetune": ft}],
                 "encode": encode,
             },
         }
         for what, recipe in recipes.items():
-            r = run(task, recipe, f"{task}-{what.split(':')[0].split()[0]}", args)
+            r = run(task, recipe, f"{task}-" + "-".join(what.replace(",", "").replace(":", "").split()), args)
             loads.append(load())
             rows.append(
                 [
@@ -121,7 +121,7 @@ def cnn(args) -> None:
             "ranks planned by singular-value energy to the MAC target, fitted by SVD then least squares on 256 sampled training images. "
             "Channel pruning: LASSO selection + least squares (`structured`, method lasso, uniform allocation, multiples of 8). "
             "Both: channel pruning first, then decomposition to the overall target, one fine-tune. "
-            + (f"With {args.ft_epochs} fine-tune epochs the channel-pruning row is the built-in `channel-pruning --macs-target {args.channel_target}` recipe. " if args.ft_epochs == 3 else "")
+            + (f"With {args.ft_epochs} fine-tune epochs a channel-pruning row is the built-in `channel-pruning --macs-target` recipe at its target. " if args.ft_epochs == 3 else "")
             + "Accuracies are the decoded containers'; MACs, params and speed-ups are the compress report's "
             "(CPU, batch 1 and 64, dense and compressed timed in turns, medians of 20, each in its faster memory layout).",
             "",
@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=["resnet20-mnist", "vgg-mnist"], choices=["resnet20-mnist", "vgg-mnist"], help="the CNNs of the cnn section")
     parser.add_argument("--lenet-epochs", type=int, default=2)
     parser.add_argument("--decompose-target", type=float, default=0.5)
-    parser.add_argument("--channel-target", type=float, default=0.5)
+    parser.add_argument("--channel-target", type=float, nargs="+", default=[0.5], help="one channel-pruning row per target")
     parser.add_argument("--both-channels", type=float, default=0.6)
     parser.add_argument("--both-target", type=float, default=0.3)
     parser.add_argument("--lenet-lr", type=float, default=0.005)
