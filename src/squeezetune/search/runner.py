@@ -193,7 +193,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
         from squeezetune.compression.unstructured.sensitivity import sensitivity_curves
 
         progress("sensitivity of each tensor to pruning, on the validation split (once, for the budget allocation)")
-        sensitivity = sensitivity_curves(dense, lambda m: dense_val - evaluate(m, val), calibration=fit.x[:1000], progress=progress)
+        sensitivity = sensitivity_curves(dense, lambda m: dense_val - evaluate(m, val), calibration=fit.x, progress=progress)
     space = derive_space(task.build_model(), space_config(config), example, sensitivity=sensitivity)
     warm_starts = warm_start_params(space, task, config.warm_start)
     d_bytes = count_dense_bytes(dense)

@@ -57,6 +57,9 @@ from squeezetune.errors import SqueezeError
 FRACTIONS = (0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.025, 0.018, 0.012, 0.008, 0.005, 0.003, 0.002, 0.001)
 """The kept fractions each tensor's sensitivity is measured at (below the unpruned 1.0)."""
 
+CALIBRATION_INPUTS = 256
+"""How many inputs the sensitivity curves re-estimate BatchNorm statistics on (a few training batches)."""
+
 Loss = Callable[[nn.Module], float]
 """How much worse a model is than the unpruned one (lower is better)."""
 
@@ -80,8 +83,8 @@ def sensitivity_curves(
     """Each tensor's curve ``[(1.0, loss(model)), (kept fraction, loss), ...]`` with that tensor
     alone magnitude-pruned (``names``: every compressible tensor when not given).
 
-    With ``calibration`` inputs, every BatchNorm's statistics are re-estimated on them before each
-    loss (as the first steps of any fine-tune re-estimate them): a pruned convolution's outputs
+    With ``calibration`` inputs, every BatchNorm's statistics are re-estimated on (the first
+    :data:`CALIBRATION_INPUTS` of) them before each loss (as the first steps of any fine-tune re-estimate them): a pruned convolution's outputs
     shrink, and the dense statistics would make a BatchNorm-followed layer look far more sensitive
     than it is. The curves are made monotone (a smaller fraction never loses less than a larger
     one). The model itself is left as it is; a copy is pruned and restored tensor by tensor.
@@ -99,7 +102,7 @@ def sensitivity_curves(
     def measure() -> float:
         if calibration is None:
             return float(loss(work))
-        with recalibrated(work, calibration):
+        with recalibrated(work, calibration[:CALIBRATION_INPUTS]):
             return float(loss(work))
 
     base = measure()
