@@ -131,7 +131,8 @@ class TargetConfig(StageConfig):
                 x = ctx.train.x[: self.budget.images]
                 drift = prediction_drift(model, x, device=ctx.device)
                 ctx.progress(f"{ctx.label}: sensitivity of {len(rest)} tensors on {len(x)} training images")
-            counts.update(budget_counts(model, self.budget, rest, drift, calibration=x))
+            progress = (lambda m: ctx.progress(f"{ctx.label}: {m}")) if drift is not None else None
+            counts.update(budget_counts(model, self.budget, rest, drift, calibration=x, progress=progress))
         alive = {n: _alive(t) for n, t in targets.items()}
         return {n: max(1, min(k, alive[n])) for n, k in counts.items()}
 

@@ -107,7 +107,7 @@ def sensitivity_curves(
 
     base = measure()
     curves: dict[str, list[tuple[float, float]]] = {}
-    for name in names:
+    for i, name in enumerate(names, 1):
         t = targets[name]
         original = t.tensor.detach().clone()
         points, worst = [(1.0, base)], base
@@ -119,7 +119,7 @@ def sensitivity_curves(
         _set(t, original)
         curves[name] = points
         if progress is not None:
-            progress(f"sensitivity of {name}: " + ", ".join(f"{100 * f:g}% -> {d:.4g}" for f, d in points[1:]))
+            progress(f"sensitivity of {name} ({i}/{len(names)}): " + ", ".join(f"{100 * f:g}% -> {d:.4g}" for f, d in points[1:]))
     return curves
 
 
@@ -279,11 +279,20 @@ class Budget:
             raise SqueezeError(f"budget.images={self.images!r} must be an integer >= 1")
 
 
-def budget_counts(model: nn.Module, budget: Budget, names: Sequence[str], loss: Loss | None = None, *, calibration: torch.Tensor | None = None) -> dict[str, int]:
+def budget_counts(
+    model: nn.Module,
+    budget: Budget,
+    names: Sequence[str],
+    loss: Loss | None = None,
+    *,
+    calibration: torch.Tensor | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, int]:
     """Weights to keep per tensor (``names``) so that together they keep ``budget.keep_fraction``.
 
     ``loss`` is needed for ``allocation: sensitivity`` (see :func:`prediction_drift`), and
-    ``calibration`` inputs re-estimate BatchNorm statistics there (:func:`sensitivity_curves`).
+    ``calibration`` inputs re-estimate BatchNorm statistics there, and ``progress`` hears of each
+    tensor's curve as it is measured (:func:`sensitivity_curves`).
     """
     targets = compressible(model)
     sizes = {n: targets[n].numel for n in names}
@@ -298,5 +307,5 @@ def budget_counts(model: nn.Module, budget: Budget, names: Sequence[str], loss: 
         return {n: min(sizes[n], max(c, math.ceil(floor * sizes[n]), 1)) for n, c in counts.items()}
     if loss is None:
         raise SqueezeError("budget.allocation='sensitivity' needs training data to measure the curves: expected a task with a training split")
-    fractions = allocate(sensitivity_curves(model, loss, names, calibration=calibration), sizes, budget.keep_fraction, floor=floor)
+    fractions = allocate(sensitivity_curves(model, loss, names, calibration=calibration, progress=progress), sizes, budget.keep_fraction, floor=floor)
     return {n: min(sizes[n], max(1, round(f * sizes[n]))) for n, f in fractions.items()}
