@@ -65,7 +65,7 @@ def run(job: Job, data_dir: str, fresh: bool) -> dict:
     RUNS.mkdir(parents=True, exist_ok=True)
     done = RUNS / f"{job.key}.json"
     if done.exists() and not fresh:
-        return json.loads(done.read_text())
+        return {**json.loads(done.read_text()), "reused": True}
     task = get_task(job.task)
     recipe = job.recipe if isinstance(job.recipe, str) else Recipe.from_dict(job.recipe)
     with open(RUNS / f"{job.key}.log", "w") as logfile:
@@ -325,7 +325,8 @@ def tasks_section(results: dict[str, dict]) -> str:
         "`deep-compression` (its generic rule where the paper has no table) beside it. Accuracy is the decoded file's on the "
         "evaluation images, against the same dense baseline.\n\n"
         + markdown_table(["task", "max budget", "dense acc", "deep-compression change", "deep-compression ratio", "max-compression change", "max-compression ratio", "params left", "wall (max)"], rows)
-        + (f"\nNot run in this invocation: {', '.join(missing)}.\n" if missing else "")
+        + "\n"
+        + (f"\nNot run: {', '.join(missing)}.\n" if missing else "")
     )
 
 
@@ -349,7 +350,13 @@ def main() -> None:
         jobs += [Job(f"{kind}-{t}" + ("-s0" if kind == "max" else ""), t, recipe) for t in args.tasks for kind, recipe in (("max", "max-compression"), ("dc", "deep-compression"))]
     started = time.perf_counter()
     results = run_all(jobs, args.data_dir, args.jobs, args.fresh)
-    footer = f"\nMeasured on {machine()} by `benchmarks/bench_max_compression.py` ({args.jobs} runs at a time, one thread each; {(time.perf_counter() - started) / 60:.0f} min for this invocation).\n"
+    reused = sum(bool(r.get("reused")) for r in results.values())
+    footer = (
+        f"\nMeasured on {machine()} by `benchmarks/bench_max_compression.py` (one thread per run; {args.jobs} runs at a time in this invocation, "
+        f"{(time.perf_counter() - started) / 60:.0f} min"
+        + (f"; {reused} of the {len(results)} runs are earlier invocations' kept reports (the stages they run unchanged since), their wall times their own" if reused else "")
+        + ").\n"
+    )
     if "main" in args.parts:
         write_section("max-compression", main_section(results, args.seeds) + footer)
     if "ablation" in args.parts:
