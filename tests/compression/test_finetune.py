@@ -70,3 +70,11 @@ def test_training_with_hooks_still_refuses_a_non_finite_loss():
     model, data = _diverging_setup()
     with pytest.raises(SqueezeError, match="finite loss"):
         train(model, data, FinetuneConfig(epochs=3, lr=1e6), after_step=lambda: None)
+
+
+def test_training_that_diverges_at_every_halving_fails_naming_the_learning_rate():
+    from squeezetune.compression.finetune import FinetuneConfig, train
+
+    model, data = _diverging_setup()
+    with pytest.raises(SqueezeError, match=r"loss became .* at every learning rate down to .*: expected a lower lr than 1e\+20"):
+        train(model, data, FinetuneConfig(epochs=2, lr=1e20))

@@ -141,9 +141,9 @@ def train(
     mean loss is not finite or ends above :func:`diverged`'s bound over the loss the model started
     with (a centroid fine-tune of a 1-bit layer, where each centroid moves by the sum of thousands
     of gradients, can leap to chance level in one epoch) is run again from its start at half the
-    learning rate, up to :data:`RETRIES` times; then training stops with the weights from before
-    that epoch. Training with hooks (pruning schedules, penalties), whose loss may rightly rise,
-    raises :class:`SqueezeError` if the loss becomes NaN or infinite.
+    learning rate, up to :data:`RETRIES` times, and then raises :class:`SqueezeError`. Training
+    with hooks (pruning schedules, penalties), whose loss may rightly rise, raises it as soon as
+    the loss becomes NaN or infinite.
     """
     if config.epochs == 0 or len(data) == 0:
         return model
@@ -207,9 +207,9 @@ def train(
             opt.load_state_dict(saved[1])
             sched.load_state_dict(saved[2])
             if retries == RETRIES:
-                if progress is not None:
-                    progress(f"epoch {epoch + 1}/{config.epochs} loss {mean:.4f} from {start:.4f}: diverged {RETRIES + 1} times; training stops with the weights from before this epoch")
-                break
+                raise SqueezeError(
+                    f"training loss became {mean:.4g} in epoch {epoch + 1} (from {start:.4g}) at every learning rate down to {config.lr * 0.5**RETRIES:g}: expected a lower lr than {config.lr}"
+                )
             retries += 1
             for group in opt.param_groups:
                 group["lr"] *= 0.5  # the cosine schedule scales what it is given, so the rest of it halves too
