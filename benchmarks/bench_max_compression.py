@@ -286,14 +286,13 @@ def ablation_section(results: dict[str, dict], model_name: str) -> str:
 
 
 def _budget(task_name: str) -> str:
-    from squeezetune.compression.recipes import MAX_RATES, generic_budget
-    from squeezetune.compression.tensors import compressible
+    """The global kept fraction the task's max-compression recipe prunes to, as the recipe says it."""
+    from squeezetune.compression.recipes import max_compression
     from squeezetune.tasks import get_task
 
     task = get_task(task_name)
-    if task.model in MAX_RATES:
-        return "tuned rates"
-    return f"{100 * generic_budget(sum(t.numel for t in compressible(task.build_model()).values())):.1f}%"
+    budget = max_compression(task.model, task.build_model()).first("gradual_prune").budget
+    return "tuned rates" if budget is None else f"{100 * budget.keep_fraction:.1f}%"
 
 
 def tasks_section(results: dict[str, dict]) -> str:

@@ -13,8 +13,8 @@ every partner DepGraph couples to it) is dead when
 Dead channels are removed with :func:`~squeezetune.compression.structured.shrink.shrink`, again
 until none is left (removing one unit can leave another without outputs); a group always keeps at
 least one channel. Each removal is checked on the training batch: when the outputs move (a reader
-DepGraph cannot see, such as a bare parameter in a matmul), that group stays whole. Then every linear layer whose remaining input columns are all zero reads only
-the features it uses (:mod:`.gather`): input pixels that no kept weight reads cost neither
+DepGraph cannot see, such as a bare parameter in a matmul), that group stays whole. Then every
+linear layer whose remaining input columns are all zero reads only the features it uses (:mod:`.gather`): input pixels that no kept weight reads cost neither
 positions nor MACs, and the model still takes its original input. Pruning masks are carried over
 (a tensor that was pruned is pruned again where its weights are zero), so unstructured pruning
 continues inside what is left.
