@@ -82,6 +82,28 @@ def test_a_snapshot_mid_ramp_is_pruned_to_the_final_targets_and_leaves_the_train
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), unseen.state_dict().values()))  # the snapshots changed nothing
 
 
+def test_a_snapshot_reestimates_batchnorm_statistics_for_the_pruned_model():
+    """Pruned at once to the final targets, a convolution's outputs shrink; the snapshot's
+    BatchNorm holds their statistics, not those of the larger model still training."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(128, 3))
+    data = _data(96)
+    config = GradualPruneConfig(layers={"0": LayerPrune(keep=8)}, finetune=FinetuneConfig(epochs=2, batch_size=16, lr=0.01), ramp=1.0, every=1)
+    checked: list[bool] = []
+
+    def on_epoch(event: EpochEvent) -> None:
+        shown, _ = event.snapshot()
+        assert not shown.training
+        with torch.no_grad():
+            out = shown[0](data.x)
+        torch.testing.assert_close(shown[1].running_mean, out.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(shown[1].running_var, out.var((0, 2, 3)), atol=1e-4, rtol=1e-2)
+        checked.append(not torch.allclose(shown[1].running_mean, event.model[1].running_mean))
+
+    apply_stage(model, config, _ctx(model, data, on_epoch=on_epoch, snapshot=lambda m: (m, 0)))
+    assert checked == [True, True]  # the training model's own statistics differ and were left alone
+
+
 def test_gradual_one_shot_with_no_epochs_prunes_to_the_target():
     model, data = _mlp(), _data()
     apply_stage(model, GradualPruneConfig(default=LayerPrune(keep_fraction=0.25), finetune=FinetuneConfig(epochs=0)), _ctx(model, data))

@@ -12,8 +12,9 @@ falls along Zhu & Gupta's cubic curve, from what the tensor keeps now to its tar
 with the masks recomputed every ``every`` optimizer steps over the ``ramp`` share of the training
 that starts at ``begin``; the rest of the training recovers at the final sparsity. The model a
 snapshot shows mid-training (what a search's rung reports, :class:`~.stages.EpochEvent`) is pruned
-to the final targets at once, by magnitude, so a rung measures the trial's final size and how well
-its weights take that sparsity so far, not a model that is still larger. With
+to the final targets at once, by magnitude, with its BatchNorm statistics re-estimated on a few
+training batches (:func:`~.sensitivity.recalibrate`), so a rung measures the trial's final size and
+how well its weights take that sparsity so far, not a model that is still larger. With
 ``regrow: true`` the masks can be revised as in Dynamic Network Surgery (Guo et al. 2016): pruned
 weights keep receiving their gradient (straight through the mask) and come back when their
 magnitude ranks among the kept again. A pruned weight also decays by :data:`REGROW_DECAY` per step,
@@ -50,7 +51,7 @@ from squeezetune.compression.finetune import FinetuneConfig, evaluate, train_in
 from squeezetune.compression.stages import Context, StageConfig, register_stage
 from squeezetune.compression.tensors import Target, compressible, copy_model, setting_key
 from squeezetune.compression.unstructured.pruning import Granularity, LayerPrune, Mask, apply_mask, check_layers, magnitude_mask, mask_of
-from squeezetune.compression.unstructured.sensitivity import Allocation, Budget, budget_counts, prediction_drift
+from squeezetune.compression.unstructured.sensitivity import CALIBRATION_INPUTS, Allocation, Budget, budget_counts, prediction_drift, recalibrate
 from squeezetune.compression.unstructured.sharing import shared_of
 from squeezetune.errors import SqueezeError
 
@@ -255,7 +256,8 @@ def gradual_prune(model: nn.Module, config: GradualPruneConfig, ctx: Context) ->
     ft = config.finetune
     if ctx.snapshot is not None:
         snapshot = ctx.snapshot
-        ctx = dataclasses.replace(ctx, snapshot=lambda m: snapshot(_at_targets(m, targets, finals, config.granularity, config.regrow)))
+        calibration = data.x[:CALIBRATION_INPUTS]
+        ctx = dataclasses.replace(ctx, snapshot=lambda m: snapshot(recalibrate(_at_targets(m, targets, finals, config.granularity, config.regrow), calibration)))
     schedule = schedule_for(config, math.ceil(len(data) / ft.batch_size))
     step = [0]
 

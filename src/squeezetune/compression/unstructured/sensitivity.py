@@ -123,31 +123,44 @@ def sensitivity_curves(
     return curves
 
 
+def recalibrate(model: nn.Module, x: torch.Tensor, *, batch_size: int = 500) -> nn.Module:
+    """Re-estimate ``model``'s BatchNorm statistics on inputs ``x`` in place (a cumulative average
+    over batches of ``batch_size``) and leave the model in eval mode. A model without BatchNorm is
+    left as it is."""
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms:
+        return model
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    device = norms[0].running_mean.device
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+    return model
+
+
 @contextmanager
 def recalibrated(model: nn.Module, x: torch.Tensor, *, batch_size: int = 500) -> Iterator[nn.Module]:
-    """``model`` with its BatchNorm statistics re-estimated on inputs ``x`` (the rest in eval
-    mode), restored on exit."""
+    """``model`` with its BatchNorm statistics re-estimated on inputs ``x`` (:func:`recalibrate`,
+    the rest in eval mode), restored on exit."""
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in norms]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
     try:
-        if norms:
-            model.eval()
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # a cumulative average over the batches
-                m.train()
-            device = norms[0].running_mean.device
-            with torch.no_grad():
-                for i in range(0, len(x), batch_size):
-                    model(x[i : i + batch_size].to(device))
-            model.eval()
-        yield model
+        yield recalibrate(model, x, batch_size=batch_size)
     finally:
-        for m, (mean, var, count, momentum) in zip(norms, saved):
+        for m, (mean, var, count) in zip(norms, saved):
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(count)
-            m.momentum = momentum
 
 
 def _set(target: Target, value: torch.Tensor) -> None:
