@@ -88,6 +88,10 @@ def cnn(args) -> None:
         recipes = {
             f"decomposition {args.decompose_target}": {"stages": [{"decompose": {"method": "lowrank", "macs_target": args.decompose_target}}, {"finetune": ft}], "encode": encode},
             **{f"channel pruning {c}": {"stages": [{"structured": {"method": "lasso", "macs_target": c}}, {"finetune": ft}], "encode": encode} for c in args.channel_target},
+            **{
+                f"channel pruning to {c} of the predicted b64 latency": {"stages": [{"structured": {"method": "lasso", "macs_target": c, "cost": "latency"}}, {"finetune": ft}], "encode": encode}
+                for c in args.latency_target
+            },
             f"both: channels {args.both_channels}, then decomposition {args.both_target}": {
                 "stages": [{"structured": {"method": "lasso", "macs_target": args.both_channels}}, {"decompose": {"method": "lowrank", "macs_target": args.both_target}}, {"finetune": ft}],
                 "encode": encode,
@@ -119,7 +123,9 @@ def cnn(args) -> None:
             f"Each recipe ends in {args.ft_epochs} epoch(s) of fine-tuning distilled from the dense model (lr 0.01, cosine) -- a modest budget, "
             "chosen for this machine; more epochs recover more. Decomposition: `lowrank` (a 3x3 conv becomes 3x3 to r channels then 1x1), "
             "ranks planned by singular-value energy to the MAC target, fitted by SVD then least squares on 256 sampled training images. "
-            "Channel pruning: LASSO selection + least squares (`structured`, method lasso, uniform allocation, multiples of 8). "
+            "Channel pruning: LASSO selection + least squares (`structured`, method lasso, uniform allocation, multiples of 8); "
+            "a row 'to x of the predicted b64 latency' plans the counts with `cost: latency` "
+            "(each layer timed alone on this machine, cached, interpolated; the target a fraction of the dense model's predicted batch-64 latency). "
             "Both: channel pruning first, then decomposition to the overall target, one fine-tune. "
             + (f"With {args.ft_epochs} fine-tune epochs a channel-pruning row is the built-in `channel-pruning --macs-target` recipe at its target. " if args.ft_epochs == 3 else "")
             + "Accuracies are the decoded containers'; MACs, params and speed-ups are the compress report's "
@@ -302,6 +308,9 @@ def main() -> None:
     parser.add_argument("--lenet-epochs", type=int, default=2)
     parser.add_argument("--decompose-target", type=float, default=0.5)
     parser.add_argument("--channel-target", type=float, nargs="+", default=[0.5], help="one channel-pruning row per target")
+    parser.add_argument(
+        "--latency-target", type=float, nargs="*", default=[], help="one channel-pruning row per target, planned with cost: latency (a fraction of the dense model's predicted batch-64 latency)"
+    )
     parser.add_argument("--both-channels", type=float, default=0.6)
     parser.add_argument("--both-target", type=float, default=0.3)
     parser.add_argument("--lenet-lr", type=float, default=0.005)

@@ -180,10 +180,16 @@ def best_within(points: list[dict], dense_accuracy: float, dense_bytes: int) -> 
 def exported(points: list[dict], dense_val: float, dense_accuracy: float, dense_bytes: int) -> str:
     """What ``squeezetune export --max-drop MAX_DROP`` hands the user: the smallest point within
     MAX_DROP on the validation images it was selected on, then its ratio and evaluation-image loss."""
-    ok = [p for p in points if drop_points(dense_val, p["val"]) <= MAX_DROP]
-    if not ok:
+    from squeezetune.errors import SqueezeError
+    from squeezetune.search.export import pick
+    from squeezetune.search.pareto import Point, pareto_front
+
+    on_val = [Point(p["trial"], p["val"], p["bytes"]) for p in points]
+    try:
+        chosen = pick(on_val, pareto_front(on_val), dense_accuracy=dense_val, max_drop=MAX_DROP)
+    except SqueezeError:
         return "none"
-    p = min(ok, key=lambda p: p["bytes"])
+    p = next(p for p in points if p["trial"] == chosen.trial)
     return f"{dense_bytes / p['bytes']:.1f}x ({100 * (p['acc'] - dense_accuracy):+.2f} pt)"
 
 

@@ -29,11 +29,11 @@ import hashlib
 import json
 import platform
 import time
-from bisect import bisect_right
 from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
@@ -234,13 +234,7 @@ def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     >>> interpolate([8, 16], [1.0, 3.0], 12)
     2.0
     """
-    if x <= xs[0]:
-        return float(ys[0])
-    if x >= xs[-1]:
-        return float(ys[-1])
-    i = bisect_right(xs, x) - 1
-    w = (x - xs[i]) / (xs[i + 1] - xs[i])
-    return float(ys[i] + w * (ys[i + 1] - ys[i]))
+    return float(np.interp(x, xs, ys))
 
 
 class Table:
