@@ -83,6 +83,22 @@ def test_a_warm_start_is_ranked_but_never_stopped():
     assert s.on_trial_result(None, plain, {"epoch": 1, "val_accuracy": 0.90, "bytes": 9000}) == "STOP"  # the same figures, not a warm start
 
 
+def test_a_seeded_scheduler_ranks_against_earlier_trials_and_keeps_their_recovery():
+    """What a resumed search starts from: the trials it ran before, read back, not an empty scheduler."""
+    limit = 0.97
+    objectives = [("val_accuracy", "max"), ("bytes", "min")]
+    s = MOASHA(objectives, max_t=9, min_t=1, eta=3, violation=lambda r: limit - r["val_accuracy"])
+    s.seed("earlier-0", {1: {"val_accuracy": 0.92, "bytes": 500}, 3: {"val_accuracy": 0.95, "bytes": 500}}, {"val_accuracy": 0.975, "bytes": 500})
+    s.seed("earlier-1", {1: {"val_accuracy": 0.96, "bytes": 400}})  # stopped at the first rung
+    assert s.recovery(1) == pytest.approx(0.055) and s.recovery(3) == pytest.approx(0.025)
+    assert set(s._recorded[1]) == {"earlier-0", "earlier-1"} and not s.stopped
+    fresh = MOASHA(objectives, max_t=9, min_t=1, eta=3, violation=lambda r: limit - r["val_accuracy"])
+    assert _decide(fresh, "new", 1, 0.93, 450) == "CONTINUE"  # alone at the rung, it would go on
+    assert _decide(s, "new", 1, 0.93, 450) == "STOP"  # behind the earlier 0.96 at 400 bytes, dominated
+    s.seed("earlier-2", {1: {"val_accuracy": float("nan"), "bytes": 10}})  # a result no vector can be made of: skipped
+    assert "earlier-2" not in s._recorded[1]
+
+
 @pytest.mark.slow
 def test_stopped_trials_reach_optuna_as_pruned(tmp_path):
     """A real Tune run with a synthetic trainable: MO-ASHA stops most trials at the rungs; Optuna

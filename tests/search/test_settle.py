@@ -145,3 +145,37 @@ def test_a_requeued_warm_start_stays_a_warm_start():
     requeue(study, first, run_id="run-1")
     again = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
     assert again.params == {"x": 1.0} and again.user_attrs["warm_start"] is True and again.user_attrs["retry_of"] == first.number
+
+
+def test_a_resumed_scheduler_is_seeded_from_the_metric_steps_of_earlier_runs(stores):
+    """MO-ASHA's record of a search survives the driver: each earlier trial's rung figures and final
+    outcome are read back from its MLflow run's steps and seed the resumed scheduler."""
+    from squeezetune.search.config import SearchConfig
+    from squeezetune.search.runner import rung_history, scheduler_for
+
+    study, client, exp = stores
+    config = SearchConfig.from_dict({"constraints": {"max_drop": 0.5}})  # rungs 2, 6, 18 of 40
+    steps = {"complete": {2: 0.70, 6: 0.80, 18: 0.90, 40: 0.975}, "stopped": {2: 0.60, 6: 0.65}}
+    numbers = {}
+    for name, accuracies in steps.items():
+        t, rid = _running_trial(study, client, exp)
+        for step, acc in accuracies.items():
+            client.log_metric(rid, "val_accuracy", acc, step=step)
+            client.log_metric(rid, "bytes", 5000.0, step=step)
+        numbers[name] = t.number
+        if name == "complete":
+            study.tell(t, [0.975, 5000.0])
+        else:
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # no run: left out
+
+    history = {e.number: e for e in rung_history(client, study, config)}
+    assert set(history) == set(numbers.values())
+    done, stopped = history[numbers["complete"]], history[numbers["stopped"]]
+    assert {r: v["val_accuracy"] for r, v in done.at_rungs.items()} == {2: 0.70, 6: 0.80, 18: 0.90}
+    assert done.final == {"val_accuracy": 0.975, "bytes": 5000.0}
+    assert set(stopped.at_rungs) == {2, 6} and stopped.final is None
+
+    scheduler = scheduler_for(config, 0.98, list(history.values()))
+    assert scheduler.recovery(2) == pytest.approx(0.275) and scheduler.recovery(18) == pytest.approx(0.075)
+    assert len(scheduler._recorded[2]) == 2 and len(scheduler._recorded[18]) == 1

@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
@@ -336,7 +336,8 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
     finished = False
     try:
         if remaining > 0:
-            _run_tuner(config, searcher, base, remaining, uri, local=local, status=status)
+            history = rung_history(c, study, config) if resume else []
+            _run_tuner(config, searcher, base, remaining, uri, local=local, status=status, history=history)
         n = counts(study)
         done = n["complete"] + n["stopped"] + n["failed"]
         # a budget that ran out counts as finished, unless trials were cut short (Ctrl-C after it)
@@ -479,7 +480,7 @@ def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str
             progress(f"trial {t.number}: interrupted, queued again with its MLflow run {rid}")
 
 
-def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, uri: str, *, local: bool, status: SearchStatus) -> None:
+def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, uri: str, *, local: bool, status: SearchStatus, history: Sequence[Earlier] = ()) -> None:
     import numpy as np
     from ray import tune
 
@@ -517,7 +518,7 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=scheduler_for(config, base.val_accuracy),
+                scheduler=scheduler_for(config, base.val_accuracy, history),
                 num_samples=remaining,
                 max_concurrent_trials=max_concurrent,
                 # on several nodes a cached actor may sit on a node that died: a retried trial then
@@ -596,8 +597,47 @@ def needs_latency(config: SearchConfig) -> bool:
     return len(config.objectives) > 2 or config.constraints.max_latency_ms is not None
 
 
-def scheduler_for(config: SearchConfig, dense_val_accuracy: float):
-    """MO-ASHA over the search's objectives (``None``: every trial runs the full schedule)."""
+@dataclass(frozen=True)
+class Earlier:
+    """A trial a resumed search ran before: its results at the rungs it reached, and its final
+    outcome when it completed (what :meth:`~squeezetune.search.scheduler.MOASHA.seed` takes)."""
+
+    number: int
+    at_rungs: dict[int, dict[str, float]]
+    final: dict[str, float] | None
+
+
+def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
+    """The completed and stopped trials of ``study``, read back from their MLflow runs' metric steps
+    (a rung's figures at its epoch, the final outcome at the full schedule's)."""
+    import optuna
+
+    from squeezetune.search.searcher import RUN_ATTR, objective_metrics
+
+    fidelity = config.fidelity
+    if fidelity is None or not fidelity.rungs:
+        return []
+    keys = {"val_accuracy", "accuracy", "bytes", "macs", *(m for m, _ in objective_metrics(config.objectives))}
+    if config.constraints.max_latency_ms is not None:
+        keys.add(config.constraints.latency)
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        rid = t.user_attrs.get(RUN_ATTR)
+        if rid is None:
+            continue
+        steps: dict[int, dict[str, float]] = {}
+        for key in sorted(keys):
+            for m in tracking.retry(lambda key=key: c.get_metric_history(rid, key)):
+                steps.setdefault(int(m.step), {})[key] = float(m.value)
+        at_rungs = {r: steps[r] for r in fidelity.rungs if r in steps}
+        complete = t.state == optuna.trial.TrialState.COMPLETE
+        out.append(Earlier(t.number, at_rungs, steps.get(fidelity.epochs) if complete else None))
+    return out
+
+
+def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequence[Earlier] = ()):
+    """MO-ASHA over the search's objectives (``None``: every trial runs the full schedule), seeded
+    with the trials a resumed search ran before (``history``)."""
     fidelity = config.fidelity
     if fidelity is None or not fidelity.early_stopping or not fidelity.rungs:
         return None
@@ -609,7 +649,10 @@ def scheduler_for(config: SearchConfig, dense_val_accuracy: float):
     def violation(result: dict) -> float:
         return sum(max(0.0, v) for v in constraints.violations(result).values()) if config.constraints else 0.0
 
-    return MOASHA(objective_metrics(config.objectives), max_t=fidelity.epochs, min_t=fidelity.min_epochs, eta=fidelity.reduction_factor, violation=violation)
+    scheduler = MOASHA(objective_metrics(config.objectives), max_t=fidelity.epochs, min_t=fidelity.min_epochs, eta=fidelity.reduction_factor, violation=violation)
+    for earlier in history:
+        scheduler.seed(f"earlier-{earlier.number}", earlier.at_rungs, earlier.final)
+    return scheduler
 
 
 def _cluster_address(config: SearchConfig) -> str | None:

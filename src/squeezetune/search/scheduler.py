@@ -19,7 +19,10 @@ zero until a trial has finished, so the first decisions are strict ones). The la
 typical gain: most trials that finish are mildly pruned and gain nothing after the first rung
 (their median gain is about 0), while a heavily pruned one gains a point or more, and it is those
 the allowance is for; like ASHA, the rule is optimistic about a trial that could still make it.
-Warm starts, which are never stopped, finish first and give the first measurements.
+Warm starts, which are never stopped, finish first and give the first measurements. A resumed
+search seeds the scheduler with the rung results and outcomes of the trials it ran before
+(:meth:`MOASHA.seed`, read back from their MLflow runs' metric steps), so its rankings and
+recovery carry on where they were.
 
 A warm-start trial (a built-in or user recipe projected into the space, marked ``_warm_start`` in
 its config) is ranked at each rung like any other, so later trials are compared against it, but it
@@ -120,6 +123,17 @@ class MOASHA(FIFOScheduler):
             self.stopped[trial.trial_id] = milestone
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
+
+    def seed(self, trial_id: str, at_rungs: Mapping[int, Mapping[str, Any]], final: Mapping[str, Any] | None = None) -> None:
+        """Record an earlier trial (one a resumed search ran before): its results at the rungs it
+        reached and, when it finished, its final outcome. Later trials are ranked against it, and
+        its gains from each rung raise the recovery, as if this scheduler had seen it run."""
+        for milestone, result in at_rungs.items():
+            vector = self._vector(result)
+            if milestone in self._recorded and vector is not None:
+                self._recorded[milestone][trial_id] = (vector, dict(result))
+        if final is not None:
+            self._finished(trial_id, final)
 
     def promotable(self, milestone: int, trial_id: str) -> bool:
         """Whether ``trial_id`` is among the best ``ceil(n / eta)`` of the ``n`` trials at ``milestone``."""
