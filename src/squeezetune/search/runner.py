@@ -337,6 +337,8 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
     try:
         if remaining > 0:
             history = rung_history(c, study, config) if resume else []
+            if history:
+                progress(f"MO-ASHA: {len(history)} earlier trials read back from their MLflow runs, {sum(e.final is not None for e in history)} of them complete")
             _run_tuner(config, searcher, base, remaining, uri, local=local, status=status, history=history)
         n = counts(study)
         done = n["complete"] + n["stopped"] + n["failed"]
