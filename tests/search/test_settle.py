@@ -176,6 +176,7 @@ def test_a_resumed_scheduler_is_seeded_from_the_metric_steps_of_earlier_runs(sto
     assert done.final == {"val_accuracy": 0.975, "bytes": 5000.0}
     assert set(stopped.at_rungs) == {2, 6} and stopped.final is None
 
+    assert rung_history(client, study, SearchConfig.from_dict({"fidelity": {"early_stopping": False}})) == []  # no MO-ASHA to seed
     scheduler = scheduler_for(config, 0.98, list(history.values()))
     assert scheduler.recovery(2) == pytest.approx(0.275) and scheduler.recovery(18) == pytest.approx(0.075)
     assert len(scheduler._recorded[2]) == 2 and len(scheduler._recorded[18]) == 1

@@ -617,8 +617,8 @@ def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
     from squeezetune.search.searcher import RUN_ATTR, objective_metrics
 
     fidelity = config.fidelity
-    if fidelity is None or not fidelity.rungs:
-        return []
+    if fidelity is None or not fidelity.early_stopping or not fidelity.rungs:
+        return []  # no MO-ASHA to seed
     keys = {"val_accuracy", "accuracy", "bytes", "macs", *(m for m, _ in objective_metrics(config.objectives))}
     if config.constraints.max_latency_ms is not None:
         keys.add(config.constraints.latency)
