@@ -86,8 +86,9 @@ def sensitivity_curves(
     With ``calibration`` inputs, every BatchNorm's statistics are re-estimated on (the first
     :data:`CALIBRATION_INPUTS` of) them before each loss, as the first steps of any fine-tune
     re-estimate them: a pruned convolution's outputs shrink, and the dense statistics would make
-    a BatchNorm-followed layer look far more sensitive than it is. The curves are made monotone (a smaller fraction never loses less than a larger
-    one). The model itself is left as it is; a copy is pruned and restored tensor by tensor.
+    a BatchNorm-followed layer look far more sensitive than it is. The curves are made monotone (a
+    smaller fraction never loses less than a larger one). The model itself is left as it is; a copy
+    is pruned and restored tensor by tensor.
     """
     grid = sorted({float(f) for f in fractions}, reverse=True)
     if not grid or not 0 < grid[-1] <= grid[0] < 1:
