@@ -118,6 +118,35 @@ def test_with_no_space_a_search_gets_max_compressions_stages_and_its_recipe_as_w
     assert gradual["finetune"]["epochs"] == config.fidelity.epochs and gradual["finetune"]["group_lasso"] == 1e-5 and gradual["ramp"] == 0.8
 
 
+def test_a_warm_starts_neighbours_keep_its_allocation_one_step_smaller_and_larger():
+    from squeezetune.search.runner import neighbours, space_config, warm_start_params
+    from squeezetune.spaces import derive_space
+    from squeezetune.tasks import get_task
+
+    task = get_task("lenet300-mnist")
+    space = derive_space(task.build_model(), space_config(SearchConfig()), sensitivity={})
+    [recipe] = warm_start_params(space, task, ("auto",))
+    smaller, fewer_bits, larger = neighbours(space, recipe)
+    keep = {k.name for k in space.searched if k.name.endswith(".keep_fraction")}
+    assert keep == {"gradual_prune.fc1.keep_fraction", "gradual_prune.fc2.keep_fraction", "gradual_prune.fc3.keep_fraction"}
+    for step, factor in ((smaller, 0.85), (larger, 1.3)):
+        assert all(step[k] == pytest.approx(recipe[k] * factor) for k in keep)
+        assert {k: v for k, v in step.items() if k not in keep} == {k: v for k, v in recipe.items() if k not in keep}
+    # one bit less on fc1, the largest tensor (235,200 weights), and nothing else
+    assert {k for k in recipe if fewer_bits[k] != recipe[k]} == {"share.fc1.bits"} and fewer_bits["share.fc1.bits"] == recipe["share.fc1.bits"] - 1
+    # a step the space cannot take is left out: at the ends of its ranges only the inward steps remain
+    ends = {**recipe, **{k: 0.001 for k in keep}, "share.fc1.bits": 1}
+    assert [all(s[k] > 0.001 for k in keep) for s in neighbours(space, ends)] == [True]
+    narrow = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"space": {**SearchConfig().space, "share": {"default": {"bits": 4}}}})), sensitivity={})
+    assert len(neighbours(narrow, {k: v for k, v in recipe.items() if narrow.knob(k).searched})) == 2  # fixed bits: no bit step
+
+
+def test_the_search_runs_the_neighbours_only_when_asked():
+    assert SearchConfig().warm_start_neighbours is True and SearchConfig.from_dict({"warm_start_neighbours": False}).warm_start_neighbours is False
+    with pytest.raises(SqueezeError, match=r"warm_start_neighbours='yes': expected true or false"):
+        SearchConfig.from_dict({"warm_start_neighbours": "yes"})
+
+
 def test_the_fidelity_sets_gradual_prunings_epochs_in_a_space_without_finetune():
     from squeezetune.search.runner import fidelity_stage, space_config
 

@@ -31,6 +31,7 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
       early_stopping: true         # false: every trial gets the full schedule
     warm_start: [auto]             # recipes run first, projected into the space: built-in names, YAML files,
                                    #   or auto (every built-in recipe whose stages the space searches); [] for none
+    warm_start_neighbours: true    # also run each warm start one step smaller and larger (never stopped either)
     space: null                    # null: DEFAULT_SPACE (max-compression's stages, below); {...}: see
                                    #   squeezetune.spaces.space ({} is the one-shot prune + finetune space)
 
@@ -181,6 +182,9 @@ class SearchConfig:
     validation: float = 0.125
     fidelity: Fidelity | None = field(default_factory=Fidelity)
     warm_start: tuple[str, ...] = ("auto",)
+    warm_start_neighbours: bool = True
+    """Also run each warm start's neighbours (:func:`~squeezetune.search.runner.neighbours`): the
+    same allocation one step smaller and one larger, as MO-ASHA never stops a warm start."""
     space: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
     """The knobs (see :mod:`squeezetune.spaces.space`); absent or null: :data:`DEFAULT_SPACE`."""
 
@@ -206,6 +210,8 @@ class SearchConfig:
         if not isinstance(ws, (list, tuple)) or not all(isinstance(w, str) and w for w in ws):
             raise SqueezeError(f"warm_start={self.warm_start!r}: expected a list of recipe names or YAML files")
         object.__setattr__(self, "warm_start", tuple(ws))
+        if not isinstance(self.warm_start_neighbours, bool):
+            raise SqueezeError(f"warm_start_neighbours={self.warm_start_neighbours!r}: expected true or false")
         if not isinstance(self.space, Mapping):
             raise SqueezeError(f"space is {type(self.space).__name__}: expected a mapping")
         if self.ray_address is not None and (not isinstance(self.ray_address, str) or not _RAY_ADDRESS.match(self.ray_address)):

@@ -30,7 +30,7 @@ from squeezetune.search.config import SearchConfig, default_max_concurrent
 from squeezetune.search.pareto import Baseline, Point
 from squeezetune.search.status import SearchStatus
 from squeezetune.spaces import Constraints, Space, derive_space
-from squeezetune.spaces.space import needs_sensitivity
+from squeezetune.spaces.space import clip, needs_sensitivity
 
 if TYPE_CHECKING:
     from squeezetune.search.searcher import OutcomeConstraints
@@ -104,6 +104,35 @@ def warm_start_params(space: Space, task, recipes: tuple[str, ...]) -> list[dict
                 continue
             params = space.project(recipe)
             out.append({k.name: params[k.name] for k in space.searched})
+    return out
+
+
+NEIGHBOUR_STEPS = ((0.85, 0), (1.0, -1), (1.3, 0))
+"""The steps from a warm start to its neighbours: (factor on every kept weight count or fraction,
+bits added to the largest tensor's sharing)."""
+
+
+def neighbours(space: Space, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The configurations one step around ``params`` (a warm start) in ``space``: every tensor keeps
+    15% fewer weights; the largest tensor shares its weights with one bit less (half the clusters);
+    every tensor keeps 30% more weights. Each keeps the warm start's allocation between tensors and
+    its other settings; a step the space cannot take (a fixed knob, an end of a range) is left out.
+
+    A built-in recipe sits near the knee of the accuracy/bytes front on the MNIST nets
+    (BENCHMARKS.md, section ``search``): its smaller neighbours are where a search beats it, and its
+    larger one is what remains when the recipe itself misses an accuracy limit on a seed.
+    """
+    keeps = [k for k in space.searched if k.target[0] in ("prune", "gradual_prune") and k.target[-1] in ("keep", "keep_fraction")]
+    shares = [k for k in space.searched if k.target[:2] == ("share", "layers") and k.target[-1] in ("bits", "clusters")]
+    largest = max(shares, key=lambda k: space.layers.get(k.target[2], 0), default=None)
+    out: list[dict[str, Any]] = []
+    for factor, bits in NEIGHBOUR_STEPS:
+        step = {**params, **{k.name: clip(params[k.name] * factor, k) for k in keeps}}
+        if bits and largest is not None:
+            value = params[largest.name]
+            step[largest.name] = clip(value + bits if largest.target[-1] == "bits" else value * 2.0**bits, largest)
+        if step != params and step not in out:
+            out.append(step)
     return out
 
 
@@ -196,6 +225,10 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
         sensitivity = sensitivity_curves(dense, lambda m: dense_val - evaluate(m, val), calibration=fit.x, progress=progress)
     space = derive_space(task.build_model(), space_config(config), example, sensitivity=sensitivity)
     warm_starts = warm_start_params(space, task, config.warm_start)
+    if config.warm_start_neighbours and warm_starts:
+        recipes = len(warm_starts)
+        warm_starts += [n for w in warm_starts for n in neighbours(space, w) if n not in warm_starts]
+        progress(f"warm starts: {recipes} recipe(s) and {len(warm_starts) - recipes} neighbour(s), run first and never stopped early")
     d_bytes = count_dense_bytes(dense)
     progress(
         f"dense baseline (trained on {len(fit):,} of the {len(train):,} training items; {len(val):,} held out to select on): "

@@ -165,7 +165,7 @@ class Space:
         for k in self.knobs:
             value = self._lookup(data, k.target)
             if value is not None:
-                params[k.name] = _clip(value, k)
+                params[k.name] = clip(value, k)
             elif k.target[0] == "structured" and k.target[-1] == "keep_channels":
                 params[k.name] = k.corners()[1]
         return params
@@ -286,7 +286,9 @@ def _lookup(data: Mapping[str, Any], target: tuple[str, ...], layers: Mapping[st
     return None
 
 
-def _clip(value: Any, knob: Knob) -> Any:
+def clip(value: Any, knob: Knob) -> Any:
+    """``value`` made a member of ``knob``'s domain: a number clipped into its range (rounded for an
+    integer one), anything else its low end or first choice; a fixed knob's own value."""
     d = knob.domain
     if isinstance(d, (IntRange, FloatRange)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
