@@ -8,7 +8,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-TRIALS = 5
+TRIALS = 7  # the recipe, its three neighbours, three sampled
 EPOCHS = 3
 CONFIG = {
     "name": "default-space",
@@ -47,6 +47,21 @@ def test_the_first_trial_is_the_max_compression_recipe_on_the_fidelitys_schedule
     assert first.data.tags["squeezetune.outcome"] == "complete"  # a warm start is never stopped
 
 
+def test_the_recipes_neighbours_run_next_and_are_never_stopped(search):
+    """Trials 1-3: max-compression with 15% fewer weights kept, with one bit less on fc1 (the
+    largest tensor), with 30% more weights kept; each on the full schedule."""
+    from squeezetune.compression.recipes import MAX_RATES
+
+    _, _, children = search
+    by_number = {int(r.data.tags["squeezetune.trial"]): r for r in children}
+    rates = MAX_RATES["lenet300"]
+    for number, factor, bits in ((1, 0.85, rates["bits"]), (2, 1.0, {**rates["bits"], "fc1": rates["bits"]["fc1"] - 1}), (3, 1.3, rates["bits"])):
+        params = by_number[number].data.params
+        assert {n: float(params[f"gradual_prune.{n}.keep_fraction"]) for n in rates["keep"]} == pytest.approx({n: f * factor for n, f in rates["keep"].items()})
+        assert {n: int(params[f"share.{n}.bits"]) for n in rates["bits"]} == bits
+        assert by_number[number].data.tags["squeezetune.outcome"] == "complete"
+
+
 def test_a_rung_inside_gradual_pruning_measures_the_model_at_its_final_targets(search):
     _, c, children = search
     stopped = [r for r in children if r.data.tags.get("squeezetune.outcome") == "stopped"]
@@ -59,5 +74,9 @@ def test_a_rung_inside_gradual_pruning_measures_the_model_at_its_final_targets(s
         assert sorted(history) == [1, EPOCHS]
         # after 1 of 3 epochs (ramp 0.8) the live model keeps about a fifth of every tensor, ten times
         # and more its final weights; the rung's copy is pruned to the final targets, so its file is
-        # within a small factor of the final one (which also loses its dead neurons and input pixels)
-        assert history[EPOCHS] <= history[1] <= 2.5 * history[EPOCHS]
+        # within a small factor of the final one, which also loses its dead neurons and input pixels
+        # (many more of them when a sampled trial keeps a few dozen of fc2's weights: only the recipe
+        # and its neighbours, trials 0-3, prune moderately enough for a fixed factor)
+        assert history[1] >= 0.98 * history[EPOCHS]  # the same kept weights, coded a few bytes apart at most
+        if int(r.data.tags["squeezetune.trial"]) <= 3:
+            assert history[1] <= 2.5 * history[EPOCHS]

@@ -25,6 +25,7 @@ CONFIG = {
     "sampler": "random",
     "seed": 5,
     "max_concurrent": 2,
+    "warm_start_neighbours": False,  # the deep-compression warm start only: seven trials MO-ASHA may stop
     "fidelity": {"epochs": EPOCHS, "centroid_epochs": 1, "min_epochs": 1, "reduction_factor": 3},  # one rung, at 1 epoch
     "space": {
         # lr up to 1e4 makes some fine-tunes diverge: those trials must fail cleanly, the rest go on

@@ -142,7 +142,7 @@ DEFAULT_SPACE: dict[str, Any] = {
 """The space of a search whose config gives none: the stages of the ``max-compression`` recipe,
 whose settings it holds (so the auto warm start is that recipe: its own rates on LeNet-300-100 and
 LeNet-5, trained for the fidelity's epochs; on a model without tuned rates, its global budget as the
-same fraction of every tensor). Each tensor's
+same fraction of every tensor; then its three neighbours, :func:`~squeezetune.search.runner.neighbours`). Each tensor's
 final kept fraction (0.1-60%, log-scaled) and shared bits (1-8) are knobs, with the learning rates
 and the recovery's length; gradual pruning prunes during the fidelity's epochs with a row/column
 group lasso, the neurons no kept weight uses are removed, a distilled fine-tune recovers, then

@@ -228,7 +228,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     if config.warm_start_neighbours and warm_starts:
         recipes = len(warm_starts)
         warm_starts += [n for w in warm_starts for n in neighbours(space, w) if n not in warm_starts]
-        progress(f"warm starts: {recipes} recipe(s) and {len(warm_starts) - recipes} neighbour(s), run first and never stopped early")
+        near = len(warm_starts) - recipes
+        progress(f"warm starts: {recipes} recipe{'s' * (recipes > 1)} and {near} neighbour{'s' * (near != 1)}, run first and never stopped early")
     d_bytes = count_dense_bytes(dense)
     progress(
         f"dense baseline (trained on {len(fit):,} of the {len(train):,} training items; {len(val):,} held out to select on): "
