@@ -5,10 +5,10 @@ For each net and seed this runs what a user types,
     squeezetune search --task NET --data-dir D --trials 32 --max-drop 0.2 --seed S
 
 (every other setting at its default: max-compression's stages as the space, warm-started from that
-recipe, MO-ASHA with rungs inside gradual pruning's 40 epochs, validation split held out of the
+recipe and its three neighbours, MO-ASHA with rungs inside gradual pruning's 40 epochs, validation split held out of the
 training images), then the same with ``--sampler random``, and (``--full-budget``) the
-same sampler with every trial on the full schedule. Beside them, each hand recipe from the
-issue that set the goal, and every built-in recipe that applies, runs on the *same* dense baseline
+same sampler with every trial on the full schedule. Beside them, the recipe written by hand from
+the built-in stages (``HAND``), and every built-in recipe that applies, runs on the *same* dense baseline
 (the search's: trained on the 7,000 images left after the validation split) with its full
 schedule. Accuracy loss is measured on the decoded file, on the 2,000 evaluation images no
 selection saw, against that dense baseline. Each search gets at most the same wall-clock budget
@@ -281,7 +281,7 @@ def write(results: dict, args) -> None:
     lines = [
         f"Measured on {machine()}. `squeezetune search --task NET --data-dir D --trials {args.trials}"
         f"{f' --time-budget {args.time_budget:g}' if args.time_budget else ''} --max-drop {MAX_DROP} --seed S`, every other setting "
-        "at its default (the default space: max-compression's stages, its recipe the first trial; MO-ASHA with rungs at 2, 6 and 18 of gradual pruning's 40 epochs, "
+        "at its default (the default space: max-compression's stages, its recipe and the recipe's three neighbours the first trials; MO-ASHA with rungs at 2, 6 and 18 of gradual pruning's 40 epochs, "
         "then the recovery fine-tune and 8 centroid epochs for trials that go on; 1,000 of the 8,000 training images held out to select on). "
         "Hand and built-in recipes ran their full schedules on the same dense baseline (trained on the other 7,000 images). "
         f"Every accuracy is the decoded file's, on the 2,000 evaluation images no selection saw; loss is against that dense baseline. "

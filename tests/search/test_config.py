@@ -139,6 +139,12 @@ def test_a_warm_starts_neighbours_keep_its_allocation_one_step_smaller_and_large
     assert [all(s[k] > 0.001 for k in keep) for s in neighbours(space, ends)] == [True]
     narrow = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"space": {**SearchConfig().space, "share": {"default": {"bits": 4}}}})), sensitivity={})
     assert len(neighbours(narrow, {k: v for k, v in recipe.items() if narrow.knob(k).searched})) == 2  # fixed bits: no bit step
+    # a grouped knob is as large as its tensors together: LeNet-5's Linear layers outweigh its convolutions
+    five = get_task("lenet5-mnist")
+    grouped = derive_space(five.build_model(), space_config(SearchConfig.from_dict({"space": {**SearchConfig().space, "group": "kind"}})), sensitivity={})
+    [start] = warm_start_params(grouped, five, ("auto",))
+    _, bit_step, _ = neighbours(grouped, start)
+    assert {k for k in start if bit_step[k] != start[k]} == {"share.@Linear.bits"}
 
 
 def test_the_search_runs_the_neighbours_only_when_asked():

@@ -114,7 +114,8 @@ bits added to the largest tensor's sharing)."""
 
 def neighbours(space: Space, params: dict[str, Any]) -> list[dict[str, Any]]:
     """The configurations one step around ``params`` (a warm start) in ``space``: every tensor keeps
-    15% fewer weights; the largest tensor shares its weights with one bit less (half the clusters);
+    15% fewer weights; the largest tensor (or group of tensors, for a grouped knob) shares its
+    weights with one bit less (half the clusters);
     every tensor keeps 30% more weights. Each keeps the warm start's allocation between tensors and
     its other settings; a step the space cannot take (a fixed knob, an end of a range) is left out.
 
@@ -124,7 +125,7 @@ def neighbours(space: Space, params: dict[str, Any]) -> list[dict[str, Any]]:
     """
     keeps = [k for k in space.searched if k.target[0] in ("prune", "gradual_prune") and k.target[-1] in ("keep", "keep_fraction")]
     shares = [k for k in space.searched if k.target[:2] == ("share", "layers") and k.target[-1] in ("bits", "clusters")]
-    largest = max(shares, key=lambda k: space.layers.get(k.target[2], 0), default=None)
+    largest = max(shares, key=lambda k: space.layers.get(k.target[2]) or sum(space.layers[m] for m in space.groups.get(k.target[2], ())), default=None)
     out: list[dict[str, Any]] = []
     for factor, bits in NEIGHBOUR_STEPS:
         step = {**params, **{k.name: clip(params[k.name] * factor, k) for k in keeps}}
