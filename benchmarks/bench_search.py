@@ -356,8 +356,8 @@ def write(results: dict, args) -> None:
         ]
         if same:
             summary.append(
-                f"in seed {', '.join(same)} the default sampler's search ended exactly as random search's (NSGA-II breeds only from COMPLETE trials, "
-                "and with MO-ASHA stopping nearly every trial it never leaves its random first population, drawn from the same seed)"
+                f"in seed {', '.join(same)} the default sampler's search ended exactly as random search's: the trials both finished are the warm starts "
+                "and random start-up draws the two samplers share by seed, and MO-ASHA stopped every other trial"
             )
         lines.append("; ".join(summary) + f" (hand recipe: {dense_bytes / hand['bytes']:.1f}x).")
         lines.append("")
