@@ -145,6 +145,17 @@ def test_a_warm_starts_neighbours_keep_its_allocation_one_step_smaller_and_large
     [start] = warm_start_params(grouped, five, ("auto",))
     _, bit_step, _ = neighbours(grouped, start)
     assert {k for k in start if bit_step[k] != start[k]} == {"share.@Linear.bits"}
+    # ... but only with the tensors that have no knob of their own: fc1 (235,200) outweighs fc2 + fc3
+    own = {**SearchConfig().space, "group": "kind", "share": {**SearchConfig().space["share"], "layers": {"fc1": {"bits": [1, 8]}}}}
+    apart = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"space": own})), sensitivity={})
+    [start] = warm_start_params(apart, task, ("auto",))
+    _, bit_step, _ = neighbours(apart, start)
+    assert {k for k in start if bit_step[k] != start[k]} == {"share.fc1.bits"}
+    # a fixed largest tensor takes no bit step, and the step goes to no other tensor
+    fixed = {**SearchConfig().space, "share": {**SearchConfig().space["share"], "layers": {"fc1": {"bits": 4}}}}
+    held = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"space": fixed})), sensitivity={})
+    [start] = warm_start_params(held, task, ("auto",))
+    assert [{k for k in start if s[k] != start[k]} <= keep for s in neighbours(held, start)] == [True, True]
 
 
 def test_the_search_runs_the_neighbours_only_when_asked():

@@ -37,7 +37,7 @@ def test_the_first_trial_is_the_max_compression_recipe_on_the_fidelitys_schedule
     from squeezetune.compression.recipes import MAX_RATES
 
     err, _, children = search
-    assert "MO-ASHA compares trials at epochs 1 of 3 of gradual pruning" in err
+    assert "MO-ASHA compares trials at epochs 1 of 3 of gradual pruning" in err and "warm starts: 1 recipe and 3 neighbours" in err
     [first] = [r for r in children if r.data.tags["squeezetune.trial"] == "0"]
     params = first.data.params
     rates = MAX_RATES["lenet300"]

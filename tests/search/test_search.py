@@ -58,8 +58,8 @@ def store(search, workdir):
 
 
 def test_prints_front_and_the_mlflow_ui_line(search, workdir):
-    out, _ = search
-    assert "Pareto front" in out
+    out, err = search
+    assert "Pareto front" in out and "neighbour" not in err  # warm_start_neighbours: false
     assert f"mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}" in out
 
 

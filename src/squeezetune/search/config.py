@@ -31,7 +31,8 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
       early_stopping: true         # false: every trial gets the full schedule
     warm_start: [auto]             # recipes run first, projected into the space: built-in names, YAML files,
                                    #   or auto (every built-in recipe whose stages the space searches); [] for none
-    warm_start_neighbours: true    # also run each warm start one step smaller and larger (never stopped either)
+    warm_start_neighbours: true    # also run each warm start's neighbours: 15% fewer weights, one bit less
+                                   #   on the largest tensor, 30% more weights (never stopped either)
     space: null                    # null: DEFAULT_SPACE (max-compression's stages, below); {...}: see
                                    #   squeezetune.spaces.space ({} is the one-shot prune + finetune space)
 
@@ -142,7 +143,7 @@ DEFAULT_SPACE: dict[str, Any] = {
 """The space of a search whose config gives none: the stages of the ``max-compression`` recipe,
 whose settings it holds (so the auto warm start is that recipe: its own rates on LeNet-300-100 and
 LeNet-5, trained for the fidelity's epochs; on a model without tuned rates, its global budget as the
-same fraction of every tensor; then its three neighbours, :func:`~squeezetune.search.runner.neighbours`). Each tensor's
+same fraction of every tensor; then its neighbours, :func:`~squeezetune.search.runner.neighbours`). Each tensor's
 final kept fraction (0.1-60%, log-scaled) and shared bits (1-8) are knobs, with the learning rates
 and the recovery's length; gradual pruning prunes during the fidelity's epochs with a row/column
 group lasso, the neurons no kept weight uses are removed, a distilled fine-tune recovers, then
@@ -183,8 +184,8 @@ class SearchConfig:
     fidelity: Fidelity | None = field(default_factory=Fidelity)
     warm_start: tuple[str, ...] = ("auto",)
     warm_start_neighbours: bool = True
-    """Also run each warm start's neighbours (:func:`~squeezetune.search.runner.neighbours`): the
-    same allocation one step smaller and one larger, as MO-ASHA never stops a warm start."""
+    """Also run each warm start's neighbours (:func:`~squeezetune.search.runner.neighbours`), up to
+    three: two steps smaller and one larger; MO-ASHA never stops them, as it never stops a warm start."""
     space: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
     """The knobs (see :mod:`squeezetune.spaces.space`); absent or null: :data:`DEFAULT_SPACE`."""
 

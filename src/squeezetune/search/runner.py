@@ -113,23 +113,30 @@ bits added to the largest tensor's sharing)."""
 
 
 def neighbours(space: Space, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """The configurations one step around ``params`` (a warm start) in ``space``: every tensor keeps
-    15% fewer weights; the largest tensor (or group of tensors, for a grouped knob) shares its
-    weights with one bit less (half the clusters);
-    every tensor keeps 30% more weights. Each keeps the warm start's allocation between tensors and
-    its other settings; a step the space cannot take (a fixed knob, an end of a range) is left out.
+    """The configurations one step around ``params`` (a warm start) in ``space``, up to three: every
+    tensor keeps 15% fewer weights; the largest share knob's weights (its tensor, or the tensors of a
+    grouped knob that have none of their own) get one bit less (half the clusters); every tensor
+    keeps 30% more weights. Every other setting stays the warm start's. Kept fractions are clipped
+    into their ranges, so a tensor at a range's end moves less than the others; a step that moves
+    nothing, or only a fixed knob, is left out.
 
     A built-in recipe sits near the knee of the accuracy/bytes front on the MNIST nets
     (BENCHMARKS.md, section ``search``): its smaller neighbours are where a search beats it, and its
     larger one is what remains when the recipe itself misses an accuracy limit on a seed.
     """
     keeps = [k for k in space.searched if k.target[0] in ("prune", "gradual_prune") and k.target[-1] in ("keep", "keep_fraction")]
-    shares = [k for k in space.searched if k.target[:2] == ("share", "layers") and k.target[-1] in ("bits", "clusters")]
-    largest = max(shares, key=lambda k: space.layers.get(k.target[2]) or sum(space.layers[m] for m in space.groups.get(k.target[2], ())), default=None)
+    shares = [k for k in space.knobs if k.target[:2] == ("share", "layers") and k.target[-1] in ("bits", "clusters")]
+    own = {k.target[2] for k in shares if k.target[2] in space.layers}
+
+    def weights(knob) -> int:
+        unit = knob.target[2]
+        return space.layers[unit] if unit in space.layers else sum(space.layers[m] for m in space.groups.get(unit, ()) if m not in own)
+
+    largest = max(shares, key=weights, default=None)
     out: list[dict[str, Any]] = []
     for factor, bits in NEIGHBOUR_STEPS:
         step = {**params, **{k.name: clip(params[k.name] * factor, k) for k in keeps}}
-        if bits and largest is not None:
+        if bits and largest is not None and largest.searched:
             value = params[largest.name]
             step[largest.name] = clip(value + bits if largest.target[-1] == "bits" else value * 2.0**bits, largest)
         if step != params and step not in out:
@@ -228,7 +235,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     warm_starts = warm_start_params(space, task, config.warm_start)
     if config.warm_start_neighbours and warm_starts:
         recipes = len(warm_starts)
-        warm_starts += [n for w in warm_starts for n in neighbours(space, w) if n not in warm_starts]
+        for start in warm_starts[:recipes]:
+            warm_starts += [n for n in neighbours(space, start) if n not in warm_starts]
         near = len(warm_starts) - recipes
         progress(f"warm starts: {recipes} recipe{'s' * (recipes > 1)} and {near} neighbour{'s' * (near != 1)}, run first and never stopped early")
     d_bytes = count_dense_bytes(dense)
