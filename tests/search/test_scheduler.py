@@ -64,12 +64,10 @@ def test_at_a_rung_the_accuracy_limit_allows_the_recovery_seen_from_there():
     assert _decide(s, "small", 1, 0.95, 1000) == "STOP"  # infeasible as it stands, behind the feasible big one
     # three trials finish, having gained 0.0, 0.03 and 0.04 since their first rung: allowance 0.04
     for tid, at_rung, final, size in (("r0", 0.97, 0.97, 20000), ("r1", 0.90, 0.93, 500), ("r2", 0.92, 0.96, 500)):
-        warm = SimpleNamespace(trial_id=tid, config={"_warm_start": True})  # never stopped: they reach their final outcome
-        assert s.on_trial_result(None, warm, {"epoch": 1, "val_accuracy": at_rung, "bytes": size}) == "CONTINUE"
-        assert s.on_trial_result(None, warm, {"epoch": 9, "val_accuracy": final, "bytes": size, "final": True}) == "CONTINUE"
+        s.seed(tid, {1: {"val_accuracy": at_rung, "bytes": size}}, {"val_accuracy": final, "bytes": size})
     assert s.recovery(1) == pytest.approx(0.04)
     assert s.violation_at(1, {"val_accuracy": 0.95}) < 0 < s.violation_at(1, {"val_accuracy": 0.92})
-    assert _decide(s, "small2", 1, 0.955, 1000) == "CONTINUE"  # 0.955 + 0.04 meets the limit: on the feasible front with big
+    assert _decide(s, "small2", 1, 0.955, 1000) == "CONTINUE"  # 0.955 + 0.04 meets the limit: on the feasible front with big, 2 of 6 places
     assert s.recovery(3) == 0.0  # no finished trial reported at 3 epochs
 
 
@@ -81,6 +79,24 @@ def test_a_warm_start_is_ranked_but_never_stopped():
     assert "recipe" in s._recorded[1] and "recipe" not in s.stopped
     plain = SimpleNamespace(trial_id="plain", config={"_warm_start": False})
     assert s.on_trial_result(None, plain, {"epoch": 1, "val_accuracy": 0.90, "bytes": 9000}) == "STOP"  # the same figures, not a warm start
+
+
+def test_warm_starts_take_no_place_among_the_promoted():
+    """Ranked, but not counted: the best ceil(n / eta) are counted over the sampled trials alone."""
+    s = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3)
+    for tid, acc, size in (("recipe", 0.98, 100), ("smaller", 0.97, 80), ("larger", 0.99, 130)):
+        assert s.on_trial_result(None, SimpleNamespace(trial_id=tid, config={"_warm_start": True}), {"epoch": 1, "val_accuracy": acc, "bytes": size}) == "CONTINUE"
+    assert _decide(s, "a", 1, 0.95, 500) == "CONTINUE"  # behind all three, yet the first sampled trial: 1 of 1 place
+    assert _decide(s, "b", 1, 0.94, 600) == "STOP"  # dominated by a: ceil(2/3) = 1 place, a's
+    assert _decide(s, "c", 1, 0.93, 700) == "STOP"  # dominated by a and b: 1 place of ceil(3/3)
+    assert _decide(s, "d", 1, 0.965, 300) == "CONTINUE"  # best of the sampled four: ceil(4/3) = 2 places
+    assert s.stopped == {"b": 1, "c": 1}
+    # a resumed search's warm starts take no place either
+    r = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3)
+    r.seed("earlier-0", {1: {"val_accuracy": 0.98, "bytes": 100}}, warm_start=True)
+    assert _decide(r, "a", 1, 0.95, 500) == "CONTINUE"
+    r.seed("earlier-1", {1: {"val_accuracy": 0.96, "bytes": 90}})  # a sampled trial it ran before: it holds the place
+    assert _decide(r, "b", 1, 0.955, 450) == "STOP"
 
 
 def test_a_seeded_scheduler_ranks_against_earlier_trials_and_keeps_their_recovery():

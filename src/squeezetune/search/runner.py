@@ -650,6 +650,7 @@ class Earlier:
     number: int
     at_rungs: dict[int, dict[str, float]]
     final: dict[str, float] | None
+    warm_start: bool = False
 
 
 def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
@@ -676,7 +677,7 @@ def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
                 steps.setdefault(int(m.step), {})[key] = float(m.value)
         at_rungs = {r: steps[r] for r in fidelity.rungs if r in steps}
         complete = t.state == optuna.trial.TrialState.COMPLETE
-        out.append(Earlier(t.number, at_rungs, steps.get(fidelity.epochs) if complete else None))
+        out.append(Earlier(t.number, at_rungs, steps.get(fidelity.epochs) if complete else None, bool(t.user_attrs.get("warm_start"))))
     return out
 
 
@@ -696,7 +697,7 @@ def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequ
 
     scheduler = MOASHA(objective_metrics(config.objectives), max_t=fidelity.epochs, min_t=fidelity.min_epochs, eta=fidelity.reduction_factor, violation=violation)
     for earlier in history:
-        scheduler.seed(f"earlier-{earlier.number}", earlier.at_rungs, earlier.final)
+        scheduler.seed(f"earlier-{earlier.number}", earlier.at_rungs, earlier.final, warm_start=earlier.warm_start)
     return scheduler
 
 

@@ -27,6 +27,10 @@ recovery carry on where they were.
 A warm-start trial (a built-in or user recipe projected into the space, marked ``_warm_start`` in
 its config) is ranked at each rung like any other, so later trials are compared against it, but it
 is never stopped: the front a search ends with is never worse than the recipes it started from.
+Nor does it take a place: the best ``ceil(n / eta)`` are counted over the ``n`` *sampled* trials at
+the rung, in their order among all trials. Counted among them, a search's warm starts (a recipe and
+its three neighbours, which reach every rung first and rank near its top) would fill the few places
+of the later rungs, and the sampler's trials would almost never finish.
 
 >>> rungs(min_t=2, max_t=40, eta=3)
 (2, 6, 18)
@@ -88,6 +92,7 @@ class MOASHA(FIFOScheduler):
         self.recovery_key = recovery_key or next((m for m, mode in self.objectives if mode == "max"), None)
         self._recorded: dict[int, dict[str, tuple[tuple[float, ...], dict[str, Any]]]] = {m: {} for m in self.milestones}
         self._recovery: dict[int, float] = dict.fromkeys(self.milestones, 0.0)
+        self._warm: set[str] = set()
         self.stopped: dict[str, int] = {}
         """Trials this scheduler stopped, and the rung where it stopped them."""
 
@@ -118,16 +123,22 @@ class MOASHA(FIFOScheduler):
             if trial.trial_id in recorded:
                 return TrialScheduler.CONTINUE
             recorded[trial.trial_id] = (vector, dict(result))
-            if _warm_start(trial) or self.promotable(milestone, trial.trial_id):
+            if _warm_start(trial):
+                self._warm.add(trial.trial_id)
+                return TrialScheduler.CONTINUE
+            if self.promotable(milestone, trial.trial_id):
                 return TrialScheduler.CONTINUE
             self.stopped[trial.trial_id] = milestone
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
-    def seed(self, trial_id: str, at_rungs: Mapping[int, Mapping[str, Any]], final: Mapping[str, Any] | None = None) -> None:
+    def seed(self, trial_id: str, at_rungs: Mapping[int, Mapping[str, Any]], final: Mapping[str, Any] | None = None, *, warm_start: bool = False) -> None:
         """Record an earlier trial (one a resumed search ran before): its results at the rungs it
         reached and, when it finished, its final outcome. Later trials are ranked against it, and
-        its gains from each rung raise the recovery, as if this scheduler had seen it run."""
+        its gains from each rung raise the recovery, as if this scheduler had seen it run; a
+        ``warm_start`` takes no place among the promoted."""
+        if warm_start:
+            self._warm.add(trial_id)
         for milestone, result in at_rungs.items():
             vector = self._vector(result)
             if milestone in self._recorded and vector is not None:
@@ -136,12 +147,14 @@ class MOASHA(FIFOScheduler):
             self._finished(trial_id, final)
 
     def promotable(self, milestone: int, trial_id: str) -> bool:
-        """Whether ``trial_id`` is among the best ``ceil(n / eta)`` of the ``n`` trials at ``milestone``."""
+        """Whether ``trial_id`` is among the best ``ceil(n / eta)`` of the ``n`` sampled (not warm-start)
+        trials at ``milestone``, ranked among all the trials there."""
         recorded = self._recorded[milestone]
         ids = list(recorded)
         order = priority([recorded[i][0] for i in ids], [self.violation_at(milestone, recorded[i][1]) for i in ids])
-        keep = math.ceil(len(ids) / self.eta)
-        return ids.index(trial_id) in order[:keep]
+        sampled = [ids[i] for i in order if ids[i] not in self._warm]
+        keep = math.ceil(len(sampled) / self.eta)
+        return trial_id in sampled[:keep]
 
     def recovery(self, milestone: int) -> float:
         """The most accuracy a finished trial gained between ``milestone`` and its final outcome
