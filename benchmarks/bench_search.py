@@ -347,7 +347,8 @@ def write(results: dict, args) -> None:
         for method in ("default", "random"):
             bests = [best_within(r[k]["points"], r[k].get("dense_accuracy", dense_acc), dense_bytes) or 0.0 for k in r if k.startswith(f"{method}/")]
             if bests:
-                summary.append(f"{method}: median {statistics.median(bests):.1f}x, worst {min(bests):.1f}x")
+                worst = f"{min(bests):.1f}x" if min(bests) else "none"
+                summary.append(f"{method}: median {statistics.median(bests):.1f}x (a seed with nothing within {MAX_DROP} pt counts as 0), worst {worst}")
         wins = [hypervolume(r[f"default/{s}"]["points"], REF[task]) > hypervolume(r[f"random/{s}"]["points"], REF[task]) for s in seeds if f"default/{s}" in r and f"random/{s}" in r]
         if wins:
             summary.append(f"hypervolume above random search's in {sum(wins)} of {len(wins)} seeds")

@@ -7,8 +7,9 @@ reaches a rung, it is ranked among every trial that has reached that rung so far
 then by non-domination rank over all objectives, then by crowding distance (NSGA-II's diversity
 rule); infeasible trials after them, by how far they miss their constraints
 (:func:`~squeezetune.search.pareto.priority`). A trial in the best ``ceil(n / eta)`` goes on, any
-other stops there. No weighted sum of objectives is formed. Decisions are asynchronous, as in
-ASHA: no trial waits for a rung to fill, and the first trials at a rung always go on.
+other stops there (``n`` counts the sampled trials, not the warm starts: see below). No weighted
+sum of objectives is formed. Decisions are asynchronous, as in ASHA: no trial waits for a rung to
+fill, and the first trials at a rung always go on.
 
 An accuracy limit (``max_drop``) is the limit of the *finished* model, and a trial at a rung is
 still recovering: judged by it as is, a heavily pruned trial at 18 of 40 epochs ranks behind every
