@@ -279,6 +279,8 @@ def sampler_of(method: str, run: dict) -> str:
 
 def write(results: dict, args) -> None:
     lines = [
+        "## Search (`benchmarks/bench_search.py`)",
+        "",
         f"Measured on {machine()}. `squeezetune search --task NET --data-dir D --trials {args.trials}"
         f"{f' --time-budget {args.time_budget:g}' if args.time_budget else ''} --max-drop {MAX_DROP} --seed S`, every other setting "
         "at its default (the default space: max-compression's stages, its recipe and the recipe's three neighbours the first trials; MO-ASHA with rungs at 2, 6 and 18 of gradual pruning's 40 epochs, "
