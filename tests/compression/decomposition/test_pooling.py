@@ -30,11 +30,12 @@ def test_least_squares_on_pooled_features_beats_the_data_free_fit():
     torch.manual_seed(0)
     model = TinyCNN().eval()
     x, _ = images(128)
+    pool = GlobalPool(map_shape(model, "fc1", (1, 1, 12, 12)))  # traced first: its one-image pass would feed the hook
     store = {}
     model.fc1.register_forward_hook(lambda m, a, out: store.update(inp=a[0].detach(), out=out.detach()))
     with torch.no_grad():
         model(x)
-    pool = GlobalPool(map_shape(model, "fc1", (1, 1, 12, 12)))
+    assert store["inp"].shape == (128, 16 * 6 * 6)
     factors = pool.fit(model.fc1)
     with torch.no_grad():
         before = relative_error(factors(store["inp"]).double(), store["out"].double())
