@@ -63,11 +63,14 @@ def test_at_a_rung_the_accuracy_limit_allows_the_recovery_seen_from_there():
     assert _decide(s, "big", 1, 0.975, 9000) == "CONTINUE"
     assert _decide(s, "small", 1, 0.95, 1000) == "STOP"  # infeasible as it stands, behind the feasible big one
     # three trials finish, having gained 0.0, 0.03 and 0.04 since their first rung: allowance 0.04
-    for tid, at_rung, final, size in (("r0", 0.97, 0.97, 20000), ("r1", 0.90, 0.93, 500), ("r2", 0.92, 0.96, 500)):
-        s.seed(tid, {1: {"val_accuracy": at_rung, "bytes": size}}, {"val_accuracy": final, "bytes": size})
+    for tid, at_rung, final, size in (("r0", 0.97, 0.97, 20000), ("r1", 0.90, 0.93, 500)):
+        s.seed(tid, {1: {"val_accuracy": at_rung, "bytes": size}}, {"val_accuracy": final, "bytes": size})  # finished sampled trials
+    warm = SimpleNamespace(trial_id="r2", config={"_warm_start": True})  # never stopped: it reaches its final outcome
+    assert s.on_trial_result(None, warm, {"epoch": 1, "val_accuracy": 0.92, "bytes": 500}) == "CONTINUE"
+    assert s.on_trial_result(None, warm, {"epoch": 9, "val_accuracy": 0.96, "bytes": 500, "final": True}) == "CONTINUE"
     assert s.recovery(1) == pytest.approx(0.04)
     assert s.violation_at(1, {"val_accuracy": 0.95}) < 0 < s.violation_at(1, {"val_accuracy": 0.92})
-    assert _decide(s, "small2", 1, 0.955, 1000) == "CONTINUE"  # 0.955 + 0.04 meets the limit: on the feasible front with big, 2 of 6 places
+    assert _decide(s, "small2", 1, 0.955, 1000) == "CONTINUE"  # 0.955 + 0.04 meets the limit: on the feasible front with big, 2 places for 5 sampled trials
     assert s.recovery(3) == 0.0  # no finished trial reported at 3 epochs
 
 

@@ -164,6 +164,7 @@ def test_a_resumed_scheduler_is_seeded_from_the_metric_steps_of_earlier_runs(sto
             client.log_metric(rid, "bytes", 5000.0, step=step)
         numbers[name] = t.number
         if name == "complete":
+            t.set_user_attr("warm_start", True)  # a recipe: it takes no place among the promoted
             study.tell(t, [0.975, 5000.0])
         else:
             study.tell(t, state=optuna.trial.TrialState.PRUNED)
@@ -175,8 +176,10 @@ def test_a_resumed_scheduler_is_seeded_from_the_metric_steps_of_earlier_runs(sto
     assert {r: v["val_accuracy"] for r, v in done.at_rungs.items()} == {2: 0.70, 6: 0.80, 18: 0.90}
     assert done.final == {"val_accuracy": 0.975, "bytes": 5000.0}
     assert set(stopped.at_rungs) == {2, 6} and stopped.final is None
+    assert done.warm_start and not stopped.warm_start
 
     assert rung_history(client, study, SearchConfig.from_dict({"fidelity": {"early_stopping": False}})) == []  # no MO-ASHA to seed
     scheduler = scheduler_for(config, 0.98, list(history.values()))
     assert scheduler.recovery(2) == pytest.approx(0.275) and scheduler.recovery(18) == pytest.approx(0.075)
     assert len(scheduler._recorded[2]) == 2 and len(scheduler._recorded[18]) == 1
+    assert scheduler._warm == {f"earlier-{numbers['complete']}"}

@@ -149,7 +149,10 @@ class MOASHA(FIFOScheduler):
 
     def promotable(self, milestone: int, trial_id: str) -> bool:
         """Whether ``trial_id`` is among the best ``ceil(n / eta)`` of the ``n`` sampled (not warm-start)
-        trials at ``milestone``, ranked among all the trials there."""
+        trials at ``milestone``, ranked among all the trials there; a warm start always is (it is
+        never stopped)."""
+        if trial_id in self._warm:
+            return True
         recorded = self._recorded[milestone]
         ids = list(recorded)
         order = priority([recorded[i][0] for i in ids], [self.violation_at(milestone, recorded[i][1]) for i in ids])
