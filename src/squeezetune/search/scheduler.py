@@ -126,7 +126,6 @@ class MOASHA(FIFOScheduler):
             recorded[trial.trial_id] = (vector, dict(result))
             if _warm_start(trial):
                 self._warm.add(trial.trial_id)
-                return TrialScheduler.CONTINUE
             if self.promotable(milestone, trial.trial_id):
                 return TrialScheduler.CONTINUE
             self.stopped[trial.trial_id] = milestone
