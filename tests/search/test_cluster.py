@@ -20,7 +20,11 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-TRIALS = 12
+TRIALS = 16
+"""Two trials for each of the eight slots. A worker's first trial to end is replaced at once (a
+trial is still waiting unless the other worker finished eight first), so the worker runs another
+one after it has one on record, and the kill below always comes. With 12 trials the last four
+could all land on the other worker's slots, and the worker was then never killed."""
 CONCURRENT = 8
 EPOCHS = 2
 
