@@ -23,8 +23,8 @@ CONFIG = {
     "name": "e2e",
     "trials": TRIALS,
     "sampler": "random",
-    "seed": 5,
-    "max_concurrent": 2,
+    "seed": 1,
+    "max_concurrent": 1,  # one trial at a time: the order trials reach the rung, and so what MO-ASHA stops, follows from the seed
     "warm_start_neighbours": False,  # the deep-compression warm start only: seven trials MO-ASHA may stop
     "fidelity": {"epochs": EPOCHS, "centroid_epochs": 1, "min_epochs": 1, "reduction_factor": 3},  # one rung, at 1 epoch
     "space": {
