@@ -103,8 +103,11 @@ def row(version: str, seed: int, r: dict) -> list[object]:
     pts = sorted(r["points"], key=lambda p: p["bytes"])
     front = ", ".join(f"{r['dense_bytes'] / p['bytes']:.1f}x ({-drop(r, p) + 0.0:+.2f})" for p in pts)
     least = min(pts, key=lambda p: drop(r, p))
-    hv = hypervolume([Point(p["trial"], p["acc"], p["bytes"]) for p in pts], REF)
-    return [version, seed, f"{r['wall']:.0f} s", f"{100 * r['dense_accuracy']:.2f}%", front, f"{r['dense_bytes'] / least['bytes']:.1f}x ({-drop(r, least) + 0.0:+.2f})", f"{hv:.0f}"]
+    return [version, seed, f"{r['wall']:.0f} s", f"{100 * r['dense_accuracy']:.2f}%", front, f"{r['dense_bytes'] / least['bytes']:.1f}x ({-drop(r, least) + 0.0:+.2f})", f"{front_hypervolume(r):.0f}"]
+
+
+def front_hypervolume(r: dict) -> float:
+    return hypervolume([Point(p["trial"], p["acc"], p["bytes"]) for p in r["points"]], REF)
 
 
 def write(results: dict, against: str) -> None:
@@ -123,7 +126,7 @@ def write(results: dict, against: str) -> None:
     ]
     seeds = sorted(set(results.get(HERE, {})) & set(results.get(against, {})), key=int)
     if seeds:
-        hv = {v: [float(row(v, int(s), results[v][s])[-1]) for s in seeds] for v in (HERE, against)}
+        hv = {v: [front_hypervolume(results[v][s]) for s in seeds] for v in (HERE, against)}
         least = {v: [min(drop(results[v][s], p) for p in results[v][s]["points"]) for s in seeds] for v in (HERE, against)}
         above = sum(a > b for a, b in zip(hv[HERE], hv[against]))
         lines += [

@@ -125,6 +125,8 @@ def run_search(
         {"trial": t.number, "val": t.user_attrs["val_accuracy"], "acc": t.user_attrs["accuracy"], "bytes": int(t.user_attrs["bytes"]), "at": t.datetime_complete.timestamp() - started} for t in done
     ]
     n = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in optuna.trial.TrialState}
+    # Ray Tune takes the SIGINT and returns, so a search the budget cut can also end normally, with trials left running or waiting
+    cut = cut or bool(n["RUNNING"] or n["WAITING"])
     return {
         "points": points,
         "wall": wall,
@@ -272,12 +274,6 @@ def main() -> None:
     write(results, args)
 
 
-def was_cut(run: dict) -> bool:
-    """Whether the budget cut the search: Ray Tune takes the SIGINT and returns, so a cut search can
-    also end normally, with trials left running or waiting in the study."""
-    return run["cut"] or bool(run["states"].get("RUNNING") or run["states"].get("WAITING"))
-
-
 def sampler_of(method: str, run: dict) -> str:
     """`` (tpe)`` after the default search's label: the sampler it ran with, when recorded."""
     return f" ({run['sampler']})" if method == "default" and run.get("sampler") else ""
@@ -334,7 +330,7 @@ def write(results: dict, args) -> None:
                 states = ", ".join(f"{v} {k.lower()}" for k, v in run["states"].items() if v)
                 rows.append(
                     [
-                        f"search {method}{sampler_of(method, run)}, seed {seed}{' (cut at the budget)' if was_cut(run) else ''}",
+                        f"search {method}{sampler_of(method, run)}, seed {seed}{' (cut at the budget)' if run['cut'] else ''}",
                         f"{best:.1f}x" if best else "none",
                         exported(run["points"], run["dense_val"], base, dense_bytes),
                         states,
