@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from squeezetune.cli import main
+from squeezetune.tasks import Split, Task
+from squeezetune.tasks.models import LeNet300
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -89,7 +92,33 @@ OWN_ERRORS = [
     (["export", "--name", "ghost", "--out", "e", "--trial", "0", "--alias", "v2"], "--alias 'v2' is refused by MLflow"),
     (["export", "--name", "ghost", "--out", "nofolder/e", "--trial", "0"], "does not exist"),
     (["export", "--name", "ghost", "--out", "e", "--trial", "0"], "no MLflow store at"),
+    (["train", "--task", "tests.test_cli_errors:datasets_task", "--out", "w.safetensors"], "returned tuple of (TensorDataset, TensorDataset): expected (train, eval), two squeezetune.tasks.Split"),
+    (["compress", "--task", "tests.test_cli_errors:datasets_task"], "load_data returned tuple of (TensorDataset, TensorDataset)"),
+    (["search", "--task", "tests.test_cli_errors:one_split_task"], "load_data returned Split: expected (train, eval)"),
+    (["train", "--task", "tests.test_cli_errors:broken_loader_task", "--out", "w.safetensors"], "task 'broken': load_data raised ValueError: no column 'label' in train.csv"),
 ]
+
+
+def _datasets(_):
+    x, y = torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)
+    return TensorDataset(x, y), TensorDataset(x, y)
+
+
+def datasets_task() -> Task:
+    """A user's task whose loader returns torch datasets instead of squeezetune Splits."""
+    return Task(name="datasets", model="mine", build_model=LeNet300, load_data=_datasets)
+
+
+def one_split_task() -> Task:
+    return Task(name="one-split", model="mine", build_model=LeNet300, load_data=lambda _: Split(torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)))
+
+
+def _broken(_):
+    raise ValueError("no column 'label' in train.csv")
+
+
+def broken_loader_task() -> Task:
+    return Task(name="broken", model="mine", build_model=LeNet300, load_data=_broken)
 
 
 def _tree(folder: Path) -> set[str]:

@@ -73,16 +73,10 @@ def train_cmd(
     t = get_task(task)
     _check_out(out, ".safetensors")
     _check_device(device)
-    train_split, eval_split = _load(t, data_dir)
+    train_split, eval_split = t.splits(data_dir)
     model = train_dense(t, train_split, device=device, seed=seed, progress=_progress)
     save_weights(model, out, metadata={"task": t.name})
     typer.echo(f"wrote {out}: accuracy {evaluate(model, eval_split, device=device):.4f}")
-
-
-def _load(task, data_dir: Optional[Path]):
-    if task.needs_data_dir and data_dir is None:
-        raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
-    return task.load_data(data_dir)
 
 
 @app.command("compress")
@@ -116,7 +110,7 @@ def compress_cmd(
     if allocation is not None and allocation not in ("uniform", "sensitivity", "energy"):
         raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity (structured pruning), or uniform or energy (decomposition)")
     timing = LatencyConfig(**{k: v for k, v in (("budget_s", latency_budget), ("threads", latency_threads)) if v is not None})
-    splits = _load(t, data_dir)
+    splits = t.splits(data_dir)
     loaded = load_recipe(recipe, t.model, t.build_model(), macs_target=macs_target, allocation=allocation, cost=cost)
     report = compress(t, loaded, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress, latency=timing)
     typer.echo(format_stages(report))
@@ -172,7 +166,7 @@ def evaluate_cmd(
         t = get_task(made_for)
     elif t.name != made_for:
         typer.echo(f"note: {container} was made for task {made_for!r}; measuring it on {t.name!r}", err=True)
-    _, eval_split = _load(t, data_dir)
+    _, eval_split = t.splits(data_dir)
     typer.echo(f"{container}: accuracy {evaluate(model, eval_split, device=device):.4f} on {len(eval_split)} {t.name} images")
 
 

@@ -105,9 +105,7 @@ def compress(
     if not out.parent.is_dir():
         raise SqueezeError(f"out={str(out)!r}: its folder {str(out.parent)!r} does not exist (checked before any training)")
     if splits is None:
-        if task.needs_data_dir and data_dir is None:
-            raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
-        splits = task.load_data(Path(data_dir) if data_dir is not None else None)
+        splits = task.splits(data_dir)
     train_split, eval_split = splits
     model = task.build_model()
     recipe = load_recipe(recipe, task.model, model)

@@ -201,9 +201,7 @@ def export_trial(
     config = load_saved_config(uri, experiment, name)
     task = get_task(config.task)
     data_dir = data_dir if data_dir is not None else config.data_dir
-    if task.needs_data_dir and data_dir is None:
-        raise SqueezeError(f"task {task.name!r} needs --data-dir to re-measure accuracy: expected a folder with MNIST idx files")
-    train, eval_split = task.load_data(Path(data_dir) if data_dir is not None else None)
+    train, eval_split = task.splits(data_dir)
     points = trial_points(c, exp_id, parent.info.run_id)
     front = pareto_front(points)
     baseline = baseline_of(parent)

@@ -202,9 +202,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     from squeezetune.tasks import example_input, get_task, hold_out
 
     task = get_task(config.task)
-    if task.needs_data_dir and config.data_dir is None:
-        raise SqueezeError(f"task {task.name!r} needs --data-dir: expected a folder with MNIST idx files")
-    train, held = task.load_data(Path(config.data_dir) if config.data_dir else None)
+    train, held = task.splits(config.data_dir or None)
     fit, val = hold_out(train, config.validation)
     splits = (fit, held)
     example = example_input(task, fit)

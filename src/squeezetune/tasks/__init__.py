@@ -62,6 +62,31 @@ class Task:
     weight_decay: float = 1e-4
     example: Union[torch.Tensor, Callable[[], torch.Tensor], None] = None
 
+    def splits(self, data_dir: str | Path | None) -> tuple[Split, Split]:
+        """``load_data(data_dir)``, checked: the ``(train, eval)`` splits, or a one-line error.
+
+        Every command reads a task's data through this, so a loader that needs a folder it was not
+        given, raises, or returns anything but two :class:`Split` fails the same way everywhere.
+        """
+        if self.needs_data_dir and data_dir is None:
+            raise SqueezeError(f"task {self.name!r} needs --data-dir: expected the folder its data is read from (MNIST idx files for the built-in MNIST tasks)")
+        try:
+            splits = self.load_data(Path(data_dir) if data_dir is not None else None)
+        except SqueezeError:
+            raise
+        except Exception as exc:  # the user's loader failed
+            raise SqueezeError(f"task {self.name!r}: load_data raised {type(exc).__name__}: {exc}") from exc
+        if not (isinstance(splits, (tuple, list)) and len(splits) == 2 and all(isinstance(s, Split) for s in splits)):
+            raise SqueezeError(f"task {self.name!r}: load_data returned {_describe(splits)}: expected (train, eval), two squeezetune.tasks.Split(x, y)")
+        return splits[0], splits[1]
+
+
+def _describe(value) -> str:
+    """A short name of what a loader returned, e.g. ``tuple of (TensorDataset, TensorDataset)``."""
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of ({', '.join(type(v).__name__ for v in value)})"
+    return type(value).__name__
+
 
 _BUILTIN: dict[str, Task] = {
     "lenet300-mnist": Task("lenet300-mnist", "lenet300", LeNet300, load_mnist, needs_data_dir=True),
