@@ -53,3 +53,17 @@ def test_no_point_within_the_drop_names_the_split_both_losses_and_the_trial_to_t
     message = str(err.value)
     assert "validation images" in message and "trial 3 (6,444 bytes)" in message
     assert "loses 0.50 points there and 0.10 on the evaluation images" in message and "--trial 3" in message
+
+
+def test_export_notes_a_pick_that_loses_more_than_the_limit_on_the_evaluation_images():
+    from squeezetune.search.export import beyond_the_limit
+    from squeezetune.search.pareto import point
+
+    lucky = point(25, {"val_accuracy": 0.987, "accuracy": 0.979, "bytes": 2820})  # -0.10 pt on validation, -0.70 on evaluation
+    note = beyond_the_limit(lucky, max_drop=0.2, dense_eval_accuracy=0.986, validation_images=1000, evaluation_images=2000)
+    assert note.startswith("note: trial 25 is within --max-drop 0.2 on the 1,000 validation images") and "loses 0.70 points on the 2,000 evaluation images" in note
+    held = point(3, {"val_accuracy": 0.987, "accuracy": 0.982, "bytes": 4400})  # exactly 0.20 pt: within
+    assert beyond_the_limit(held, max_drop=0.2, dense_eval_accuracy=0.984, validation_images=1000, evaluation_images=2000) is None
+    from squeezetune.search.pareto import Point
+
+    assert beyond_the_limit(Point(1, 0.9, 100), max_drop=0.2, dense_eval_accuracy=0.99, validation_images=1, evaluation_images=1) is None  # no held-out figure to compare

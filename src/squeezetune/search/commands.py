@@ -152,7 +152,10 @@ def export_cmd(
     probe(uri)
     result = export_trial(uri, experiment, name, out, trial=trial, max_bytes=max_bytes, max_drop=max_drop, data_dir=data_dir, model_name=model_name, alias=alias, force=force, progress=_progress)
     p = result.point
-    typer.echo(f"trial {p.trial} of {name!r}: {p.bytes:,} bytes, accuracy in the search {p.accuracy:.4f}")
+    if "eval_accuracy" in p.extra:
+        typer.echo(f"trial {p.trial} of {name!r}: {p.bytes:,} bytes, accuracy in the search {p.extra['eval_accuracy']:.4f} on the evaluation images ({p.accuracy:.4f} on validation)")
+    else:
+        typer.echo(f"trial {p.trial} of {name!r}: {p.bytes:,} bytes, accuracy in the search {p.accuracy:.4f}")
     for kind, path in result.files.items():
         extra = f"  accuracy {result.accuracy[kind]:.4f} (re-measured)" if kind in result.accuracy else ""
         typer.echo(f"  {kind:<13} {path}{extra}")

@@ -70,6 +70,25 @@ def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], lis
     return points, pareto_front(points), baseline_of(parent)
 
 
+def beyond_the_limit(chosen: Point, *, max_drop: float, dense_eval_accuracy: float, validation_images: int, evaluation_images: int) -> str | None:
+    """A note when the point picked within ``max_drop`` on validation loses more on the evaluation images.
+
+    ``export --max-drop`` picks the smallest file within the limit on the validation images; of
+    many trials near the limit, that is also the one luckiest there, so its evaluation-image loss
+    is often larger. The user is told, not silently handed a figure the search never promised.
+    """
+    if "eval_accuracy" not in chosen.extra:
+        return None
+    lost = drop_points(dense_eval_accuracy, chosen.extra["eval_accuracy"])
+    if lost <= max_drop:
+        return None
+    return (
+        f"note: trial {chosen.trial} is within --max-drop {max_drop:g} on the {validation_images:,} validation images it was picked on, but loses {lost:.2f} points "
+        f"on the {evaluation_images:,} evaluation images no selection saw (the smallest file within a limit on one split is also the luckiest on it); "
+        "a smaller --max-drop, or a --trial from `squeezetune pareto`, trades size for margin"
+    )
+
+
 def pick(
     points: list[Point],
     front: list[Point],
@@ -215,6 +234,10 @@ def export_trial(
     chosen = pick(points, front, dense_accuracy=baseline.selected, trial=trial, max_bytes=max_bytes, max_drop=max_drop, dense_eval_accuracy=baseline.accuracy)
     held = chosen.extra.get("eval_accuracy", chosen.accuracy)
     progress(f"exporting trial {chosen.trial} (run {chosen.run_id}): accuracy {held:.4f} on the evaluation images, {chosen.bytes:,} bytes")
+    if max_drop is not None and split == "validation":
+        note = beyond_the_limit(chosen, max_drop=max_drop, dense_eval_accuracy=baseline.accuracy, validation_images=len(selected_on), evaluation_images=len(eval_split))
+        if note:
+            progress(note)
 
     with atomic_folder(out, replace=force) as staging:
         files, acc, model, example = _write_formats(c, chosen, task, eval_split, name, staging)
