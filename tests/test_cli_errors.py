@@ -95,7 +95,7 @@ OWN_ERRORS = [
     (["train", "--task", "tests.test_cli_errors:datasets_task", "--out", "w.safetensors"], "returned tuple of (TensorDataset, TensorDataset): expected (train, eval), two squeezetune.tasks.Split"),
     (["compress", "--task", "tests.test_cli_errors:datasets_task"], "load_data returned tuple of (TensorDataset, TensorDataset)"),
     (["search", "--task", "tests.test_cli_errors:one_split_task"], "load_data returned Split: expected (train, eval)"),
-    (["train", "--task", "tests.test_cli_errors:broken_loader_task", "--out", "w.safetensors"], "task 'broken': load_data raised ValueError: no column 'label' in train.csv"),
+    (["train", "--task", "tests.test_cli_errors:broken_loader_task", "--out", "w.safetensors"], "task 'broken': load_data raised ValueError: no column 'label' in train.csv (SQUEEZETUNE_DEBUG=1"),
 ]
 
 
@@ -162,6 +162,14 @@ def test_own_errors(empty_cwd, capsys, args, message):
     assert message in line
     assert _tree(empty_cwd) == before  # no output, no mlflow.db, no half-written file
     assert not (empty_cwd.parent / "cache").exists()  # refused before any dense training
+
+
+def test_debug_shows_where_a_users_loader_failed(empty_cwd, capsys, monkeypatch):
+    monkeypatch.setenv("SQUEEZETUNE_DEBUG", "1")
+    code = main(["train", "--task", "tests.test_cli_errors:broken_loader_task", "--out", "w.safetensors"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and "in _broken" in err
+    assert err.strip().splitlines()[-1].startswith("error: task 'broken': load_data raised ValueError")
 
 
 def test_bare_command_prints_the_help_too(empty_cwd, capsys):

@@ -5,9 +5,11 @@ Every user error ends in one line on stderr (``error: ...``) and exit code 2, ne
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -206,12 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     Whatever a command or the argument parser raises ends here as one line on stderr and an exit
     code: bad input (a :class:`SqueezeError`, a parser error of whichever click the installed
     typer uses, an OS error such as a read-only folder) ``error: ...`` and 2; Ctrl-C 130; anything
-    else ``error: internal error ...`` and 1 (``SQUEEZETUNE_DEBUG=1`` shows the traceback).
+    else ``error: internal error ...`` and 1 (``SQUEEZETUNE_DEBUG=1`` shows the traceback, and that
+    of the exception behind a :class:`SqueezeError` raised from one, such as a user's loader's).
     """
     _register_optional()
     try:
         code = app(args=argv, prog_name="squeezetune", standalone_mode=False)
     except SqueezeError as exc:
+        if os.environ.get("SQUEEZETUNE_DEBUG") and exc.__cause__ is not None:  # e.g. the user's load_data raised: show where
+            traceback.print_exception(exc.__cause__)
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED

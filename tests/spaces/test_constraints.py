@@ -61,9 +61,12 @@ def test_export_notes_a_pick_that_loses_more_than_the_limit_on_the_evaluation_im
 
     lucky = point(25, {"val_accuracy": 0.987, "accuracy": 0.979, "bytes": 2820})  # -0.10 pt on validation, -0.70 on evaluation
     note = beyond_the_limit(lucky, max_drop=0.2, dense_eval_accuracy=0.986, validation_images=1000, evaluation_images=2000)
-    assert note.startswith("note: trial 25 is within --max-drop 0.2 on the 1,000 validation images") and "loses 0.70 points on the 2,000 evaluation images" in note
+    assert note.startswith("note: trial 25 is within --max-drop 0.2 on the 1,000 validation images") and "loses 0.7 points on the 2,000 evaluation images" in note
     held = point(3, {"val_accuracy": 0.987, "accuracy": 0.982, "bytes": 4400})  # exactly 0.20 pt: within
     assert beyond_the_limit(held, max_drop=0.2, dense_eval_accuracy=0.984, validation_images=1000, evaluation_images=2000) is None
     from squeezetune.search.pareto import Point
 
     assert beyond_the_limit(Point(1, 0.9, 100), max_drop=0.2, dense_eval_accuracy=0.99, validation_images=1, evaluation_images=1) is None  # no held-out figure to compare
+    assert beyond_the_limit(lucky, max_drop=0.2, dense_eval_accuracy=float("nan"), validation_images=1000, evaluation_images=2000) is None  # no dense figure
+    near = point(4, {"val_accuracy": 0.987, "accuracy": 0.983967, "bytes": 4400})  # 0.2033 pt on 30,000 images: not printed as "0.20"
+    assert "loses 0.2033 points" in beyond_the_limit(near, max_drop=0.2, dense_eval_accuracy=0.986, validation_images=1000, evaluation_images=30000)

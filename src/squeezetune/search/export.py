@@ -80,10 +80,10 @@ def beyond_the_limit(chosen: Point, *, max_drop: float, dense_eval_accuracy: flo
     if "eval_accuracy" not in chosen.extra:
         return None
     lost = drop_points(dense_eval_accuracy, chosen.extra["eval_accuracy"])
-    if lost <= max_drop:
+    if not math.isfinite(lost) or lost <= max_drop:
         return None
     return (
-        f"note: trial {chosen.trial} is within --max-drop {max_drop:g} on the {validation_images:,} validation images it was picked on, but loses {lost:.2f} points "
+        f"note: trial {chosen.trial} is within --max-drop {max_drop:g} on the {validation_images:,} validation images it was picked on, but loses {lost:.4g} points "
         f"on the {evaluation_images:,} evaluation images no selection saw (the smallest file within a limit on one split is also the luckiest on it); "
         "a smaller --max-drop, or a --trial from `squeezetune pareto`, trades size for margin"
     )
@@ -234,10 +234,12 @@ def export_trial(
     chosen = pick(points, front, dense_accuracy=baseline.selected, trial=trial, max_bytes=max_bytes, max_drop=max_drop, dense_eval_accuracy=baseline.accuracy)
     held = chosen.extra.get("eval_accuracy", chosen.accuracy)
     progress(f"exporting trial {chosen.trial} (run {chosen.run_id}): accuracy {held:.4f} on the evaluation images, {chosen.bytes:,} bytes")
+    notes = []
     if max_drop is not None and split == "validation":
         note = beyond_the_limit(chosen, max_drop=max_drop, dense_eval_accuracy=baseline.accuracy, validation_images=len(selected_on), evaluation_images=len(eval_split))
         if note:
             progress(note)
+            notes.append(note)
 
     with atomic_folder(out, replace=force) as staging:
         files, acc, model, example = _write_formats(c, chosen, task, eval_split, name, staging)
@@ -260,7 +262,7 @@ def export_trial(
             "onnx_opset": ONNX_OPSET,
         }
         (staging / "export.json").write_text(json.dumps(summary, indent=2))
-    return Exported(chosen, final, acc, model_uri, f"models:/{registered}@{alias}", run_id)
+    return Exported(chosen, final, acc, model_uri, f"models:/{registered}@{alias}", run_id, notes)
 
 
 def _write_formats(c, point: Point, task, eval_split, search: str, folder: Path):

@@ -75,7 +75,7 @@ class Task:
         except SqueezeError:
             raise
         except Exception as exc:  # the user's loader failed
-            raise SqueezeError(f"task {self.name!r}: load_data raised {type(exc).__name__}: {exc}") from exc
+            raise SqueezeError(f"task {self.name!r}: load_data raised {type(exc).__name__}: {str(exc) or '(no message)'} (SQUEEZETUNE_DEBUG=1 shows the traceback)") from exc
         if not (isinstance(splits, (tuple, list)) and len(splits) == 2 and all(isinstance(s, Split) for s in splits)):
             raise SqueezeError(f"task {self.name!r}: load_data returned {_describe(splits)}: expected (train, eval), two squeezetune.tasks.Split(x, y)")
         return splits[0], splits[1]
