@@ -45,6 +45,8 @@ def test_round_trip_through_dict(tmp_path):
         ({"time_budget": -5}, "time_budget=-5"),
         ({"time_budget": "ten"}, "time_budget='ten'"),
         ({"time_budget": True}, "time_budget=True"),
+        ({"fidelity": {"early_stopping": "sometimes"}}, "fidelity.early_stopping='sometimes': expected auto, true or false"),
+        ({"fidelity": {"early_stopping": 1}}, "fidelity.early_stopping=1"),
     ],
 )
 def test_bad_config(data, message):

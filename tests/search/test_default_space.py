@@ -16,7 +16,7 @@ CONFIG = {
     "sampler": "random",
     "seed": 3,
     "max_concurrent": 2,
-    "fidelity": {"epochs": EPOCHS, "centroid_epochs": 1, "min_epochs": 1, "reduction_factor": 3},  # one rung, at 1 epoch
+    "fidelity": {"epochs": EPOCHS, "centroid_epochs": 1, "min_epochs": 1, "reduction_factor": 3, "early_stopping": True},  # one rung, at 1 epoch; MO-ASHA always on
 }
 
 

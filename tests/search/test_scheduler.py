@@ -102,6 +102,31 @@ def test_warm_starts_take_no_place_among_the_promoted():
     assert _decide(r, "b", 1, 0.955, 450) == "STOP"
 
 
+def test_auto_stops_none_while_every_full_schedule_fits_in_the_budget():
+    """early_stopping: auto. Before a trial finished: strict. Then, with 8 trials of 60 s on 2 slots
+    (4 min) inside a 5-min budget, a trial outside the promoted places goes on; once the mean full
+    schedule is 90 s (6 min for the 8), over the budget, it stops again. Seeded trials carry no time."""
+    s = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3, budget_s=300, trials=8, slots=2)
+    s.seed("earlier-0", {1: {"val_accuracy": 0.99, "bytes": 100}}, {"val_accuracy": 0.99, "bytes": 100}, warm_start=True)
+    assert s.full_schedule_s() is None and s.stopping()
+    assert _decide(s, "a", 1, 0.90, 1000) == "CONTINUE"  # the first sampled trial at the rung
+    assert _decide(s, "b", 1, 0.80, 2000) == "STOP"  # no time measured yet: stopped as without a budget
+    assert _decide(s, "a", 9, 0.95, 1000, final=True, time_total_s=60.0) == "CONTINUE"
+    assert s.full_schedule_s() == 60 and s.projected_s() == 240 and not s.stopping()
+    assert _decide(s, "c", 1, 0.70, 3000) == "CONTINUE"  # dominated: outside ceil(3/3) = 1 place, yet spared
+    assert s.spared == 1 and "c" not in s.stopped
+    assert _decide(s, "c", 9, 0.96, 3000, final=True, time_total_s=120.0) == "CONTINUE"
+    assert s.projected_s() == 360 and s.stopping()
+    assert _decide(s, "d", 1, 0.60, 4000) == "STOP"
+    assert s.stopped == {"b": 1, "d": 1}
+    assert "90 s on average" in s.summary() and "over its 5 min" in s.summary() and "2 trials stopped early, 1 went on" in s.summary()
+    # without a budget (early_stopping: true) a measured schedule changes nothing
+    t = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3)
+    assert _decide(t, "a", 1, 0.90, 1000) == "CONTINUE"
+    assert _decide(t, "a", 9, 0.95, 1000, final=True, time_total_s=1.0) == "CONTINUE"
+    assert _decide(t, "b", 1, 0.80, 2000) == "STOP" and t.summary() is None
+
+
 def test_a_seeded_scheduler_ranks_against_earlier_trials_and_keeps_their_recovery():
     """What a resumed search starts from: the trials it ran before, read back, not an empty scheduler."""
     limit = 0.97

@@ -26,7 +26,7 @@ CONFIG = {
     "seed": 1,
     "max_concurrent": 1,  # one trial at a time: the order trials reach the rung, and so what MO-ASHA stops, follows from the seed
     "warm_start_neighbours": False,  # the deep-compression warm start only: seven trials MO-ASHA may stop
-    "fidelity": {"epochs": EPOCHS, "centroid_epochs": 1, "min_epochs": 1, "reduction_factor": 3},  # one rung, at 1 epoch
+    "fidelity": {"epochs": EPOCHS, "centroid_epochs": 1, "min_epochs": 1, "reduction_factor": 3, "early_stopping": True},  # one rung, at 1 epoch; MO-ASHA always on
     "space": {
         # lr up to 1e4 makes some fine-tunes diverge: those trials must fail cleanly, the rest go on
         "finetune": {"distill": [True, False], "lr": [0.01, 10000.0]},

@@ -28,7 +28,8 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
       centroid_epochs: 8
       min_epochs: 2                # the first rung; then x reduction_factor up to epochs
       reduction_factor: 3
-      early_stopping: true         # false: every trial gets the full schedule
+      early_stopping: auto         # auto: stop none while every trial's full schedule fits in the time
+                                   #   budget (15 min without one); true: always; false: never
     warm_start: [auto]             # recipes run first, projected into the space: built-in names, YAML files,
                                    #   or auto (every built-in recipe whose stages the space searches); [] for none
     warm_start_neighbours: true    # also run each warm start's neighbours: 15% fewer weights, one bit less
@@ -103,14 +104,15 @@ class Fidelity:
     ``finetune_centroids`` stage to ``centroid_epochs``. A trial reports at the rungs ``min_epochs * reduction_factor**k`` below
     ``epochs``: the accuracy and bytes of its model as the file would hold it then. With
     ``early_stopping`` MO-ASHA stops the trials that rank poorly at a rung; the others go on to
-    the full schedule.
+    the full schedule. ``auto`` stops none while the search's full schedules, timed on the first
+    trials to finish, fit in its ``time_budget`` (or :data:`AUTO_MINUTES` without one).
     """
 
     epochs: int = 40
     centroid_epochs: int = 8
     min_epochs: int = 2
     reduction_factor: int = 3
-    early_stopping: bool = True
+    early_stopping: bool | str = "auto"
 
     def __post_init__(self) -> None:
         for key in ("epochs", "centroid_epochs", "min_epochs", "reduction_factor"):
@@ -118,8 +120,8 @@ class Fidelity:
             low = 0 if key == "centroid_epochs" else 2 if key == "reduction_factor" else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise SqueezeError(f"fidelity.{key}={v!r} must be an integer >= {low}")
-        if not isinstance(self.early_stopping, bool):
-            raise SqueezeError(f"fidelity.early_stopping={self.early_stopping!r}: expected true or false")
+        if not isinstance(self.early_stopping, bool) and self.early_stopping != "auto":
+            raise SqueezeError(f"fidelity.early_stopping={self.early_stopping!r}: expected auto, true or false")
         if self.min_epochs > self.epochs:
             raise SqueezeError(f"fidelity.min_epochs={self.min_epochs} is above fidelity.epochs={self.epochs}: expected the first rung within the schedule")
 
@@ -129,6 +131,12 @@ class Fidelity:
         from squeezetune.search.scheduler import rungs
 
         return rungs(min_t=self.min_epochs, max_t=self.epochs, eta=self.reduction_factor)
+
+
+AUTO_MINUTES = 15
+"""``fidelity.early_stopping: auto`` without a ``time_budget``: MO-ASHA stops no trial while the
+search's full schedules fit in this many minutes (LeNet-300-100's 32 take 7-9 on two cores, LeNet-5's
+well over 30)."""
 
 
 DEFAULT_SPACE: dict[str, Any] = {

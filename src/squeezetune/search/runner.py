@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
-from squeezetune.search.config import SearchConfig, default_max_concurrent
+from squeezetune.search.config import AUTO_MINUTES, SearchConfig, default_max_concurrent
 from squeezetune.search.pareto import Baseline, Point
 from squeezetune.search.status import SearchStatus
 from squeezetune.spaces import Constraints, Space, derive_space
@@ -257,6 +257,9 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
             rungs = ", ".join(map(str, f.rungs)) or "no rung"
             what = "fine-tune" if stage == "finetune" else "gradual pruning (each rung measures the model pruned at once to its final targets)"
             plan = f"MO-ASHA compares trials at epochs {rungs} of {f.epochs} of {what}" if f.early_stopping and f.rungs else f"every trial trains {f.epochs} epochs in {stage}"
+            if f.early_stopping == "auto" and f.rungs:
+                budget = f"the {config.time_budget:g}-min time budget" if config.time_budget is not None else f"{AUTO_MINUTES} min"
+                plan += f"; early_stopping auto: it stops none while the full schedules of all trials, timed on the first to finish, fit in {budget}"
             progress(f"fidelity: {plan} (+{f.centroid_epochs} centroid epochs for trials that reach the end)")
     if config.time_budget is not None:
         progress(f"time budget: no trial starts later than {config.time_budget:g} min after the search began; those running then finish")
@@ -380,7 +383,9 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
             history = rung_history(c, study, config) if resume else []
             if history:
                 progress(f"MO-ASHA: {len(history)} earlier trials read back from their MLflow runs, {sum(e.final is not None for e in history)} of them complete")
-            _run_tuner(config, searcher, base, remaining, uri, local=local, status=status, history=history)
+            note = _run_tuner(config, searcher, base, remaining, uri, local=local, status=status, history=history)
+            if note:
+                progress(note)
         n = counts(study)
         done = n["complete"] + n["stopped"] + n["failed"]
         # a budget that ran out counts as finished, unless trials were cut short (Ctrl-C after it)
@@ -523,7 +528,8 @@ def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str
             progress(f"trial {t.number}: interrupted, queued again with its MLflow run {rid}")
 
 
-def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, uri: str, *, local: bool, status: SearchStatus, history: Sequence[Earlier] = ()) -> None:
+def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, uri: str, *, local: bool, status: SearchStatus, history: Sequence[Earlier] = ()) -> str | None:
+    """Run the trials; returns what early stopping did, in a line, under ``early_stopping: auto``."""
     import numpy as np
     from ray import tune
 
@@ -557,11 +563,12 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
         data = tuple(np.ascontiguousarray(a.numpy()) for split in base.splits for a in (split.x, split.y))
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, dense_state=state, data=data), config.resources.to_ray())
         max_concurrent = config.max_concurrent or default_max_concurrent(config.resources)
+        scheduler = scheduler_for(config, base.val_accuracy, history, trials=remaining, slots=max_concurrent, budget_s=searcher.time_left())
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=scheduler_for(config, base.val_accuracy, history),
+                scheduler=scheduler,
                 num_samples=remaining,
                 max_concurrent_trials=max_concurrent,
                 # on several nodes a cached actor may sit on a node that died: a retried trial then
@@ -578,6 +585,7 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
             ),
         )
         tuner.fit()
+        return scheduler.summary() if scheduler is not None else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -679,12 +687,15 @@ def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
     return out
 
 
-def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequence[Earlier] = ()):
+def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequence[Earlier] = (), *, trials: int = 1, slots: int = 1, budget_s: float | None = None):
     """MO-ASHA over the search's objectives (``None``: every trial runs the full schedule), seeded
-    with the trials a resumed search ran before (``history``)."""
+    with the trials a resumed search ran before (``history``). Under ``early_stopping: auto`` it
+    stops no trial while ``trials`` full schedules, ``slots`` at a time, fit in ``budget_s`` (default:
+    :data:`~squeezetune.search.config.AUTO_MINUTES`)."""
     fidelity = config.fidelity
     if fidelity is None or not fidelity.early_stopping or not fidelity.rungs:
         return None
+    from squeezetune.search.config import AUTO_MINUTES
     from squeezetune.search.scheduler import MOASHA
     from squeezetune.search.searcher import OutcomeConstraints, objective_metrics
 
@@ -693,7 +704,17 @@ def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequ
     def violation(result: dict) -> float:
         return sum(max(0.0, v) for v in constraints.violations(result).values()) if config.constraints else 0.0
 
-    scheduler = MOASHA(objective_metrics(config.objectives), max_t=fidelity.epochs, min_t=fidelity.min_epochs, eta=fidelity.reduction_factor, violation=violation)
+    auto = fidelity.early_stopping == "auto"
+    scheduler = MOASHA(
+        objective_metrics(config.objectives),
+        max_t=fidelity.epochs,
+        min_t=fidelity.min_epochs,
+        eta=fidelity.reduction_factor,
+        violation=violation,
+        budget_s=(60.0 * AUTO_MINUTES if budget_s is None else budget_s) if auto else None,
+        trials=max(1, trials),
+        slots=max(1, min(slots, trials)),
+    )
     for earlier in history:
         scheduler.seed(f"earlier-{earlier.number}", earlier.at_rungs, earlier.final, warm_start=earlier.warm_start)
     return scheduler

@@ -33,6 +33,18 @@ the rung, in their order among all trials. Counted among them, a search's warm s
 its three neighbours, which reach every rung first and rank near its top) would fill the few places
 of the later rungs, and the sampler's trials would almost never finish.
 
+Early stopping only pays when the trials cannot all have the full schedule. Given a ``budget_s``
+(``fidelity.early_stopping: auto``, the default), the scheduler stops no trial while ``trials``
+full schedules, each as long as the mean wall time of the trials that finished so far, run
+``slots`` at a time, fit in ``budget_s``; every trial then goes to the end, as with
+``early_stopping: false``. Before any trial has finished, and whenever the projection is over the
+budget, it stops trials by the rule above. The warm starts finish first, so on one machine the
+sampled trials reach their first rung with the cost of a full schedule already measured. (On
+LeNet-300-100, where a full schedule takes about half a minute, 32 full-budget trials ended with
+more hypervolume than MO-ASHA's in each of five seeds, in 7-9 minutes: its rungs measure a model
+pruned at once to its targets, before centroid tuning, and stopped trials that would have ended
+well.)
+
 >>> rungs(min_t=2, max_t=40, eta=3)
 (2, 6, 18)
 """
@@ -68,7 +80,9 @@ class MOASHA(FIFOScheduler):
     ``time_attr`` names the fidelity in each result; a result with ``final`` set is the trial's
     complete outcome and is never stopped. ``recovery_key`` names the accuracy that rises with
     fine-tuning (default: the first maximised objective), to which a rung's observed recovery is
-    added before ``violation`` is checked (see the module doc).
+    added before ``violation`` is checked (see the module doc). With ``budget_s``, it stops no
+    trial while ``trials`` full schedules, ``slots`` at a time, fit in that many seconds
+    (:meth:`stopping`).
     """
 
     def __init__(
@@ -81,10 +95,15 @@ class MOASHA(FIFOScheduler):
         time_attr: str = "epoch",
         violation: Callable[[Mapping[str, Any]], float] | None = None,
         recovery_key: str | None = None,
+        budget_s: float | None = None,
+        trials: int = 1,
+        slots: int = 1,
     ) -> None:
         super().__init__()
         if eta < 2 or min_t < 1 or max_t < min_t:
             raise ValueError(f"MOASHA needs eta >= 2 and 1 <= min_t <= max_t, got eta={eta} min_t={min_t} max_t={max_t}")
+        if trials < 1 or slots < 1:
+            raise ValueError(f"MOASHA needs trials >= 1 and slots >= 1, got trials={trials} slots={slots}")
         self.objectives = tuple(objectives)
         self.time_attr = time_attr
         self.eta = eta
@@ -96,6 +115,12 @@ class MOASHA(FIFOScheduler):
         self._warm: set[str] = set()
         self.stopped: dict[str, int] = {}
         """Trials this scheduler stopped, and the rung where it stopped them."""
+        self.budget_s = budget_s
+        self.trials = trials
+        self.slots = slots
+        self._full_s: list[float] = []
+        self.spared = 0
+        """Trials that ranked out of the promoted places but went on, the full schedules fitting in ``budget_s``."""
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         return True  # objectives are fixed at construction
@@ -128,6 +153,9 @@ class MOASHA(FIFOScheduler):
                 self._warm.add(trial.trial_id)
             if self.promotable(milestone, trial.trial_id):
                 return TrialScheduler.CONTINUE
+            if not self.stopping():
+                self.spared += 1
+                return TrialScheduler.CONTINUE
             self.stopped[trial.trial_id] = milestone
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
@@ -159,6 +187,37 @@ class MOASHA(FIFOScheduler):
         keep = math.ceil(len(sampled) / self.eta)
         return trial_id in sampled[:keep]
 
+    def full_schedule_s(self) -> float | None:
+        """The mean wall time of the trials that finished in this run (``None`` before the first)."""
+        return sum(self._full_s) / len(self._full_s) if self._full_s else None
+
+    def projected_s(self) -> float | None:
+        """How long ``trials`` full schedules take, ``slots`` at a time (``None`` before a trial finished)."""
+        each = self.full_schedule_s()
+        return None if each is None else math.ceil(self.trials / self.slots) * each
+
+    def stopping(self) -> bool:
+        """Whether trials outside the promoted places stop now: always without ``budget_s``; with it,
+        until a trial has finished and whenever the projected full schedules are over the budget."""
+        if self.budget_s is None:
+            return True
+        projected = self.projected_s()
+        return projected is None or projected > self.budget_s
+
+    def summary(self) -> str | None:
+        """What early stopping did, in a line (``None`` without ``budget_s``, where it always stops)."""
+        if self.budget_s is None:
+            return None
+        each, projected = self.full_schedule_s(), self.projected_s()
+        if each is None:
+            return f"MO-ASHA: no trial finished, so the cost of a full schedule was never measured; {len(self.stopped)} stopped early"
+        within = "within" if projected <= self.budget_s else "over"
+        return (
+            f"MO-ASHA (early_stopping: auto): a full schedule took {each:.0f} s on average, so {self.trials} of them, "
+            f"{self.slots} at a time, take {projected / 60:.1f} min, {within} its {self.budget_s / 60:.0f} min; "
+            f"{len(self.stopped)} trials stopped early, {self.spared} went on though they ranked outside the promoted places"
+        )
+
     def recovery(self, milestone: int) -> float:
         """The most accuracy a finished trial gained between ``milestone`` and its final outcome
         (0 before any trial that reported there finished)."""
@@ -177,7 +236,11 @@ class MOASHA(FIFOScheduler):
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
     def _finished(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        """Raise each rung's recovery to what this trial gained from it (its rung record is kept)."""
+        """Raise each rung's recovery to what this trial gained from it (its rung record is kept), and
+        time its full schedule (a seeded earlier trial carries no time)."""
+        seconds = result.get("time_total_s")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0:
+            self._full_s.append(float(seconds))
         final = self._accuracy(result)
         if final is None:
             return

@@ -174,13 +174,17 @@ class TrackedOptunaSearch(OptunaSearch):
         self._suggested_at: dict[str, float] = {}
         self._deadline = deadline
         self.out_of_time = False
+        """Whether the time budget ended the search (no trial was suggested after ``deadline``)."""
         self.interrupted = 0
         """Trials of this session that ended without a result (Ctrl-C) and were queued again."""
-        """Whether the time budget ended the search (no trial was suggested after ``deadline``)."""
 
     @property
     def study(self) -> optuna.Study:
         return _adapters.searcher_study(self)
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (``None`` without one)."""
+        return None if self._deadline is None else max(0.0, self._deadline - time.perf_counter())
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self._deadline is not None and time.perf_counter() >= self._deadline:
