@@ -106,7 +106,8 @@ def test_auto_stops_none_while_every_full_schedule_fits_in_the_budget():
     """early_stopping: auto. Before a trial finished: strict. Then, with 8 trials of 60 s on 2 slots
     (4 min) inside a 5-min budget, a trial outside the promoted places goes on; once the mean full
     schedule is 90 s (6 min for the 8), over the budget, it stops again. Seeded trials carry no time."""
-    s = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3, budget_s=300, trials=8, slots=2)
+    said: list[str] = []
+    s = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3, budget_s=300, trials=8, slots=2, say=said.append)
     s.seed("earlier-0", {1: {"val_accuracy": 0.99, "bytes": 100}}, {"val_accuracy": 0.99, "bytes": 100}, warm_start=True)
     assert s.full_schedule_s() is None and s.stopping()
     assert _decide(s, "a", 1, 0.90, 1000) == "CONTINUE"  # the first sampled trial at the rung
@@ -120,6 +121,9 @@ def test_auto_stops_none_while_every_full_schedule_fits_in_the_budget():
     assert _decide(s, "d", 1, 0.60, 4000) == "STOP"
     assert s.stopped == {"b": 1, "d": 1}
     assert "90 s on average" in s.summary() and "over its 5 min" in s.summary() and "2 trials stopped early, 1 went on" in s.summary()
+    assert len(said) == 2  # told when the first schedule was timed, and when stopping came back on
+    assert "takes 60 s; 8 of them, 2 at a time, take 4.0 min, within its 5 min: no trial is stopped" in said[0]
+    assert "takes 90 s" in said[1] and "6.0 min, over its 5 min: trials outside the promoted places stop" in said[1]
     # without a budget (early_stopping: true) a measured schedule changes nothing
     t = MOASHA([("val_accuracy", "max"), ("bytes", "min")], max_t=9, min_t=1, eta=3)
     assert _decide(t, "a", 1, 0.90, 1000) == "CONTINUE"

@@ -26,6 +26,9 @@ def test_no_trial_starts_after_the_time_budget(workdir, cli):
     parent = next(r for r in runs if r.data.tags.get("squeezetune.role") == "parent")
     children = [r for r in runs if r.data.tags.get("squeezetune.role") == "trial"]
     assert parent.info.status == "FINISHED"
+    # early_stopping: auto measured the full schedules against the budget's time left: far over it
+    assert "MO-ASHA (early_stopping: auto): a full schedule took" in err
+    assert "200 of them, 2 at a time" in parent.data.tags["squeezetune.early_stopping"] and "over its" in parent.data.tags["squeezetune.early_stopping"]
     assert 0 < len(children) < TRIALS
     # the parent run is created after the search began, so the deadline lies before this bound
     deadline_ms = parent.info.start_time + BUDGET_MIN * 60_000

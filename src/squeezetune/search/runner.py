@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from squeezetune.search.searcher import OutcomeConstraints
 
 Progress = Callable[[str], None]
+EARLY_STOPPING_TAG = "squeezetune.early_stopping"
+"""The parent run's tag saying what ``early_stopping: auto`` measured and did."""
 
 
 def _quiet(_: str) -> None:
@@ -386,6 +388,7 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
             note = _run_tuner(config, searcher, base, remaining, uri, local=local, status=status, history=history)
             if note:
                 progress(note)
+                tracking.retry(lambda: c.set_tag(parent_id, EARLY_STOPPING_TAG, note))
         n = counts(study)
         done = n["complete"] + n["stopped"] + n["failed"]
         # a budget that ran out counts as finished, unless trials were cut short (Ctrl-C after it)
@@ -563,7 +566,7 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
         data = tuple(np.ascontiguousarray(a.numpy()) for split in base.splits for a in (split.x, split.y))
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, dense_state=state, data=data), config.resources.to_ray())
         max_concurrent = config.max_concurrent or default_max_concurrent(config.resources)
-        scheduler = scheduler_for(config, base.val_accuracy, history, trials=remaining, slots=max_concurrent, budget_s=searcher.time_left())
+        scheduler = scheduler_for(config, base.val_accuracy, history, trials=remaining, slots=max_concurrent, budget_s=searcher.time_left(), say=status.say)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -687,11 +690,11 @@ def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
     return out
 
 
-def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequence[Earlier] = (), *, trials: int = 1, slots: int = 1, budget_s: float | None = None):
+def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequence[Earlier] = (), *, trials: int = 1, slots: int = 1, budget_s: float | None = None, say: Progress | None = None):
     """MO-ASHA over the search's objectives (``None``: every trial runs the full schedule), seeded
     with the trials a resumed search ran before (``history``). Under ``early_stopping: auto`` it
     stops no trial while ``trials`` full schedules, ``slots`` at a time, fit in ``budget_s`` (default:
-    :data:`~squeezetune.search.config.AUTO_MINUTES`)."""
+    :data:`~squeezetune.search.config.AUTO_MINUTES`), and tells ``say`` what it measured."""
     fidelity = config.fidelity
     if fidelity is None or not fidelity.early_stopping or not fidelity.rungs:
         return None
@@ -714,6 +717,7 @@ def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequ
         budget_s=(60.0 * AUTO_MINUTES if budget_s is None else budget_s) if auto else None,
         trials=max(1, trials),
         slots=max(1, min(slots, trials)),
+        say=say,
     )
     for earlier in history:
         scheduler.seed(f"earlier-{earlier.number}", earlier.at_rungs, earlier.final, warm_start=earlier.warm_start)

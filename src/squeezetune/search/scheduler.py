@@ -68,6 +68,10 @@ def rungs(*, min_t: int, max_t: int, eta: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}".removesuffix(".0")
+
+
 def _warm_start(trial) -> bool:
     config = getattr(trial, "config", None)
     return bool(config.get("_warm_start")) if isinstance(config, Mapping) else False
@@ -82,7 +86,8 @@ class MOASHA(FIFOScheduler):
     fine-tuning (default: the first maximised objective), to which a rung's observed recovery is
     added before ``violation`` is checked (see the module doc). With ``budget_s``, it stops no
     trial while ``trials`` full schedules, ``slots`` at a time, fit in that many seconds
-    (:meth:`stopping`).
+    (:meth:`stopping`), and tells ``say`` what it measured when a first trial finishes and whenever
+    that turns stopping on or off.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class MOASHA(FIFOScheduler):
         budget_s: float | None = None,
         trials: int = 1,
         slots: int = 1,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         if eta < 2 or min_t < 1 or max_t < min_t:
@@ -119,6 +125,8 @@ class MOASHA(FIFOScheduler):
         self.trials = trials
         self.slots = slots
         self._full_s: list[float] = []
+        self._say = say
+        self._said: bool | None = None  # the stopping() last announced
         self.spared = 0
         """Trials that ranked out of the promoted places but went on, the full schedules fitting in ``budget_s``."""
 
@@ -204,6 +212,16 @@ class MOASHA(FIFOScheduler):
         projected = self.projected_s()
         return projected is None or projected > self.budget_s
 
+    def _announce(self) -> None:
+        if self.budget_s is None or self._say is None or self._said == self.stopping():
+            return
+        self._said = self.stopping()
+        each, projected = self.full_schedule_s(), self.projected_s()
+        what = "trials outside the promoted places stop" if self._said else "no trial is stopped while that holds"
+        within = "over" if self._said else "within"
+        plan = f"{self.trials} of them, {self.slots} at a time, take {projected / 60:.1f} min, {within} its {_minutes(self.budget_s)} min"
+        self._say(f"MO-ASHA (early_stopping: auto): a full schedule takes {each:.0f} s; {plan}: {what}")
+
     def summary(self) -> str | None:
         """What early stopping did, in a line (``None`` without ``budget_s``, where it always stops)."""
         if self.budget_s is None:
@@ -214,7 +232,7 @@ class MOASHA(FIFOScheduler):
         within = "within" if projected <= self.budget_s else "over"
         return (
             f"MO-ASHA (early_stopping: auto): a full schedule took {each:.0f} s on average, so {self.trials} of them, "
-            f"{self.slots} at a time, take {projected / 60:.1f} min, {within} its {self.budget_s / 60:.0f} min; "
+            f"{self.slots} at a time, take {projected / 60:.1f} min, {within} its {_minutes(self.budget_s)} min; "
             f"{len(self.stopped)} trials stopped early, {self.spared} went on though they ranked outside the promoted places"
         )
 
@@ -241,6 +259,7 @@ class MOASHA(FIFOScheduler):
         seconds = result.get("time_total_s")
         if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0:
             self._full_s.append(float(seconds))
+            self._announce()
         final = self._accuracy(result)
         if final is None:
             return
