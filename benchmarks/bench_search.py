@@ -5,8 +5,8 @@ For each net and seed this runs what a user types,
     squeezetune search --task NET --data-dir D --trials 32 --max-drop 0.2 --seed S
 
 (every other setting at its default: max-compression's stages as the space, warm-started from that
-recipe and its three neighbours, MO-ASHA with rungs inside gradual pruning's 40 epochs, validation split held out of the
-training images), then the same with ``--sampler random``, and (``--full-budget``) the
+recipe and its three neighbours, MO-ASHA with rungs inside gradual pruning's 40 epochs and ``early_stopping: auto``,
+validation split held out of the training images), then the same with ``--sampler random``, and (``--full-budget``) the
 same sampler with every trial on the full schedule. Beside them, the recipe written by hand from
 the built-in stages (``HAND``), and every built-in recipe that applies, runs on the *same* dense baseline
 (the search's: trained on the 7,000 images left after the validation split) with its full
@@ -285,7 +285,8 @@ def write(results: dict, args) -> None:
         "",
         f"Measured on {machine()}. `squeezetune search --task NET --data-dir D --trials {args.trials}"
         f"{f' --time-budget {args.time_budget:g}' if args.time_budget else ''} --max-drop {MAX_DROP} --seed S`, every other setting "
-        "at its default (the default space: max-compression's stages, its recipe and the recipe's three neighbours the first trials; MO-ASHA with rungs at 2, 6 and 18 of gradual pruning's 40 epochs, "
+        "at its default (the default space: max-compression's stages, its recipe and the recipe's three neighbours the first trials; MO-ASHA ranking at 2, 6 and 18 of gradual pruning's 40 epochs "
+        "with `early_stopping: auto`, which stops no trial while the full schedules of all of them, timed on those finished, fit in 15 minutes; "
         "then the recovery fine-tune and 8 centroid epochs for trials that go on; 1,000 of the 8,000 training images held out to select on). "
         "Hand and built-in recipes ran their full schedules on the same dense baseline (trained on the other 7,000 images). "
         f"Every accuracy is the decoded file's, on the 2,000 evaluation images no selection saw; loss is against that dense baseline. "
@@ -362,7 +363,7 @@ def write(results: dict, args) -> None:
         if same:
             summary.append(
                 f"in seed {', '.join(same)} the default sampler's search ended exactly as random search's: the trials both finished are the warm starts "
-                "and random start-up draws the two samplers share by seed, and MO-ASHA stopped every other trial"
+                "and random start-up draws the two samplers share by seed, and every other trial was stopped early"
             )
         lines.append("; ".join(summary) + f" (hand recipe: {dense_bytes / hand['bytes']:.1f}x).")
         lines.append("")

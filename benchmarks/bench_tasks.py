@@ -120,7 +120,7 @@ def main() -> None:
         f"Measured on {machine()}. `deep-compression` is the built-in recipe's generic rule (convolution kernels keep 50% at 8 bits, "
         "every other tensor 10% at 5 bits from 100,000 weights up and more below (`dense_keep`: 17% at 12,500, 28% at 1,563), the last 25% at 5 bits; "
         "20 + 4 epochs distilled). The search is "
-        f"{args.trials} trials with MO-ASHA over a 12 + 3 epoch fidelity and `max_drop: 1.0`; its figure is the best ratio at <= 1 pt loss "
+        f"{args.trials} trials over a 12 + 3 epoch fidelity (MO-ASHA, `early_stopping` at its default) and `max_drop: 1.0`; its figure is the best ratio at <= 1 pt loss "
         "(evaluation images; its dense baseline is trained on the training images left after the validation split). "
         "Shares are of the deep-compression file.",
         "",

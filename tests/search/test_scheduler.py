@@ -113,9 +113,10 @@ def test_auto_stops_none_while_every_full_schedule_fits_in_the_budget():
     assert _decide(s, "a", 1, 0.90, 1000) == "CONTINUE"  # the first sampled trial at the rung
     assert _decide(s, "b", 1, 0.80, 2000) == "STOP"  # no time measured yet: stopped as without a budget
     assert _decide(s, "a", 9, 0.95, 1000, final=True, time_total_s=60.0) == "CONTINUE"
+    assert _decide(s, "a", 9, 0.95, 1000, final=True, time_total_s=61.0) == "CONTINUE"  # Tune repeats the last result: timed once
     assert s.full_schedule_s() == 60 and s.projected_s() == 240 and not s.stopping()
     assert _decide(s, "c", 1, 0.70, 3000) == "CONTINUE"  # dominated: outside ceil(3/3) = 1 place, yet spared
-    assert s.spared == 1 and "c" not in s.stopped
+    assert s.spared == {"c"} and "c" not in s.stopped
     assert _decide(s, "c", 9, 0.96, 3000, final=True, time_total_s=120.0) == "CONTINUE"
     assert s.projected_s() == 360 and s.stopping()
     assert _decide(s, "d", 1, 0.60, 4000) == "STOP"
@@ -177,11 +178,13 @@ def test_stopped_trials_reach_optuna_as_pruned(tmp_path):
         objectives=objectives,
         full_epochs=9,
     )
+    # a budget no schedule fits in: it stops as without one, and times each finished trial as Tune reports it
+    scheduler = MOASHA(objectives, max_t=9, min_t=1, eta=3, budget_s=1e-9, trials=12, slots=2)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=MOASHA(objectives, max_t=9, min_t=1, eta=3), num_samples=12, max_concurrent_trials=2),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=12, max_concurrent_trials=2),
             run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
         ).fit()
     finally:
@@ -190,8 +193,25 @@ def test_stopped_trials_reach_optuna_as_pruned(tmp_path):
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(complete) + len(pruned) == 12 and pruned and complete
+    assert len(scheduler._full_s) == len(complete) and scheduler.full_schedule_s() > 0 and not scheduler.spared
     for t in complete:
         assert t.values == [pytest.approx(t.params["x"]), pytest.approx(1000 * (1 - t.params["x"]) + 10)]  # the final values
     for t in pruned:
         assert t.values is None and t.user_attrs["stopped_at"] in (1, 3)
         assert t.constraints["fidelity"] == pytest.approx(1 - t.user_attrs["stopped_at"] / 9)
+
+
+def test_scheduler_for_reads_early_stopping():
+    """auto (the default) gives MO-ASHA a budget: the time budget's time left, else AUTO_MINUTES;
+    true gives none (it always stops), false no scheduler at all; slots never exceed the trials."""
+    from squeezetune.search.config import AUTO_MINUTES, SearchConfig
+    from squeezetune.search.runner import scheduler_for
+
+    default = SearchConfig.from_dict({})
+    assert default.fidelity.early_stopping == "auto" and SearchConfig.from_dict(default.to_dict()).fidelity.early_stopping == "auto"
+    auto = scheduler_for(default, 0.98, trials=3, slots=8)
+    assert auto.budget_s == 60 * AUTO_MINUTES and (auto.trials, auto.slots) == (3, 3)
+    assert scheduler_for(default, 0.98, trials=32, slots=2, budget_s=120.0).budget_s == 120.0
+    always = scheduler_for(SearchConfig.from_dict({"fidelity": {"early_stopping": True}}), 0.98, trials=32, slots=2, budget_s=120.0)
+    assert always.budget_s is None and always.summary() is None
+    assert scheduler_for(SearchConfig.from_dict({"fidelity": {"early_stopping": False}}), 0.98, trials=32, slots=2) is None

@@ -166,6 +166,7 @@ def test_a_resumed_scheduler_is_seeded_from_the_metric_steps_of_earlier_runs(sto
         if name == "complete":
             t.set_user_attr("warm_start", True)  # a recipe: it takes no place among the promoted
             study.tell(t, [0.975, 5000.0])
+            client.set_terminated(rid, "FINISHED", end_time=client.get_run(rid).info.start_time + 30_000)  # a 30 s schedule
         else:
             study.tell(t, state=optuna.trial.TrialState.PRUNED)
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # no run: left out
@@ -174,12 +175,13 @@ def test_a_resumed_scheduler_is_seeded_from_the_metric_steps_of_earlier_runs(sto
     assert set(history) == set(numbers.values())
     done, stopped = history[numbers["complete"]], history[numbers["stopped"]]
     assert {r: v["val_accuracy"] for r, v in done.at_rungs.items()} == {2: 0.70, 6: 0.80, 18: 0.90}
-    assert done.final == {"val_accuracy": 0.975, "bytes": 5000.0}
+    assert done.final == {"val_accuracy": 0.975, "bytes": 5000.0, "time_total_s": 30.0}  # with its run's wall time
     assert set(stopped.at_rungs) == {2, 6} and stopped.final is None
     assert done.warm_start and not stopped.warm_start
 
     assert rung_history(client, study, SearchConfig.from_dict({"fidelity": {"early_stopping": False}})) == []  # no MO-ASHA to seed
-    scheduler = scheduler_for(config, 0.98, list(history.values()))
+    scheduler = scheduler_for(config, 0.98, list(history.values()), trials=8, slots=2)
+    assert scheduler.full_schedule_s() == 30.0 and scheduler.budget_s == 15 * 60 and not scheduler.stopping()  # auto: 4 x 30 s fit in 15 min
     assert scheduler.recovery(2) == pytest.approx(0.275) and scheduler.recovery(18) == pytest.approx(0.075)
     assert len(scheduler._recorded[2]) == 2 and len(scheduler._recorded[18]) == 1
     assert scheduler._warm == {f"earlier-{numbers['complete']}"}

@@ -104,8 +104,8 @@ class Fidelity:
     ``finetune_centroids`` stage to ``centroid_epochs``. A trial reports at the rungs ``min_epochs * reduction_factor**k`` below
     ``epochs``: the accuracy and bytes of its model as the file would hold it then. With
     ``early_stopping`` MO-ASHA stops the trials that rank poorly at a rung; the others go on to
-    the full schedule. ``auto`` stops none while the search's full schedules, timed on the first
-    trials to finish, fit in its ``time_budget`` (or :data:`AUTO_MINUTES` without one).
+    the full schedule. ``auto`` stops none while the search's full schedules, timed on the trials
+    finished so far, fit in what is left of its ``time_budget`` (or :data:`AUTO_MINUTES` without one).
     """
 
     epochs: int = 40

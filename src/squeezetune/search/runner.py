@@ -260,8 +260,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
             what = "fine-tune" if stage == "finetune" else "gradual pruning (each rung measures the model pruned at once to its final targets)"
             plan = f"MO-ASHA compares trials at epochs {rungs} of {f.epochs} of {what}" if f.early_stopping and f.rungs else f"every trial trains {f.epochs} epochs in {stage}"
             if f.early_stopping == "auto" and f.rungs:
-                budget = f"the {config.time_budget:g}-min time budget" if config.time_budget is not None else f"{AUTO_MINUTES} min"
-                plan += f"; early_stopping auto: it stops none while the full schedules of all trials, timed on the first to finish, fit in {budget}"
+                budget = f"what is left of the {config.time_budget:g}-min time budget" if config.time_budget is not None else f"{AUTO_MINUTES} min"
+                plan += f"; early_stopping auto: it stops none while the full schedules of all trials, timed on those finished so far, fit in {budget}"
             progress(f"fidelity: {plan} (+{f.centroid_epochs} centroid epochs for trials that reach the end)")
     if config.time_budget is not None:
         progress(f"time budget: no trial starts later than {config.time_budget:g} min after the search began; those running then finish")
@@ -566,7 +566,8 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
         data = tuple(np.ascontiguousarray(a.numpy()) for split in base.splits for a in (split.x, split.y))
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, dense_state=state, data=data), config.resources.to_ray())
         max_concurrent = config.max_concurrent or default_max_concurrent(config.resources)
-        scheduler = scheduler_for(config, base.val_accuracy, history, trials=remaining, slots=max_concurrent, budget_s=searcher.time_left(), say=status.say)
+        slots = min(max_concurrent, _capacity(config.resources))
+        scheduler = scheduler_for(config, base.val_accuracy, history, trials=remaining, slots=slots, budget_s=searcher.time_left(), say=status.say)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -591,6 +592,15 @@ def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, 
         return scheduler.summary() if scheduler is not None else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _capacity(resources) -> int:
+    """How many trials the Ray cluster can run at once, by its CPUs and GPUs (at least 1)."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [int(total.get(key, 0) // need) for key, need in (("CPU", resources.cpus), ("GPU", resources.gpus)) if need > 0]
+    return max(1, min(fits)) if fits else 1
 
 
 def _single_node() -> bool:
@@ -664,7 +674,8 @@ class Earlier:
 
 def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
     """The completed and stopped trials of ``study``, read back from their MLflow runs' metric steps
-    (a rung's figures at its epoch, the final outcome at the full schedule's)."""
+    (a rung's figures at its epoch, the final outcome at the full schedule's, with the run's wall time
+    as ``time_total_s``)."""
     import optuna
 
     from squeezetune.search.searcher import RUN_ATTR, objective_metrics
@@ -685,12 +696,16 @@ def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
             for m in tracking.retry(lambda key=key: c.get_metric_history(rid, key)):
                 steps.setdefault(int(m.step), {})[key] = float(m.value)
         at_rungs = {r: steps[r] for r in fidelity.rungs if r in steps}
-        complete = t.state == optuna.trial.TrialState.COMPLETE
-        out.append(Earlier(t.number, at_rungs, steps.get(fidelity.epochs) if complete else None, bool(t.user_attrs.get("warm_start"))))
+        final = steps.get(fidelity.epochs) if t.state == optuna.trial.TrialState.COMPLETE else None
+        if final is not None:  # its wall time, for early_stopping: auto
+            info = tracking.retry(lambda rid=rid: c.get_run(rid)).info
+            if info.end_time and info.start_time and info.end_time > info.start_time:
+                final = {**final, "time_total_s": (info.end_time - info.start_time) / 1000}
+        out.append(Earlier(t.number, at_rungs, final, bool(t.user_attrs.get("warm_start"))))
     return out
 
 
-def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequence[Earlier] = (), *, trials: int = 1, slots: int = 1, budget_s: float | None = None, say: Progress | None = None):
+def scheduler_for(config: SearchConfig, dense_val_accuracy: float, history: Sequence[Earlier] = (), *, trials: int, slots: int, budget_s: float | None = None, say: Progress | None = None):
     """MO-ASHA over the search's objectives (``None``: every trial runs the full schedule), seeded
     with the trials a resumed search ran before (``history``). Under ``early_stopping: auto`` it
     stops no trial while ``trials`` full schedules, ``slots`` at a time, fit in ``budget_s`` (default:

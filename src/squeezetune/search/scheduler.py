@@ -38,8 +38,10 @@ Early stopping only pays when the trials cannot all have the full schedule. Give
 full schedules, each as long as the mean wall time of the trials that finished so far, run
 ``slots`` at a time, fit in ``budget_s``; every trial then goes to the end, as with
 ``early_stopping: false``. Before any trial has finished, and whenever the projection is over the
-budget, it stops trials by the rule above. The warm starts finish first, so on one machine the
-sampled trials reach their first rung with the cost of a full schedule already measured. (On
+budget, it stops trials by the rule above. The warm starts run first: with the four of a built-in
+net and two slots, the sampled trials start once two of them have finished, so they reach their
+first rung with a full schedule timed; with no warm starts, or as many slots as warm starts, the
+first decisions are strict ones. ``slots`` is what the cluster can run at once. (On
 LeNet-300-100, where a full schedule takes about half a minute, 32 full-budget trials ended with
 more hypervolume than MO-ASHA's in each of five seeds, in 7-9 minutes: its rungs measure a model
 pruned at once to its targets, before centroid tuning, and stopped trials that would have ended
@@ -124,11 +126,11 @@ class MOASHA(FIFOScheduler):
         self.budget_s = budget_s
         self.trials = trials
         self.slots = slots
-        self._full_s: list[float] = []
+        self._full_s: dict[str, float] = {}  # trial id -> wall time of its full schedule
         self._say = say
         self._said: bool | None = None  # the stopping() last announced
-        self.spared = 0
-        """Trials that ranked out of the promoted places but went on, the full schedules fitting in ``budget_s``."""
+        self.spared: set[str] = set()
+        """Trials that ranked out of the promoted places at a rung but went on, the full schedules fitting in ``budget_s``."""
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         return True  # objectives are fixed at construction
@@ -162,7 +164,7 @@ class MOASHA(FIFOScheduler):
             if self.promotable(milestone, trial.trial_id):
                 return TrialScheduler.CONTINUE
             if not self.stopping():
-                self.spared += 1
+                self.spared.add(trial.trial_id)
                 return TrialScheduler.CONTINUE
             self.stopped[trial.trial_id] = milestone
             return TrialScheduler.STOP
@@ -197,7 +199,7 @@ class MOASHA(FIFOScheduler):
 
     def full_schedule_s(self) -> float | None:
         """The mean wall time of the trials that finished in this run (``None`` before the first)."""
-        return sum(self._full_s) / len(self._full_s) if self._full_s else None
+        return sum(self._full_s.values()) / len(self._full_s) if self._full_s else None
 
     def projected_s(self) -> float | None:
         """How long ``trials`` full schedules take, ``slots`` at a time (``None`` before a trial finished)."""
@@ -228,12 +230,12 @@ class MOASHA(FIFOScheduler):
             return None
         each, projected = self.full_schedule_s(), self.projected_s()
         if each is None:
-            return f"MO-ASHA: no trial finished, so the cost of a full schedule was never measured; {len(self.stopped)} stopped early"
+            return f"MO-ASHA: no trial finished, so the cost of a full schedule was never measured; {len(self.stopped)} trials stopped early"
         within = "within" if projected <= self.budget_s else "over"
         return (
             f"MO-ASHA (early_stopping: auto): a full schedule took {each:.0f} s on average, so {self.trials} of them, "
             f"{self.slots} at a time, take {projected / 60:.1f} min, {within} its {_minutes(self.budget_s)} min; "
-            f"{len(self.stopped)} trials stopped early, {self.spared} went on though they ranked outside the promoted places"
+            f"{len(self.stopped)} trials stopped early, {len(self.spared)} went on though they ranked outside the promoted places"
         )
 
     def recovery(self, milestone: int) -> float:
@@ -255,11 +257,12 @@ class MOASHA(FIFOScheduler):
 
     def _finished(self, trial_id: str, result: Mapping[str, Any]) -> None:
         """Raise each rung's recovery to what this trial gained from it (its rung record is kept), and
-        time its full schedule (a seeded earlier trial carries no time)."""
+        time its full schedule (``time_total_s``; a resumed search reads it from the earlier trial's run)."""
         seconds = result.get("time_total_s")
         if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0:
-            self._full_s.append(float(seconds))
-            self._announce()
+            if trial_id not in self._full_s:  # Tune hands the last result over twice
+                self._full_s[trial_id] = float(seconds)
+                self._announce()
         final = self._accuracy(result)
         if final is None:
             return
