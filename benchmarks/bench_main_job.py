@@ -110,6 +110,11 @@ def front_hypervolume(r: dict) -> float:
     return hypervolume([Point(p["trial"], p["acc"], p["bytes"]) for p in r["points"]], REF)
 
 
+def _change(drops: list[float]) -> str:
+    """The accuracy changes of ``drops`` (points lost), as a range from the best to the worst."""
+    return f"{0.0 - min(drops):+.2f} to {0.0 - max(drops):+.2f} pt against its dense model"
+
+
 def write(results: dict, against: str) -> None:
     rows = [row(v, int(s), r) for v in (HERE, against) for s, r in sorted(results.get(v, {}).items())]
     lines = [
@@ -132,8 +137,8 @@ def write(results: dict, against: str) -> None:
         lines += [
             "",
             f"Hypervolume above {against}'s in {above} of {len(seeds)} seeds. "
-            f"The least lossy point of the front loses {min(least[HERE]):.2f}-{max(least[HERE]):.2f} pt here, "
-            f"{min(least[against]):.2f}-{max(least[against]):.2f} pt with {against} (whose figures are on the images it selected on).",
+            f"The least lossy point of the front is {_change(least[HERE])} here, "
+            f"{_change(least[against])} with {against} (whose figures are on the images it selected on).",
         ]
     write_section("main-job", "\n".join(lines))
 
