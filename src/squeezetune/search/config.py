@@ -136,7 +136,7 @@ class Fidelity:
 AUTO_MINUTES = 15
 """``fidelity.early_stopping: auto`` without a ``time_budget``: MO-ASHA stops no trial while the
 search's full schedules fit in this many minutes (the README command's 32 take 5-6 on LeNet-300-100
-on two cores, and over an hour on LeNet-5)."""
+on two cores, about 33 on LeNet-5)."""
 
 
 DEFAULT_SPACE: dict[str, Any] = {
