@@ -42,7 +42,7 @@ budget, it stops trials by the rule above. The warm starts run first: with the f
 net and two slots, the sampled trials start once two of them have finished, so they reach their
 first rung with a full schedule timed; with no warm starts, or as many slots as warm starts, the
 first decisions are strict ones. ``slots`` is what the cluster can run at once. (On
-LeNet-300-100, where a full schedule takes about half a minute, 32 full-budget trials ended with
+LeNet-300-100, where a full schedule takes 20-30 s, 32 full-budget trials ended with
 more hypervolume than MO-ASHA's in each of five seeds, in 7-9 minutes: its rungs measure a model
 pruned at once to its targets, before centroid tuning, and stopped trials that would have ended
 well.)
