@@ -173,9 +173,14 @@ def hand_runs(task: str, data_dir: str, workdir: Path, names: tuple[str, ...] = 
     return out
 
 
+def within_limit(points: list[dict], dense_accuracy: float) -> list[dict]:
+    """The points losing at most MAX_DROP points on the evaluation images."""
+    return [p for p in points if drop_points(dense_accuracy, p["acc"]) <= MAX_DROP]
+
+
 def best_within(points: list[dict], dense_accuracy: float, dense_bytes: int) -> float | None:
     """The best ratio among points losing at most MAX_DROP points on the evaluation images."""
-    ok = [p for p in points if drop_points(dense_accuracy, p["acc"]) <= MAX_DROP]
+    ok = within_limit(points, dense_accuracy)
     return dense_bytes / min(p["bytes"] for p in ok) if ok else None
 
 
@@ -216,8 +221,7 @@ def hypervolume_within(run: dict, task: str, dense_accuracy: float) -> float:
     """The hypervolume of the points losing at most MAX_DROP on the evaluation images, above
     (dense accuracy - MAX_DROP - one image, REF's bytes): the part of the front the constrained
     search is for (the reference one image below the limit, so that a point at the limit counts)."""
-    ok = [p for p in run["points"] if drop_points(dense_accuracy, p["acc"]) <= MAX_DROP]
-    return hypervolume(ok, (dense_accuracy - (MAX_DROP + IMAGE_PT) / 100, REF[task][1]))
+    return hypervolume(within_limit(run["points"], dense_accuracy), (dense_accuracy - (MAX_DROP + IMAGE_PT) / 100, REF[task][1]))
 
 
 def reached(points: list[dict], hand: dict) -> float | None:
@@ -379,16 +383,11 @@ def write(results: dict, args) -> None:
             if bests:
                 worst = f"{min(bests):.1f}x" if min(bests) else "none"
                 summary.append(f"{method}: median {statistics.median(bests):.1f}x (a seed with nothing within {MAX_DROP} pt counts as 0), worst {worst}")
-        wins = [hypervolume(r[f"default/{s}"]["points"], REF[task]) > hypervolume(r[f"random/{s}"]["points"], REF[task]) for s in seeds if f"default/{s}" in r and f"random/{s}" in r]
-        if wins:
-            summary.append(f"hypervolume above random search's in {sum(wins)} of {len(wins)} seeds")
-            within = [
-                hypervolume_within(r[f"default/{s}"], task, r[f"default/{s}"].get("dense_accuracy", dense_acc))
-                > hypervolume_within(r[f"random/{s}"], task, r[f"random/{s}"].get("dense_accuracy", dense_acc))
-                for s in seeds
-                if f"default/{s}" in r and f"random/{s}" in r
-            ]
-            summary.append(f"within {MAX_DROP} pt in {sum(within)} of {len(within)}")
+        pairs = [(r[f"default/{s}"], r[f"random/{s}"]) for s in seeds if f"default/{s}" in r and f"random/{s}" in r]
+        if pairs:
+            wins = [hypervolume(a["points"], REF[task]) > hypervolume(b["points"], REF[task]) for a, b in pairs]
+            within = [hypervolume_within(a, task, a.get("dense_accuracy", dense_acc)) > hypervolume_within(b, task, b.get("dense_accuracy", dense_acc)) for a, b in pairs]
+            summary.append(f"hypervolume above random search's in {sum(wins)} of {len(wins)} seeds; within {MAX_DROP} pt in {sum(within)} of {len(within)}")
         same = [
             s for s in seeds if f"default/{s}" in r and f"random/{s}" in r and _outcomes(r[f"default/{s}"]) == _outcomes(r[f"random/{s}"]) and r[f"default/{s}"]["states"] == r[f"random/{s}"]["states"]
         ]

@@ -74,6 +74,11 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f}".removesuffix(".0")
 
 
+def _finite(v: Any) -> float | None:
+    """``v`` as a float when it is a finite number (not a bool), else ``None``."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 def _warm_start(trial) -> bool:
     config = getattr(trial, "config", None)
     return bool(config.get("_warm_start")) if isinstance(config, Mapping) else False
@@ -218,23 +223,24 @@ class MOASHA(FIFOScheduler):
         if self.budget_s is None or self._say is None or self._said == self.stopping():
             return
         self._said = self.stopping()
-        each, projected = self.full_schedule_s(), self.projected_s()
         what = "trials outside the promoted places stop" if self._said else "no trial is stopped while that holds"
-        within = "over" if self._said else "within"
-        plan = f"{self.trials} of them, {self.slots} at a time, take {projected / 60:.1f} min, {within} its {_minutes(self.budget_s)} min"
-        self._say(f"MO-ASHA (early_stopping: auto): a full schedule takes {each:.0f} s; {plan}: {what}")
+        self._say(f"MO-ASHA (early_stopping: auto): a full schedule takes {self.full_schedule_s():.0f} s; {self._projection()}: {what}")
+
+    def _projection(self) -> str:
+        """The measured projection against the budget, in words (once a trial has finished)."""
+        projected = self.projected_s()
+        within = "within" if projected <= self.budget_s else "over"
+        return f"{self.trials} of them, {self.slots} at a time, take {projected / 60:.1f} min, {within} its {_minutes(self.budget_s)} min"
 
     def summary(self) -> str | None:
         """What early stopping did, in a line (``None`` without ``budget_s``, where it always stops)."""
         if self.budget_s is None:
             return None
-        each, projected = self.full_schedule_s(), self.projected_s()
+        each = self.full_schedule_s()
         if each is None:
             return f"MO-ASHA: no trial finished, so the cost of a full schedule was never measured; {len(self.stopped)} trials stopped early"
-        within = "within" if projected <= self.budget_s else "over"
         return (
-            f"MO-ASHA (early_stopping: auto): a full schedule took {each:.0f} s on average, so {self.trials} of them, "
-            f"{self.slots} at a time, take {projected / 60:.1f} min, {within} its {_minutes(self.budget_s)} min; "
+            f"MO-ASHA (early_stopping: auto): a full schedule took {each:.0f} s on average, so {self._projection()}; "
             f"{len(self.stopped)} trials stopped early, {len(self.spared)} went on though they ranked outside the promoted places"
         )
 
@@ -252,17 +258,15 @@ class MOASHA(FIFOScheduler):
         return float(self._violation(result))
 
     def _accuracy(self, result: Mapping[str, Any]) -> float | None:
-        v = result.get(self.recovery_key) if self.recovery_key else None
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+        return _finite(result.get(self.recovery_key)) if self.recovery_key else None
 
     def _finished(self, trial_id: str, result: Mapping[str, Any]) -> None:
         """Raise each rung's recovery to what this trial gained from it (its rung record is kept), and
         time its full schedule (``time_total_s``; a resumed search reads it from the earlier trial's run)."""
-        seconds = result.get("time_total_s")
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0:
-            if trial_id not in self._full_s:  # Tune hands the last result over twice
-                self._full_s[trial_id] = float(seconds)
-                self._announce()
+        seconds = _finite(result.get("time_total_s"))
+        if seconds is not None and seconds > 0 and trial_id not in self._full_s:  # Tune hands the last result over twice
+            self._full_s[trial_id] = seconds
+            self._announce()
         final = self._accuracy(result)
         if final is None:
             return
