@@ -90,7 +90,8 @@ def search_cmd(
     outcome = run_search(cfg, resume=resume is not None, progress=_progress)
     n = outcome.counts
     typer.echo(f"\nsearch {outcome.name!r}: {n['complete']} trials ran the full schedule, {n['stopped']} were stopped early, {n['failed']} failed, of {outcome.trials}; {outcome.seconds:.0f} s")
-    typer.echo(f"Pareto front ({len(outcome.front)} points; selected on validation accuracy, with the accuracy on the evaluation images no selection saw and the real container bytes):")
+    size = len(outcome.front)
+    typer.echo(f"Pareto front ({size} point{'s' * (size != 1)}; selected on validation accuracy, with the accuracy on the evaluation images no selection saw and the real container bytes):")
     typer.echo(table(outcome.front, outcome.baseline))
     if not outcome.finished:
         typer.echo(f"\nthe search stopped before all trials finished; continue it with: squeezetune search --resume {outcome.name}")
