@@ -128,7 +128,7 @@ def test_a_warm_starts_neighbours_keep_its_allocation_one_step_smaller_and_large
     task = get_task("lenet300-mnist")
     space = derive_space(task.build_model(), space_config(SearchConfig()), sensitivity={})
     [recipe] = warm_start_params(space, task, ("auto",))
-    smaller, fewer_bits, larger = neighbours(space, recipe)
+    smaller, fewer_bits, larger, heavier = neighbours(space, recipe)
     keep = {k.name for k in space.searched if k.name.endswith(".keep_fraction")}
     assert keep == {"gradual_prune.fc1.keep_fraction", "gradual_prune.fc2.keep_fraction", "gradual_prune.fc3.keep_fraction"}
     for step, factor in ((smaller, 0.85), (larger, 1.3)):
@@ -136,28 +136,30 @@ def test_a_warm_starts_neighbours_keep_its_allocation_one_step_smaller_and_large
         assert {k: v for k, v in step.items() if k not in keep} == {k: v for k, v in recipe.items() if k not in keep}
     # one bit less on fc1, the largest tensor (235,200 weights), and nothing else
     assert {k for k in recipe if fewer_bits[k] != recipe[k]} == {"share.fc1.bits"} and fewer_bits["share.fc1.bits"] == recipe["share.fc1.bits"] - 1
+    # half as many weights again on fc1 alone
+    assert {k for k in recipe if heavier[k] != recipe[k]} == {"gradual_prune.fc1.keep_fraction"} and heavier["gradual_prune.fc1.keep_fraction"] == pytest.approx(1.5 * recipe["gradual_prune.fc1.keep_fraction"])
     # a step the space cannot take is left out: at the ends of its ranges only the inward steps remain
     ends = {**recipe, **{k: 0.001 for k in keep}, "share.fc1.bits": 1}
-    assert [all(s[k] > 0.001 for k in keep) for s in neighbours(space, ends)] == [True]
+    assert [sorted(k for k in keep if s[k] > 0.001) for s in neighbours(space, ends)] == [sorted(keep), ["gradual_prune.fc1.keep_fraction"]]
     narrow = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"space": {**SearchConfig().space, "share": {"default": {"bits": 4}}}})), sensitivity={})
-    assert len(neighbours(narrow, {k: v for k, v in recipe.items() if narrow.knob(k).searched})) == 2  # fixed bits: no bit step
+    assert len(neighbours(narrow, {k: v for k, v in recipe.items() if narrow.knob(k).searched})) == 3  # fixed bits: no bit step
     # a grouped knob is as large as its tensors together: LeNet-5's Linear layers outweigh its convolutions
     five = get_task("lenet5-mnist")
     grouped = derive_space(five.build_model(), space_config(SearchConfig.from_dict({"space": {**SearchConfig().space, "group": "kind"}})), sensitivity={})
     [start] = warm_start_params(grouped, five, ("auto",))
-    _, bit_step, _ = neighbours(grouped, start)
+    _, bit_step, *_ = neighbours(grouped, start)
     assert {k for k in start if bit_step[k] != start[k]} == {"share.@Linear.bits"}
     # ... but only with the tensors that have no knob of their own: fc1 (235,200) outweighs fc2 + fc3
     own = {**SearchConfig().space, "group": "kind", "share": {**SearchConfig().space["share"], "layers": {"fc1": {"bits": [1, 8]}}}}
     apart = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"space": own})), sensitivity={})
     [start] = warm_start_params(apart, task, ("auto",))
-    _, bit_step, _ = neighbours(apart, start)
+    _, bit_step, *_ = neighbours(apart, start)
     assert {k for k in start if bit_step[k] != start[k]} == {"share.fc1.bits"}
     # a fixed largest tensor takes no bit step, and the step goes to no other tensor
     fixed = {**SearchConfig().space, "share": {**SearchConfig().space["share"], "layers": {"fc1": {"bits": 4}}}}
     held = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"space": fixed})), sensitivity={})
     [start] = warm_start_params(held, task, ("auto",))
-    assert [{k for k in start if s[k] != start[k]} <= keep for s in neighbours(held, start)] == [True, True]
+    assert [{k for k in start if s[k] != start[k]} <= keep for s in neighbours(held, start)] == [True, True, True]
 
 
 def test_the_search_runs_the_neighbours_only_when_asked():

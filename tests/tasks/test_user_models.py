@@ -104,10 +104,10 @@ def test_compress_and_channel_prune_a_users_model(user_module, factory, cli, tmp
 @pytest.mark.parametrize("factory", ["rgb", "wave"])
 def test_search_a_users_model(user_module, factory, cli, tmp_path):
     config = tmp_path / "s.yaml"
-    config.write_text(f"task: {user_module}:{factory}\nname: user-{factory}\ntrials: 5\nmax_concurrent: 2\nfidelity: {{epochs: 2, centroid_epochs: 1, min_epochs: 1}}\n")
+    config.write_text(f"task: {user_module}:{factory}\nname: user-{factory}\ntrials: 6\nmax_concurrent: 2\nfidelity: {{epochs: 2, centroid_epochs: 1, min_epochs: 1}}\n")
     code, out, err = cli(["search", "--config", str(config)])
     assert code == 0, err
-    assert "Pareto front" in out and "warm starts: 1 recipe and 3 neighbours" in err  # then one sampled trial
+    assert "Pareto front" in out and "warm starts: 1 recipe and 4 neighbours" in err  # then one sampled trial
     from mlflow import MlflowClient
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -33,7 +33,8 @@ Every key is optional; ``squeezetune search`` runs on these defaults without a c
     warm_start: [auto]             # recipes run first, projected into the space: built-in names, YAML files,
                                    #   or auto (every built-in recipe whose stages the space searches); [] for none
     warm_start_neighbours: true    # also run each warm start's neighbours: 15% fewer weights, one bit less
-                                   #   on the largest tensor, 30% more weights (never stopped either)
+                                   #   on the largest tensor, 30% more weights, 50% more of the largest
+                                   #   tensor's weights (never stopped either)
     space: null                    # null: DEFAULT_SPACE (max-compression's stages, below); {...}: see
                                    #   squeezetune.spaces.space ({} is the one-shot prune + finetune space)
 
@@ -193,7 +194,7 @@ class SearchConfig:
     warm_start: tuple[str, ...] = ("auto",)
     warm_start_neighbours: bool = True
     """Also run each warm start's neighbours (:func:`~squeezetune.search.runner.neighbours`), up to
-    three: two steps smaller and one larger; MO-ASHA never stops them, as it never stops a warm start."""
+    four: two steps smaller and two larger; MO-ASHA never stops them, as it never stops a warm start."""
     space: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SPACE))
     """The knobs (see :mod:`squeezetune.spaces.space`); absent or null: :data:`DEFAULT_SPACE`."""
 
