@@ -137,7 +137,8 @@ def test_a_warm_starts_neighbours_keep_its_allocation_one_step_smaller_and_large
     # one bit less on fc1, the largest tensor (235,200 weights), and nothing else
     assert {k for k in recipe if fewer_bits[k] != recipe[k]} == {"share.fc1.bits"} and fewer_bits["share.fc1.bits"] == recipe["share.fc1.bits"] - 1
     # half as many weights again on fc1 alone
-    assert {k for k in recipe if heavier[k] != recipe[k]} == {"gradual_prune.fc1.keep_fraction"} and heavier["gradual_prune.fc1.keep_fraction"] == pytest.approx(1.5 * recipe["gradual_prune.fc1.keep_fraction"])
+    fc1 = "gradual_prune.fc1.keep_fraction"
+    assert {k for k in recipe if heavier[k] != recipe[k]} == {fc1} and heavier[fc1] == pytest.approx(1.5 * recipe[fc1])
     # a step the space cannot take is left out: at the ends of its ranges only the inward steps remain
     ends = {**recipe, **{k: 0.001 for k in keep}, "share.fc1.bits": 1}
     assert [sorted(k for k in keep if s[k] > 0.001) for s in neighbours(space, ends)] == [sorted(keep), ["gradual_prune.fc1.keep_fraction"]]

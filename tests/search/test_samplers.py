@@ -83,3 +83,19 @@ def test_a_resumed_sampler_does_not_replay_the_configurations_tried(kind, tmp_pa
     again.optimize(objective, n_trials=3)
     params = [tuple(sorted(t.params.items())) for t in again.trials]
     assert len(set(params)) == 6
+
+
+@pytest.mark.parametrize("kind", [s.value for s in SamplerChoice])
+def test_every_sampler_survives_the_pickling_ray_tune_gives_its_search_algorithm(kind):
+    """Tune pickles the search algorithm, sampler included, when a search starts (its tuner state):
+    a sampler holding a lock (NSGA-II from Optuna 5.1) failed every NSGA-II search there."""
+    from ray import cloudpickle
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(kind, seed=0, population=4)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=5)
+    again = cloudpickle.loads(cloudpickle.dumps(sampler))
+    resumed = optuna.create_study(directions=["maximize", "minimize"], sampler=again)
+    resumed.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=5)
+    assert len(resumed.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 5

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -95,11 +96,26 @@ class OutcomeConstraints:
             trial.set_constraint(name, value)
 
 
+class _NSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II that pickles. Ray Tune pickles its search algorithm with the sampler in it (the
+    tuner's state, searcher checkpoints), and from Optuna 5.1 the genetic samplers hold a
+    ``threading.Lock`` for their generation cache: the lock is left out and made anew."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(kind: str, *, seed: int, population: int) -> optuna.samplers.BaseSampler:
     """NSGA-II, TPE, GP (Gaussian-process Bayesian optimisation; log expected hypervolume improvement
     for two objectives) or random. The first three honour the constraints each trial carries."""
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+        return _NSGAII(population_size=population, seed=seed)
     if kind == "tpe":
         return optuna.samplers.TPESampler(n_startup_trials=population, seed=seed, multivariate=True)
     if kind == "gp":
