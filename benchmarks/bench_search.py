@@ -5,7 +5,7 @@ For each net and seed this runs what a user types,
     squeezetune search --task NET --data-dir D --trials 32 --max-drop 0.2 --seed S
 
 (every other setting at its default: max-compression's stages as the space, warm-started from that
-recipe and its three neighbours, MO-ASHA with rungs inside gradual pruning's 40 epochs and ``early_stopping: auto``,
+recipe and its four neighbours, MO-ASHA with rungs inside gradual pruning's 40 epochs and ``early_stopping: auto``,
 validation split held out of the training images), then the same with ``--sampler random``, and (``--full-budget``) the
 same sampler with every trial on the full schedule. Beside them, the recipe written by hand from
 the built-in stages (``HAND``), and every built-in recipe that applies, runs on the *same* dense baseline
@@ -301,7 +301,7 @@ def write(results: dict, args) -> None:
         "",
         f"Measured on {machine()}. `squeezetune search --task NET --data-dir D --trials {args.trials}"
         f"{f' --time-budget {args.time_budget:g}' if args.time_budget else ''} --max-drop {MAX_DROP} --seed S`, every other setting "
-        "at its default (the default space: max-compression's stages, its recipe and the recipe's three neighbours the first trials; MO-ASHA ranking at 2, 6 and 18 of gradual pruning's 40 epochs "
+        "at its default (the default space: max-compression's stages, its recipe and the recipe's four neighbours the first trials; MO-ASHA ranking at 2, 6 and 18 of gradual pruning's 40 epochs "
         "with `early_stopping: auto`, which stops no trial while the full schedules of all of them, timed on those finished, fit in 15 minutes; "
         "then the recovery fine-tune and 8 centroid epochs for trials that go on; 1,000 of the 8,000 training images held out to select on). "
         "Hand and built-in recipes ran their full schedules on the same dense baseline (trained on the other 7,000 images). "

@@ -30,7 +30,7 @@ its config) is ranked at each rung like any other, so later trials are compared 
 is never stopped: the front a search ends with is never worse than the recipes it started from.
 Nor does it take a place: the best ``ceil(n / eta)`` are counted over the ``n`` *sampled* trials at
 the rung, in their order among all trials. Counted among them, a search's warm starts (a recipe and
-its three neighbours, which reach every rung first and rank near its top) would fill the few places
+its neighbours, which reach every rung first and rank near its top) would fill the few places
 of the later rungs, and the sampler's trials would almost never finish.
 
 Early stopping only pays when the trials cannot all have the full schedule. Given a ``budget_s``
