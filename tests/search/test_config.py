@@ -163,6 +163,29 @@ def test_a_warm_starts_neighbours_keep_its_allocation_one_step_smaller_and_large
     assert [{k for k in start if s[k] != start[k]} <= keep for s in neighbours(held, start)] == [True, True, True]
 
 
+def test_the_step_on_the_largest_keep_knob_alone_goes_to_the_largest_searched_tensor_or_group():
+    from squeezetune.search.runner import neighbours, space_config, warm_start_params
+    from squeezetune.spaces import derive_space
+    from squeezetune.tasks import get_task
+
+    def changed(task, space_config_dict, sensitivity=None):
+        space = derive_space(task.build_model(), space_config(SearchConfig.from_dict({"space": space_config_dict})), sensitivity=sensitivity)
+        [start] = warm_start_params(space, task, ("auto",))
+        return [sorted(k for k in start if n[k] != start[k]) for n in neighbours(space, start)]
+
+    base, three, five = SearchConfig().space, get_task("lenet300-mnist"), get_task("lenet5-mnist")
+    # grouped by kind: LeNet-5's Linear layers (405,000 weights) outweigh its convolutions
+    assert changed(five, {**base, "group": "kind"})[-1] == ["gradual_prune.@Linear.keep_fraction"]
+    # a fixed largest tensor takes no step, and the step goes to no other tensor
+    fixed = {**base, "gradual_prune": {**base["gradual_prune"], "layers": {"fc1": {"keep_fraction": 0.02}}}}
+    assert ["gradual_prune.fc2.keep_fraction"] not in changed(three, fixed) and len(changed(three, fixed)) == 3
+    # a global budget spans fc1 and fc2, outweighing fc3's own knob: no step on fc3 alone
+    pruning = {k: v for k, v in base["gradual_prune"].items() if k != "default"}
+    budget = {**base, "gradual_prune": {**pruning, "budget": {"keep_fraction": [0.005, 0.3]}, "layers": {"fc3": {"keep_fraction": [0.05, 0.5]}}}}
+    steps = changed(three, budget, sensitivity={n: [[0.0, 0.0]] for n in ("fc1", "fc2", "fc3")})
+    assert steps[1:] == [["share.fc1.bits"], ["gradual_prune.budget.keep_fraction", "gradual_prune.fc3.keep_fraction"]]  # no fourth step
+
+
 def test_the_search_runs_the_neighbours_only_when_asked():
     assert SearchConfig().warm_start_neighbours is True and SearchConfig.from_dict({"warm_start_neighbours": False}).warm_start_neighbours is False
     with pytest.raises(SqueezeError, match=r"warm_start_neighbours='yes': expected true or false"):

@@ -99,3 +99,22 @@ def test_every_sampler_survives_the_pickling_ray_tune_gives_its_search_algorithm
     resumed = optuna.create_study(directions=["maximize", "minimize"], sampler=again)
     resumed.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=5)
     assert len(resumed.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 5
+
+
+def test_a_study_nsga2_began_keeps_its_generations_with_the_picklable_sampler(tmp_path):
+    """The picklable NSGA-II writes the study attributes Optuna's own does, so --resume of a study
+    begun before goes on from its generation instead of starting over at 0."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def objective(t):
+        return t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)
+
+    plain = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"], sampler=optuna.samplers.NSGAIISampler(population_size=4, seed=0))
+    plain.optimize(objective, n_trials=12)
+    key = f"{optuna.samplers.NSGAIISampler.__name__}:generation"
+    reached = max(t.system_attrs[key] for t in plain.trials)
+    assert reached >= 1
+    again = optuna.load_study(study_name="s", storage=storage, sampler=make_sampler("nsga2", seed=1, population=4))
+    again.optimize(objective, n_trials=4)
+    assert all(t.system_attrs.get(key, -1) >= reached for t in again.trials[12:])

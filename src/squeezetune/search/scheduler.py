@@ -38,9 +38,9 @@ Early stopping only pays when the trials cannot all have the full schedule. Give
 full schedules, each as long as the mean wall time of the trials that finished so far, run
 ``slots`` at a time, fit in ``budget_s``; every trial then goes to the end, as with
 ``early_stopping: false``. Before any trial has finished, and whenever the projection is over the
-budget, it stops trials by the rule above. The warm starts run first: with the four of a built-in
-net and two slots, the sampled trials start once two of them have finished, so they reach their
-first rung with a full schedule timed; with no warm starts, or as many slots as warm starts, the
+budget, it stops trials by the rule above. The warm starts run first: with the five of a built-in
+net and two slots, the sampled trials start once four of them have finished, so they reach their
+first rung with full schedules timed; with no warm starts, or as many slots as warm starts, the
 first decisions are strict ones. ``slots`` is what the cluster can run at once. (On
 LeNet-300-100, where a full schedule takes 20-30 s, 32 full-budget trials ended with
 more hypervolume than MO-ASHA's in each of five seeds, in 7-9 minutes: its rungs measure a model

@@ -111,6 +111,13 @@ class _NSGAII(optuna.samplers.NSGAIISampler):
         self._thread_lock = threading.Lock()
 
 
+# Optuna names the genetic samplers' study attributes after the class: keep NSGAIISampler's, so a
+# study an NSGA-II search began before keeps its generations when resumed
+for _key in ("_GENERATION_KEY", "_PARENT_CACHE_KEY_PREFIX"):
+    if hasattr(optuna.samplers.NSGAIISampler, _key):
+        setattr(_NSGAII, _key, getattr(optuna.samplers.NSGAIISampler, _key))
+
+
 def make_sampler(kind: str, *, seed: int, population: int) -> optuna.samplers.BaseSampler:
     """NSGA-II, TPE, GP (Gaussian-process Bayesian optimisation; log expected hypervolume improvement
     for two objectives) or random. The first three honour the constraints each trial carries."""
