@@ -111,11 +111,13 @@ def test_each_run_shows_its_rung_history_and_stopped_trials_end_at_their_rung(st
         assert r.info.status == "KILLED"
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_accuracy")]
         assert steps == [1]  # stopped at the rung
+        assert r.data.metrics["epoch"] == 1
     for r in complete:
         assert r.info.status == "FINISHED"
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_accuracy"))
         assert steps == [1, EPOCHS]  # the rung, then the final outcome at the full fidelity
         assert c.get_metric_history(r.info.run_id, "bytes")[0].value > 0
+        assert r.data.metrics["epoch"] == EPOCHS
 
 
 def test_diverging_trials_are_recorded_failed_and_the_search_goes_on(store):
@@ -167,11 +169,26 @@ def test_optuna_study_agrees_with_mlflow(store, workdir):
             assert t.constraints["fidelity"] == pytest.approx(1 - 1 / EPOCHS)
 
 
-def test_pareto_command_prints_the_front(store, workdir, cli):
-    uri, *_ = store
+def _rows(text: str) -> dict[str, list[str]]:
+    """The trial rows of a ``pareto`` table: trial number -> its columns."""
+    return {cols[0]: cols for cols in (line.split() for line in text.splitlines()) if cols and cols[0].isdigit()}
+
+
+def test_pareto_command_prints_the_front_and_the_fidelity_each_trial_reached(store, workdir, cli):
+    uri, _, _, children = store
     code, out, err = cli(["pareto", "--name", "e2e", "--tracking-uri", uri])
     assert code == 0, err
     assert "on the front" in out and "dense" in out
+    header = out.splitlines()[1].split()
+    epochs = header.index("epochs") - 2  # "val acc" and "drop pt" are two words each
+    front = _rows(out)
+    assert front and {cols[epochs] for cols in front.values()} == {str(EPOCHS)}  # the front ran the full schedule
+    code, out, err = cli(["pareto", "--name", "e2e", "--all", "--tracking-uri", uri])
+    assert code == 0, err
+    stopped = {r.data.tags["squeezetune.trial"] for r in children if r.data.tags.get("squeezetune.outcome") == "stopped"}
+    assert f"{len(stopped)} stopped at a rung" in out
+    listed = _rows(out.split("stopped by MO-ASHA")[1])
+    assert {trial: cols[epochs] for trial, cols in listed.items()} == dict.fromkeys(stopped, "1")
 
 
 def test_export_writes_every_format_and_remeasures(store, tmp_path, cli):

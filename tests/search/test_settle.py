@@ -35,6 +35,7 @@ def _finished_trial(study, client, exp, accuracy: float, bytes: float):
     t, rid = _running_trial(study, client, exp)
     client.log_metric(rid, "accuracy", accuracy)
     client.log_metric(rid, "bytes", bytes)
+    client.log_metric(rid, "epoch", 3)
     client.set_terminated(rid, "FINISHED")
     return t, rid
 
@@ -53,6 +54,7 @@ def test_running_trials_are_told_failed_or_requeued(stores):
     trials = study.get_trials()
     assert trials[finished.number].state == optuna.trial.TrialState.COMPLETE
     assert trials[finished.number].values == [0.91, 1234.0]
+    assert trials[finished.number].user_attrs["epoch"] == 3  # the fidelity it reached, as front.csv shows it
     assert trials[failed.number].state == optuna.trial.TrialState.FAIL
     assert trials[failed.number].user_attrs[ERROR_ATTR] == "ValueError: boom"
     assert not trials[failed.number].user_attrs.get(INTERRUPTED_ATTR)

@@ -111,21 +111,27 @@ def pareto_cmd(
     name: str = NameOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     experiment: str = ExperimentOpt,
-    all_points: bool = typer.Option(False, "--all", help="Also list the dominated trials and those outside the search's constraints."),
+    all_points: bool = typer.Option(False, "--all", help="Also list the dominated trials, those outside the search's constraints and those MO-ASHA stopped at a rung."),
 ) -> None:
-    """Print a search's Pareto front (read from MLflow)."""
-    from squeezetune.search.export import search_front
+    """Print a search's Pareto front (read from MLflow); the epochs column is the fidelity each trial reached."""
+    from squeezetune.search.export import search_front, search_stopped
     from squeezetune.search.present import table
     from squeezetune.search.tracking import probe, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     probe(uri)
     points, front, baseline = search_front(uri, experiment, name)
-    typer.echo(f"search {name!r}: {len(points)} trials ran the full schedule, {len(front)} on the front (selected on validation accuracy; accuracy and drop on the evaluation images)")
+    stopped = sorted(search_stopped(uri, experiment, name), key=lambda p: p.bytes) if all_points else []
+    also = f", {len(stopped)} stopped at a rung" if stopped else ""
+    typer.echo(f"search {name!r}: {len(points)} trials ran the full schedule{also}, {len(front)} on the front (selected on validation accuracy; accuracy and drop on the evaluation images)")
     typer.echo(table(front, baseline))
     if all_points:
         rest = sorted((p for p in points if p not in front), key=lambda p: p.bytes)
-        for title, group in (("dominated", [p for p in rest if p.feasible]), ("infeasible (outside the search's constraints)", [p for p in rest if not p.feasible])):
+        for title, group in (
+            ("dominated", [p for p in rest if p.feasible]),
+            ("infeasible (outside the search's constraints)", [p for p in rest if not p.feasible]),
+            ("stopped by MO-ASHA (figures at the last rung reached, before the rest of the schedule; no file to export)", stopped),
+        ):
             if not group:
                 continue
             typer.echo(f"\n{title}:")

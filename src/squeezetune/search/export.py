@@ -34,6 +34,7 @@ from squeezetune.compression.report import OUTCOME
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
 from squeezetune.search.pareto import Baseline, Point, pareto_front, point
+from squeezetune.search.trial import OUTCOME_TAG
 from squeezetune.spaces.constraints import drop_points
 
 ONNX_OPSET = 18
@@ -44,17 +45,36 @@ def _quiet(_: str) -> None:
     pass
 
 
-def trial_points(c, exp_id: str, parent_id: str) -> list[Point]:
-    """One point per trial run that finished its full schedule (trial number from its tag)."""
+def trial_points(c, exp_id: str, parent_id: str, *, stopped: bool = False) -> list[Point]:
+    """One point per trial run that finished its full schedule (trial number from its tag); with
+    ``stopped``, one per trial MO-ASHA stopped at a rung instead, with its figures there (a stopped
+    trial wrote no file: it is listed, never exported). Each point's ``epoch`` is the epochs of the
+    fidelity stage the trial reached (:func:`epochs_reached`)."""
     out = []
     for run in tracking.children(c, exp_id, parent_id):
         m = run.data.metrics
-        if run.info.status != "FINISHED" or not math.isfinite(m.get("accuracy", math.nan)) or "bytes" not in m:
+        wanted = run.data.tags.get(OUTCOME_TAG) == "stopped" if stopped else run.info.status == "FINISHED"
+        if not wanted or not math.isfinite(m.get("accuracy", math.nan)) or "bytes" not in m:
             continue
         trial = int(run.data.tags.get(tracking.TRIAL_TAG, -1))
-        outcome = {k: m[k] for k in (*OUTCOME, "epoch") if k in m}
+        outcome = {k: m[k] for k in OUTCOME if k in m}
+        epoch = epochs_reached(c, run)
+        if epoch is not None:
+            outcome["epoch"] = epoch
         out.append(point(trial, outcome, run_id=run.info.run_id, feasible=m.get("feasible", 1.0) > 0))
     return out
+
+
+def epochs_reached(c, run) -> int | None:
+    """The epochs of the fidelity stage a trial's run reached: its ``epoch`` metric, or, for a run
+    logged before trials recorded one, the last step of its ``bytes`` history (a rung's figures are
+    logged at its epoch, the final outcome at the full schedule's). ``None`` for a search without a
+    fidelity, whose trials log their outcome at step 0."""
+    epoch = run.data.metrics.get("epoch")
+    if epoch is None:
+        steps = [m.step for m in tracking.retry(lambda: c.get_metric_history(run.info.run_id, "bytes"))]
+        epoch = max(steps, default=0)
+    return int(epoch) if epoch and epoch > 0 else None
 
 
 def baseline_of(parent) -> Baseline:
@@ -68,6 +88,12 @@ def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], lis
     c, exp_id, parent = tracking.find_search(uri, experiment, name)
     points = trial_points(c, exp_id, parent.info.run_id)
     return points, pareto_front(points), baseline_of(parent)
+
+
+def search_stopped(uri: str, experiment: str, name: str) -> list[Point]:
+    """The trials of a search that MO-ASHA stopped at a rung, with their figures there, read from MLflow."""
+    c, exp_id, parent = tracking.find_search(uri, experiment, name)
+    return trial_points(c, exp_id, parent.info.run_id, stopped=True)
 
 
 def beyond_the_limit(chosen: Point, *, max_drop: float, dense_eval_accuracy: float, validation_images: int, evaluation_images: int) -> str | None:

@@ -526,7 +526,7 @@ def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str
         m = run.data.metrics if run is not None else {}
         live = _adapters.reopen(study, t)
         if run is not None and run.info.status == "FINISHED" and math.isfinite(m.get("accuracy", math.nan)) and "bytes" in m:
-            for key in OUTCOME:
+            for key in (*OUTCOME, "epoch"):
                 if key in m:
                     live.set_user_attr(key, m[key])
             if constraints is not None:

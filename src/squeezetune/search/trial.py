@@ -11,7 +11,7 @@ training in a space without ``finetune``; see :class:`~squeezetune.search.config
 trial reports the model as the file would hold it then -- pruned to its final targets (gradual
 pruning), shared, coded and decoded (:class:`~squeezetune.compression.stages.EpochEvent`'s
 snapshot) -- with its validation accuracy, evaluation accuracy and real bytes; the MLflow run logs
-them as metric steps. If MO-ASHA stops it there, Tune ends the trial at that report and the run
+them as metric steps, with the epochs reached as the ``epoch`` metric. If MO-ASHA stops it there, Tune ends the trial at that report and the run
 is marked KILLED with the tag ``squeezetune.outcome=stopped``. A trial that runs the whole schedule
 reports its ``final`` outcome, measured on the written file.
 
@@ -109,7 +109,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, 
         if not math.isfinite(report_data.accuracy):
             raise ValueError(f"the decoded model's accuracy is {report_data.accuracy}")
         t0 = time.perf_counter()
-        metrics = tracking.metrics_batch(metrics_of(report_data, setup), step=setup.full_epochs)
+        metrics = tracking.metrics_batch({**metrics_of(report_data, setup), **_epoch(setup, setup.full_epochs)}, step=setup.full_epochs)
         tracking.retry(lambda: c.log_batch(run_id, metrics=metrics, tags=[RunTag("squeezetune.device", device), RunTag(OUTCOME_TAG, "complete")]))
         tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
         clock["mlflow"] += time.perf_counter() - t0
@@ -132,6 +132,12 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, 
     report(result)
 
 
+def _epoch(setup: TrialSetup, epoch: int) -> dict[str, float]:
+    """The ``epoch`` metric of a report at ``epoch`` epochs of the fidelity stage (what ``pareto`` shows
+    as the fidelity a trial reached); none in a search without a fidelity stage."""
+    return {"epoch": float(epoch)} if setup.rung_stage and setup.full_epochs > 0 else {}
+
+
 class _Rungs:
     """The ``on_epoch`` callback that reports the trial at each rung of its fidelity stage (``setup.rung_stage``)."""
 
@@ -152,7 +158,7 @@ class _Rungs:
 
             figures.update(compare_latency_report(None, decoded, self.example, device=next(decoded.parameters()).device))
         t0 = time.perf_counter()
-        tracking.retry(lambda: self.c.log_batch(self.run_id, metrics=tracking.metrics_batch(figures, step=event.epoch)))
+        tracking.retry(lambda: self.c.log_batch(self.run_id, metrics=tracking.metrics_batch({**figures, **_epoch(self.setup, event.epoch)}, step=event.epoch)))
         self.clock["mlflow"] += time.perf_counter() - t0
         self.report({**figures, "epoch": event.epoch, "final": False})
 
