@@ -70,3 +70,24 @@ def test_export_notes_a_pick_that_loses_more_than_the_limit_on_the_evaluation_im
     assert beyond_the_limit(lucky, max_drop=0.2, dense_eval_accuracy=float("nan"), validation_images=1000, evaluation_images=2000) is None  # no dense figure
     near = point(4, {"val_accuracy": 0.987, "accuracy": 0.983967, "bytes": 4400})  # 0.2033 pt on 30,000 images: not printed as "0.20"
     assert "loses 0.2033 points" in beyond_the_limit(near, max_drop=0.2, dense_eval_accuracy=0.986, validation_images=1000, evaluation_images=30000)
+
+
+def test_max_drop_passes_over_a_lucky_point_among_trials_of_its_size_that_lose_more():
+    from squeezetune.search.export import neighbourhood_drop, neighbourhood_note, pick
+    from squeezetune.search.pareto import pareto_front, point
+
+    dense = 0.990
+    lucky = point(1, {"val_accuracy": 0.989, "accuracy": 0.98, "bytes": 2000})  # -0.1 pt; its neighbours lose 0.8 and 0.9
+    crowd = [point(2, {"val_accuracy": 0.982, "accuracy": 0.98, "bytes": 2100}), point(3, {"val_accuracy": 0.981, "accuracy": 0.98, "bytes": 1900})]
+    steady = [point(n, {"val_accuracy": v, "accuracy": 0.98, "bytes": b}) for n, v, b in ((4, 0.989, 4000), (5, 0.990, 4200), (6, 0.990, 4400))]
+    points = [lucky, *crowd, *steady]
+    front = pareto_front(points)
+    assert neighbourhood_drop(lucky, points, dense) == pytest.approx((0.1 + 0.8 + 0.9) / 3)
+    chosen = pick(points, front, dense_accuracy=dense, max_drop=0.2)
+    assert chosen.trial == 5 and neighbourhood_note(chosen, points, dense_accuracy=dense, max_drop=0.2) is None
+    assert pick(points, front, dense_accuracy=dense, max_drop=1.0).trial == 3  # a wider limit takes the smallest
+    # no point's neighbourhood within the limit: the smallest within it by its own figure, with a note
+    alone = [lucky, *crowd]
+    chosen = pick(alone, pareto_front(alone), dense_accuracy=dense, max_drop=0.2)
+    note = neighbourhood_note(chosen, alone, dense_accuracy=dense, max_drop=0.2)
+    assert chosen.trial == 1 and note.startswith("note: no front point within --max-drop 0.2") and "lose 0.60 points on average" in note
