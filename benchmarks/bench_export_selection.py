@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, write_section  # noqa: E402
 
+from squeezetune.errors import SqueezeError  # noqa: E402
 from squeezetune.search.export import pick  # noqa: E402
 from squeezetune.search.pareto import Point, pareto_front, point  # noqa: E402
 from squeezetune.spaces.constraints import drop_points  # noqa: E402
@@ -31,7 +32,7 @@ def points_of(run: dict) -> list[Point]:
 
 
 def by_own_figure(points: list[Point], dense_val: float, max_drop: float) -> Point | None:
-    """The smallest front point within ``max_drop`` on validation (what export picked before)."""
+    """The smallest front point within ``max_drop`` on validation by its own figure alone."""
     ok = [p for p in pareto_front(points) if drop_points(dense_val, p.accuracy) <= max_drop]
     return min(ok, key=lambda p: (p.bytes, -p.accuracy)) if ok else None
 
@@ -64,7 +65,7 @@ def main() -> None:
                 own = by_own_figure(points, run["dense_val"], args.max_drop)
                 try:
                     rule = pick(points, pareto_front(points), dense_accuracy=run["dense_val"], max_drop=args.max_drop)
-                except Exception:
+                except SqueezeError:  # no front point within the limit
                     rule = None
                 within = [p for p in points if drop_points(dense_eval, p.extra["eval_accuracy"]) <= args.max_drop]
                 best = min(within, key=lambda p: p.bytes) if within else None

@@ -91,3 +91,14 @@ def test_max_drop_passes_over_a_lucky_point_among_trials_of_its_size_that_lose_m
     chosen = pick(alone, pareto_front(alone), dense_accuracy=dense, max_drop=0.2)
     note = neighbourhood_note(chosen, alone, dense_accuracy=dense, max_drop=0.2)
     assert chosen.trial == 1 and note.startswith("note: no front point within --max-drop 0.2") and "lose 0.60 points on average" in note
+
+
+def test_a_front_emptied_by_the_constraints_is_a_one_line_error_naming_trial():
+    from squeezetune.search.export import pick
+    from squeezetune.search.pareto import Point
+
+    outside = [Point(0, 0.95, 1000, feasible=False), Point(1, 0.96, 2000, feasible=False)]
+    for selector in ({"max_drop": 0.5}, {"max_bytes": 5000}):
+        with pytest.raises(SqueezeError, match="front is empty: expected --trial N"):
+            pick(outside, [], dense_accuracy=0.97, **selector)
+    assert pick(outside, [], dense_accuracy=0.97, trial=1).trial == 1

@@ -142,7 +142,7 @@ def export_cmd(
     name: str = NameOpt,
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the exported model to (written whole, or not at all)."),
     max_bytes: Optional[int] = typer.Option(None, "--max-bytes", min=1, help="Most accurate front point within this many container bytes."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Smallest front point losing at most this many accuracy points (0.5 = half a point), alone and with the trials nearest in size."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Smallest front point losing at most this many points against dense (0.5 = half a point), alone and with trials near its size."),
     trial: Optional[int] = typer.Option(None, "--trial", min=0, help="This trial number (as pareto lists it)."),
     tracking_uri: Optional[str] = TrackingOpt,
     experiment: str = ExperimentOpt,

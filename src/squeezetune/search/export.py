@@ -68,7 +68,7 @@ def trial_points(c, exp_id: str, parent_id: str, *, stopped: bool = False) -> li
 
 def epochs_reached(c, run) -> int | None:
     """The epochs of the fidelity stage a trial's run reached: its ``epoch`` metric, or, for a run
-    logged before trials recorded one, the last step of its ``bytes`` history (a rung's figures are
+    without one, the last step of its ``bytes`` history (a rung's figures are
     logged at its epoch, the final outcome at the full schedule's). ``None`` for a search without a
     fidelity, whose trials log their outcome at step 0."""
     epoch = run.data.metrics.get("epoch")
@@ -131,7 +131,10 @@ def neighbourhood_drop(chosen: Point, points: list[Point], dense_accuracy: float
     less flattered by that luck than the point's own (measured in BENCHMARKS.md, section
     ``export-selection``).
     """
-    others = sorted((p for p in points if p is not chosen), key=lambda p: (abs(math.log(p.bytes / chosen.bytes)), p.trial))
+    if chosen.bytes <= 0:
+        return drop_points(dense_accuracy, chosen.accuracy)
+    usable = (p for p in points if p.trial != chosen.trial and p.bytes > 0 and math.isfinite(p.accuracy))
+    others = sorted(usable, key=lambda p: (abs(math.log(p.bytes / chosen.bytes)), p.trial))
     near = [chosen, *others[: k - 1]]
     return sum(drop_points(dense_accuracy, p.accuracy) for p in near) / len(near)
 
@@ -163,6 +166,8 @@ def pick(
             if p.trial == trial:
                 return p
         raise SqueezeError(f"--trial {trial} is not a finished trial of this search: expected one of {sorted(p.trial for p in points)}")
+    if not front:
+        raise SqueezeError("no finished trial of the search meets its constraints, so its front is empty: expected --trial N (`squeezetune pareto --all` lists them)")
     if max_bytes is not None:
         ok = [p for p in front if p.bytes <= max_bytes]
         if not ok:
