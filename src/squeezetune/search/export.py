@@ -174,9 +174,6 @@ def pick(
             raise SqueezeError(f"--max-bytes {max_bytes:,}: no front point is that small; the smallest takes {min(p.bytes for p in front):,} bytes")
         return max(ok, key=lambda p: (p.accuracy, -p.bytes))
     ok = [p for p in front if drop_points(dense_accuracy, p.accuracy) <= max_drop]
-    safe = [p for p in ok if neighbourhood_drop(p, points, dense_accuracy) <= max_drop]
-    if safe:
-        return min(safe, key=lambda p: (p.bytes, -p.accuracy))
     if not ok:
         best = max(front, key=lambda p: (p.accuracy, -p.bytes))
         where, held = "", ""
@@ -187,7 +184,8 @@ def pick(
             f"--max-drop {max_drop}: no front point loses that little{where}; the most accurate, trial {best.trial} ({best.bytes:,} bytes), "
             f"loses {drop_points(dense_accuracy, best.accuracy):.2f} points{held}: expected a larger --max-drop, or --trial {best.trial}"
         )
-    return min(ok, key=lambda p: (p.bytes, -p.accuracy))
+    safe = [p for p in ok if neighbourhood_drop(p, points, dense_accuracy) <= max_drop]
+    return min(safe or ok, key=lambda p: (p.bytes, -p.accuracy))
 
 
 def neighbourhood_note(chosen: Point, points: list[Point], *, dense_accuracy: float, max_drop: float) -> str | None:
