@@ -256,3 +256,47 @@ def test_a_layer_its_module_reads_past_forward_is_not_gathered():
     done = gather_unused_inputs(model, tokens)
     assert list(done) == ["head"] and type(model.encoder.layers[0].linear1) is nn.Linear
     torch.testing.assert_close(model(tokens), expected)
+
+
+class VolumeGRU(nn.Module):
+    """A Conv3d whose channels a GRU reads after a permute and flatten: DepGraph's grouping of the
+    conv fails inside Torch-Pruning (an index past its own offsets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, 3, padding=1)
+        self.gru = nn.GRU(4 * 16, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x)).permute(0, 2, 1, 3, 4).flatten(2)
+        return self.head(self.gru(h)[0][:, -1])
+
+
+def test_a_layer_depgraph_cannot_group_stays_whole_and_says_why():
+    from squeezetune.compression.structured._graph import StructureGraph
+
+    torch.manual_seed(0)
+    model = VolumeGRU().eval()
+    with torch.no_grad():
+        model.head.weight[:, 2] = 0  # one GRU output nobody reads
+    x = torch.randn(16, 1, 3, 4, 4)
+    graph = StructureGraph(copy.deepcopy(model), x[:1])
+    assert "DepGraph cannot group its channels" in graph.unprunable["conv"]
+    with pytest.raises(SqueezeError, match=r"layer 'conv' cannot be pruned structurally: DepGraph cannot group"):
+        graph.resolve("conv")
+    said: list[str] = []
+    ctx = Context(teacher=model, example=x[:1], train=Split(x, torch.zeros(len(x), dtype=torch.long)), progress=said.append)
+    small = apply_stage(copy.deepcopy(model), NeuronsConfig(), ctx)
+    assert small.conv.out_channels == 4 and small.head.in_features == 7
+    torch.testing.assert_close(small(x), model(x))
+    assert any(": conv keeps all its channels: DepGraph cannot group its channels (" in line for line in said), said
+
+
+def test_structured_on_a_model_without_groups_names_each_reason():
+    from squeezetune.compression.structured.stage import StructuredConfig
+
+    config = StructuredConfig(method="l1", macs_target=0.5)
+    with pytest.raises(SqueezeError, match=r"no channel group DepGraph can shrink \(.*conv: DepGraph cannot group its channels") as info:
+        config.validate(VolumeGRU(), torch.randn(1, 1, 3, 4, 4))
+    assert "\n" not in str(info.value)

@@ -23,6 +23,8 @@ from torch.nn.modules.conv import _ConvNd
 from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example, as_example
 from squeezetune.errors import SqueezeError
 
+MODEL_OUTPUTS = "its output channels are the model's outputs"
+
 
 @dataclass(frozen=True)
 class Coupling:
@@ -134,7 +136,7 @@ class StructureGraph:
             dep, idxs = item.dep, item.idxs
             m = dep.target.module
             if dep.target.type == self._tp.ops.OPTYPE.OUTPUT:
-                problem = "its output channels are the model's outputs"
+                problem = MODEL_OUTPUTS
                 continue
             if m not in self.names:
                 continue
@@ -150,7 +152,7 @@ class StructureGraph:
                     problem = f"{name!r} is a grouped convolution (groups={m.groups}), which is not supported"
                 role = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
                 if role == "out" and not dep.target.outputs:
-                    problem = "its output channels are the model's outputs"
+                    problem = MODEL_OUTPUTS
             else:
                 problem = f"{name!r} ({type(m).__name__}) has channels that squeezetune cannot shrink"
                 continue
@@ -163,7 +165,7 @@ class StructureGraph:
     def _scan(self) -> None:
         groups: dict[str, ChannelGroup] = {}
         self._unprunable = {}
-        for g in self.dg.get_all_groups(root_module_types=(_ConvNd, nn.Linear)):
+        for g in self._all_groups():
             couplings, problem = self._couplings(g)
             members = sorted({c.module for c in couplings if c.role in ("out", "depthwise")}, key=self.order.__getitem__)
             if not members:
@@ -180,6 +182,27 @@ class StructureGraph:
             groups[members[0]] = ChannelGroup(members[0], channels, couplings)
         self._groups = dict(sorted(groups.items(), key=lambda kv: self.order[kv[0]]))
 
+    def _all_groups(self):
+        """Torch-Pruning's ``get_all_groups`` (one group per conv/linear root, each module in at most
+        one group as an output), except that a root whose group DepGraph fails to build is recorded
+        in ``_unprunable`` with the reason, and the other groups are still found."""
+        dg, visited = self.dg, set()
+        for m in list(dg.module2node):
+            if m in dg.IGNORED_LAYERS_IN_TRACING or not isinstance(m, (_ConvNd, nn.Linear)) or m in visited:
+                continue
+            pruner = dg.get_pruner_of_module(m)
+            channels = pruner.get_out_channels(m) if pruner is not None else None
+            if channels is None:
+                continue
+            try:
+                group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(channels)))
+            except Exception as exc:  # noqa: BLE001 - DepGraph's own bookkeeping failed on this layer
+                if m in self.names:
+                    self._unprunable[self.names[m]] = f"DepGraph cannot group its channels ({type(exc).__name__}: {exc or 'no message'})"
+                continue
+            visited.update(dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler))
+            yield group
+
     def _full_group(self, name: str, channels: int):
         m = self.get(name)
         return self.dg.get_pruning_group(m, self.dg.get_pruner_of_module(m).prune_out_channels, list(range(channels)))
@@ -191,6 +214,12 @@ class StructureGraph:
             self._scan()
         assert self._groups is not None
         return self._groups
+
+    @property
+    def unprunable(self) -> dict[str, str]:
+        """Convs/linears that are in no group, each with the reason (e.g. a dependency DepGraph cannot follow)."""
+        self.groups  # noqa: B018 - the scan fills the reasons
+        return dict(self._unprunable)
 
     def get(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)

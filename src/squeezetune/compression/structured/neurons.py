@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from squeezetune.compression.stages import Context, StageConfig, register_stage
-from squeezetune.compression.structured._graph import ChannelGroup, StructureGraph
+from squeezetune.compression.structured._graph import MODEL_OUTPUTS, ChannelGroup, StructureGraph
 from squeezetune.compression.structured.gather import eval_outputs, gather_unused_inputs, same_outputs, ungather
 from squeezetune.compression.structured.shrink import shrink
 from squeezetune.compression.tensors import compressible
@@ -128,15 +128,18 @@ def _padding(m: _ConvNd) -> tuple[int, ...]:
     return tuple(m.padding)
 
 
-def remove_dead(model: nn.Module, x: torch.Tensor, example: torch.Tensor) -> tuple[nn.Module, dict[str, int]]:
+def remove_dead(model: nn.Module, x: torch.Tensor, example: torch.Tensor, untraced: dict[str, str] | None = None) -> tuple[nn.Module, dict[str, int]]:
     """``model`` (plain tensors) without its dead channels, folding constants into the readers' biases.
 
-    Returns the new model and the channels removed per group.
+    Returns the new model and the channels removed per group. ``untraced``, when given, receives
+    the convs/linears whose channels stay whole because DepGraph cannot shrink them, with the reason.
     """
     removed: dict[str, int] = {}
     whole: set[str] = set()  # groups whose removal would change the outputs
-    for _ in range(16):
+    for step in range(16):
         graph = StructureGraph(model, example)
+        if step == 0 and untraced is not None:
+            untraced.update((name, why) for name, why in graph.unprunable.items() if why != MODEL_OUTPUTS)
         readers = {c.module for g in graph.groups.values() for c in g.couplings if c.role == "in"}
         seen = _reader_inputs(model, readers, x)
         plan: dict[str, list[int]] = {}
@@ -191,11 +194,14 @@ def neurons(model: nn.Module, config: NeuronsConfig, ctx: Context) -> nn.Module:
     pruned = {n for n, t in targets.items() if mask_of(t.module, t.attr) is not None}
     work = ungather(copy.deepcopy(bake(model))).cpu()  # masks come back below, from the zeros
     x = ctx.train.x[: config.images] if ctx.train is not None else ctx.example
-    work, removed = remove_dead(work, x.cpu(), ctx.example)
+    untraced: dict[str, str] = {}
+    work, removed = remove_dead(work, x.cpu(), ctx.example, untraced)
     gathered = gather_unused_inputs(work, x.cpu()) if config.inputs else {}
     for name, t in compressible(work).items():
         if name in pruned:
             apply_mask(t.module, t.tensor.detach().ne(0).float(), t.attr)
     parts = [f"{name} -{n}" for name, n in removed.items()] + [f"{name} reads {k} of {n} inputs" for name, (k, n) in gathered.items()]
     ctx.progress(f"{ctx.label}: " + (", ".join(parts) if parts else "nothing dead to remove"))
+    for name, why in untraced.items():
+        ctx.progress(f"{ctx.label}: {name} keeps all its channels: {why}")
     return work.to(ctx.device)
