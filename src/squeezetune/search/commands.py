@@ -114,14 +114,18 @@ def pareto_cmd(
     all_points: bool = typer.Option(False, "--all", help="Also list the dominated trials, those outside the search's constraints and those MO-ASHA stopped at a rung."),
 ) -> None:
     """Print a search's Pareto front (read from MLflow); the epochs column is the fidelity each trial reached."""
-    from squeezetune.search.export import search_front, search_stopped
+    from squeezetune.search.export import search_front, search_trials
+    from squeezetune.search.pareto import pareto_front
     from squeezetune.search.present import table
     from squeezetune.search.tracking import probe, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     probe(uri)
-    points, front, baseline = search_front(uri, experiment, name)
-    stopped = sorted(search_stopped(uri, experiment, name), key=lambda p: p.bytes) if all_points else []
+    if all_points:
+        points, stopped, baseline = search_trials(uri, experiment, name)
+        front, stopped = pareto_front(points), sorted(stopped, key=lambda p: p.bytes)
+    else:
+        (points, front, baseline), stopped = search_front(uri, experiment, name), []
     also = f", {len(stopped)} stopped at a rung" if stopped else ""
     typer.echo(f"search {name!r}: {len(points)} trials ran the full schedule{also}, {len(front)} on the front (selected on validation accuracy; accuracy and drop on the evaluation images)")
     typer.echo(table(front, baseline))

@@ -51,8 +51,12 @@ def trial_points(c, exp_id: str, parent_id: str, *, stopped: bool = False) -> li
     ``stopped``, one per trial MO-ASHA stopped at a rung instead, with its figures there (a stopped
     trial wrote no file: it is listed, never exported). Each point's ``epoch`` is the epochs of the
     fidelity stage the trial reached (:func:`epochs_reached`)."""
+    return _points(c, tracking.children(c, exp_id, parent_id), stopped=stopped)
+
+
+def _points(c, runs, *, stopped: bool) -> list[Point]:
     out = []
-    for run in tracking.children(c, exp_id, parent_id):
+    for run in runs:
         m = run.data.metrics
         wanted = run.data.tags.get(OUTCOME_TAG) == "stopped" if stopped else run.info.status == "FINISHED"
         if not wanted or not math.isfinite(m.get("accuracy", math.nan)) or "bytes" not in m:
@@ -91,10 +95,12 @@ def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], lis
     return points, pareto_front(points), baseline_of(parent)
 
 
-def search_stopped(uri: str, experiment: str, name: str) -> list[Point]:
-    """The trials of a search that MO-ASHA stopped at a rung, with their figures there, read from MLflow."""
+def search_trials(uri: str, experiment: str, name: str) -> tuple[list[Point], list[Point], Baseline]:
+    """``(finished, stopped, baseline)`` of a search read from MLflow in one listing of its trials:
+    those that ran the full schedule, and those MO-ASHA stopped at a rung, with their figures there."""
     c, exp_id, parent = tracking.find_search(uri, experiment, name)
-    return trial_points(c, exp_id, parent.info.run_id, stopped=True)
+    runs = tracking.children(c, exp_id, parent.info.run_id)
+    return _points(c, runs, stopped=False), _points(c, runs, stopped=True), baseline_of(parent)
 
 
 def beyond_the_limit(chosen: Point, *, max_drop: float, dense_eval_accuracy: float, validation_images: int, evaluation_images: int) -> str | None:
