@@ -57,3 +57,15 @@ def test_best_ratio_respects_the_drop():
     assert best_ratio(pts, dense_bytes=10_000, dense_accuracy=0.99, max_drop=0.5).trial == 1
     assert best_ratio(pts, dense_bytes=10_000, dense_accuracy=0.99, max_drop=1.0).trial == 0
     assert best_ratio(pts, dense_bytes=10_000, dense_accuracy=0.999, max_drop=0.1) is None
+
+
+def test_epochs_column_is_blank_without_a_fidelity_stage():
+    """A search whose space has no fidelity stage ends its trials at epoch 0: no epochs to show."""
+    from squeezetune.search.pareto import Baseline, point
+    from squeezetune.search.present import rows, to_csv
+
+    baseline = Baseline(0.98, 100_000, 0.97)
+    with_stage = point(1, {"val_accuracy": 0.96, "accuracy": 0.97, "bytes": 2_000, "epoch": 40})
+    without = point(2, {"val_accuracy": 0.95, "accuracy": 0.96, "bytes": 1_000, "epoch": 0})
+    assert [r["epochs"] for r in rows([without, with_stage], baseline)] == [None, 40]
+    assert to_csv([without], baseline).splitlines()[1].split(",")[6] == ""

@@ -32,7 +32,7 @@ def rows(front: Sequence[Point], baseline: Baseline) -> list[dict]:
                 "drop_points": round(100.0 * (baseline.accuracy - held), 4),
                 "bytes": int(p.bytes),
                 "ratio": round(baseline.bytes / p.bytes, 3),
-                "epochs": p.extra.get("epoch"),
+                "epochs": p.extra.get("epoch") or None,  # 0: a search without a fidelity stage
                 "feasible": p.feasible,
                 "run_id": p.run_id,
             }

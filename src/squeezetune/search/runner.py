@@ -708,7 +708,7 @@ def rung_history(c, study, config: SearchConfig) -> list[Earlier]:
             for m in tracking.retry(lambda key=key: c.get_metric_history(rid, key)):
                 steps.setdefault(int(m.step), {})[key] = float(m.value)
         at_rungs = {r: steps[r] for r in fidelity.rungs if r in steps}
-        final = steps.get(fidelity.epochs) if t.state == optuna.trial.TrialState.COMPLETE else None
+        final = steps.get(fidelity.epochs, steps.get(0)) if t.state == optuna.trial.TrialState.COMPLETE else None  # step 0: no fidelity stage
         if final is not None:  # its wall time, for early_stopping: auto
             info = tracking.retry(lambda rid=rid: c.get_run(rid)).info
             if info.end_time and info.start_time and info.end_time > info.start_time:

@@ -109,11 +109,12 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, dense_state: dict[str, 
         if not math.isfinite(report_data.accuracy):
             raise ValueError(f"the decoded model's accuracy is {report_data.accuracy}")
         t0 = time.perf_counter()
-        metrics = tracking.metrics_batch({**metrics_of(report_data, setup), **_epoch(setup, setup.full_epochs)}, step=setup.full_epochs)
+        reached = setup.full_epochs if setup.rung_stage else 0  # no fidelity stage: outcome at step 0
+        metrics = tracking.metrics_batch({**metrics_of(report_data, setup), **_epoch(setup, reached)}, step=reached)
         tracking.retry(lambda: c.log_batch(run_id, metrics=metrics, tags=[RunTag("squeezetune.device", device), RunTag(OUTCOME_TAG, "complete")]))
         tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
         clock["mlflow"] += time.perf_counter() - t0
-        result = {**report_data.outcome(), "pipeline_seconds": float(report_data.seconds), "device": device, "epoch": setup.full_epochs, "final": True}
+        result = {**report_data.outcome(), "pipeline_seconds": float(report_data.seconds), "device": device, "epoch": reached, "final": True}
     except SystemExit:  # Tune stopped the trial at a rung report (MO-ASHA): its run ends there
         try:
             tracking.retry(lambda: c.set_tag(run_id, OUTCOME_TAG, "stopped"))
