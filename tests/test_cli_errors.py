@@ -96,6 +96,13 @@ OWN_ERRORS = [
     (["compress", "--task", "tests.test_cli_errors:datasets_task"], "load_data returned tuple of (TensorDataset, TensorDataset)"),
     (["search", "--task", "tests.test_cli_errors:one_split_task"], "load_data returned Split: expected (train, eval)"),
     (["train", "--task", "tests.test_cli_errors:broken_loader_task", "--out", "w.safetensors"], "task 'broken': load_data raised ValueError: no column 'label' in train.csv (SQUEEZETUNE_DEBUG=1"),
+    (["compress", "--task", "tests.test_cli_errors:float64_task"], "task 'float64': the train split's inputs are float64: expected float32"),
+    (["compress", "--task", "tests.test_cli_errors:float_label_task"], "the train split's labels are torch.float32: expected integer class indices"),
+    (["compress", "--task", "tests.test_cli_errors:one_hot_task"], "the train split's labels have shape (8, 10): expected one class index per example"),
+    (["compress", "--task", "tests.test_cli_errors:short_labels_task"], "the train split's x holds 8 examples and y 6 labels: expected as many of each"),
+    (["train", "--task", "tests.test_cli_errors:label_range_task", "--out", "w.safetensors"], "the train split has label 12 but the model scores 10 classes: expected labels in [0, 10)"),
+    (["compress", "--task", "tests.test_cli_errors:tuple_output_task"], "the model's forward returns tuple of (Tensor, Tensor): expected one tensor of class scores"),
+    (["compress", "--task", "tests.test_cli_errors:eval_shape_task"], "the model fails on the eval inputs (RuntimeError: "),
 ]
 
 
@@ -119,6 +126,44 @@ def _broken(_):
 
 def broken_loader_task() -> Task:
     return Task(name="broken", model="mine", build_model=LeNet300, load_data=_broken)
+
+
+def _task(name: str, train: Split, held: Split | None = None, build=LeNet300) -> Task:
+    return Task(name=name, model="mine", build_model=build, load_data=lambda _: (train, held if held is not None else train))
+
+
+def float64_task() -> Task:
+    return _task("float64", Split(torch.zeros(8, 1, 28, 28, dtype=torch.float64), torch.zeros(8, dtype=torch.long)))
+
+
+def float_label_task() -> Task:
+    return _task("float-labels", Split(torch.zeros(8, 1, 28, 28), torch.zeros(8)))
+
+
+def one_hot_task() -> Task:
+    return _task("one-hot", Split(torch.zeros(8, 1, 28, 28), torch.zeros(8, 10, dtype=torch.long)))
+
+
+def short_labels_task() -> Task:
+    return _task("short", Split(torch.zeros(8, 1, 28, 28), torch.zeros(6, dtype=torch.long)))
+
+
+def label_range_task() -> Task:
+    return _task("range", Split(torch.zeros(8, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4, 5, 6, 12])))
+
+
+class _TwoHeads(LeNet300):
+    def forward(self, x):
+        out = super().forward(x)
+        return out, out
+
+
+def tuple_output_task() -> Task:
+    return _task("tuple", Split(torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), build=_TwoHeads)
+
+
+def eval_shape_task() -> Task:
+    return _task("eval-shape", Split(torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), Split(torch.zeros(8, 1, 14, 14), torch.zeros(8, dtype=torch.long)))
 
 
 def _tree(folder: Path) -> set[str]:

@@ -1,7 +1,8 @@
 """The dense baseline a compression starts from, and plain weight files.
 
 :func:`dense_model` loads the baseline from a safetensors file, else from the cache
-(``~/.cache/squeezetune`` or ``$SQUEEZETUNE_CACHE``, keyed by task, data and seed), else trains it
+(``~/.cache/squeezetune`` or ``$SQUEEZETUNE_CACHE``, keyed by task, data, architecture, training
+settings and seed), else trains it
 once from a fixed seed and caches it. Weight files are safetensors, written atomically; no pickle.
 """
 
@@ -29,14 +30,32 @@ def _quiet(_: str) -> None:
 
 
 def dense_bytes(model: nn.Module) -> int:
-    """fp32 bytes of every floating-point parameter and buffer that inference needs."""
-    return sum(4 * t.numel() for t in plain_state_dict(model).values() if t.is_floating_point())
+    """fp32 bytes of every floating-point parameter and buffer that inference needs (a tensor
+    tied to several layers counts once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in plain_state_dict(model).values():
+        where = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if t.is_floating_point() and where not in seen:
+            seen.add(where)
+            total += 4 * t.numel()
+    return total
 
 
 def _fingerprint(split: Split) -> str:
     h = hashlib.sha1(split.x.numpy().tobytes())
     h.update(split.y.numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def _recipe_key(task: Task) -> str:
+    """What the cached baseline was trained as: the model's tensor names and shapes and the task's
+    training settings, so editing either trains a new baseline instead of reusing a stale one."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # no weights, no draw from the global RNG
+        model = task.build_model()
+    h = hashlib.sha1(repr(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items())).encode())
+    h.update(repr((task.epochs, task.lr, task.batch_size, task.weight_decay)).encode())
+    return h.hexdigest()[:8]
 
 
 def default_cache_dir() -> Path:
@@ -47,7 +66,8 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     """Write ``model``'s plain state dict as safetensors, atomically."""
     from safetensors.torch import save
 
-    state = {k: v.detach().cpu().contiguous() for k, v in plain_state_dict(model).items()}
+    # a copy of each tensor: safetensors refuses tensors that share memory, as tied weights do
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in plain_state_dict(model).items()}
     atomic_write_bytes(path, save(state, metadata=metadata))
 
 
@@ -76,6 +96,7 @@ def train_dense(task: Task, train_split: Split, *, device: torch.device | None =
     """Train the task's dense baseline from a fixed seed."""
     torch.manual_seed(seed)
     model = task.build_model()
+    task.check_model(model.to(device) if device is not None else model, train_split)
     config = FinetuneConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size, weight_decay=task.weight_decay, seed=seed)
     return train(model, train_split, config, device=device, progress=lambda m: progress(f"dense {m}"))
 
@@ -92,12 +113,17 @@ def dense_model(
 ) -> nn.Module:
     """The dense baseline: loaded from ``dense``, else from the cache, else trained and cached."""
     if dense is not None:
-        return load_weights(task, dense)
+        model = load_weights(task, dense)
+        task.check_model(model, *splits)
+        return model
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache / f"{task.name.replace(':', '_').replace('/', '_')}-{_fingerprint(splits[0])}-s{seed}.safetensors"
+    path = cache / f"{task.name.replace(':', '_').replace('/', '_')}-{_fingerprint(splits[0])}-{_recipe_key(task)}-s{seed}.safetensors"
     if path.is_file():
         progress(f"dense baseline from cache {path}")
-        return load_weights(task, path)
+        model = load_weights(task, path)
+        task.check_model(model, *splits)
+        return model
+    task.check_model(task.build_model().to(device) if device is not None else task.build_model(), *splits)  # before training, on both splits
     progress(f"training dense baseline for {task.name} ({task.epochs} epochs)")
     model = train_dense(task, splits[0], device=device, seed=seed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,57 @@ class Task:
             raise SqueezeError(f"task {self.name!r}: load_data raised {type(exc).__name__}: {str(exc) or '(no message)'} (SQUEEZETUNE_DEBUG=1 shows the traceback)") from exc
         if not (isinstance(splits, (tuple, list)) and len(splits) == 2 and all(isinstance(s, Split) for s in splits)):
             raise SqueezeError(f"task {self.name!r}: load_data returned {_describe(splits)}: expected (train, eval), two squeezetune.tasks.Split(x, y)")
-        return splits[0], splits[1]
+        train, held = (_checked(self.name, which, s) for which, s in zip(("train", "eval"), splits))
+        if train.x.dim() != held.x.dim() or train.x.dtype != held.x.dtype:
+            kinds = f"the train inputs are {train.x.dtype} with {train.x.dim()} dims and the eval inputs {held.x.dtype} with {held.x.dim()}"
+            raise SqueezeError(f"task {self.name!r}: {kinds}: expected the same dtype and dims")
+        return train, held
+
+    def check_model(self, model: nn.Module, *splits: Split) -> None:
+        """One forward pass on two examples of each split (train, then eval): the model must return a
+        tensor of class scores, one row per example, with a column for every label; else a one-line error."""
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        was_training = model.training
+        model.eval()
+        try:
+            for which, split in zip(("train", "eval"), splits):
+                if len(split) == 0:
+                    continue
+                x = split.x[:2].to(device)
+                try:
+                    with torch.no_grad():
+                        out = model(x)
+                except Exception as exc:  # the user's forward failed on the task's own data
+                    raise SqueezeError(f"task {self.name!r}: the model fails on the {which} inputs ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'})") from None
+                if not isinstance(out, torch.Tensor):
+                    raise SqueezeError(f"task {self.name!r}: the model's forward returns {_describe(out)}: expected one tensor of class scores (logits), shape (batch, classes)")
+                if out.dim() != 2 or len(out) != len(x):
+                    raise SqueezeError(f"task {self.name!r}: the model returns shape {tuple(out.shape)} for {len(x)} examples: expected class scores of shape ({len(x)}, classes)")
+                top = int(split.y.max())
+                if top >= out.shape[1]:
+                    raise SqueezeError(f"task {self.name!r}: the {which} split has label {top} but the model scores {out.shape[1]} classes: expected labels in [0, {out.shape[1]})")
+        finally:
+            model.train(was_training)
+
+
+def _checked(task: str, which: str, split: Split) -> Split:
+    """``split`` as training reads it (labels as int64), or a one-line error naming what is off."""
+    x, y = split.x, split.y
+    where = f"task {task!r}: the {which} split's"
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise SqueezeError(f"{where} {name} is {type(t).__name__}: expected a torch tensor (torch.as_tensor converts a numpy array)")
+    if y.dim() != 1:
+        raise SqueezeError(f"{where} labels have shape {tuple(y.shape)}: expected one class index per example, shape (n,) (one-hot labels: y.argmax(1))")
+    if x.dim() < 1 or len(x) != len(y):
+        raise SqueezeError(f"{where} x holds {len(x) if x.dim() else 0} examples and y {len(y)} labels: expected as many of each")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise SqueezeError(f"{where} labels are {y.dtype}: expected integer class indices (y.long())")
+    if len(y) and int(y.min()) < 0:
+        raise SqueezeError(f"{where} labels include {int(y.min())}: expected class indices >= 0")
+    if x.dtype == torch.float64:
+        raise SqueezeError(f"{where} inputs are float64: expected float32, as the model's weights are (x.float())")
+    return split if y.dtype == torch.int64 else Split(x, y.long())
 
 
 def _describe(value) -> str:

@@ -300,3 +300,60 @@ def test_structured_on_a_model_without_groups_names_each_reason():
     with pytest.raises(SqueezeError, match=r"no channel group DepGraph can shrink \(.*conv: DepGraph cannot group its channels") as info:
         config.validate(VolumeGRU(), torch.randn(1, 1, 3, 4, 4))
     assert "\n" not in str(info.value)
+
+
+class Stacked(nn.Module):
+    """A GRU feeding a bidirectional LSTM: DepGraph cannot trace the model at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(6, 8, batch_first=True)
+        self.lstm = nn.LSTM(8, 8, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(self.gru(x)[0])
+        return self.head(torch.cat([h[0], h[1]], 1))
+
+
+class UpDown(nn.Module):
+    """A transposed convolution between two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(1, 6, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(6, 4, 2, stride=2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.up(torch.relu(self.enc(x)))).mean((2, 3)))
+
+
+def test_a_model_depgraph_cannot_trace_keeps_its_channels_and_says_why():
+    torch.manual_seed(0)
+    model = Stacked().eval()
+    with torch.no_grad():
+        model.head.weight[:, 4:12] = 0
+    x = torch.randn(16, 5, 6)
+    said: list[str] = []
+    ctx = Context(teacher=model, example=x[:1], train=Split(x, torch.zeros(len(x), dtype=torch.long)), progress=said.append)
+    small = apply_stage(copy.deepcopy(model), NeuronsConfig(), ctx)
+    assert small.head.in_features == 8  # unread inputs still go
+    torch.testing.assert_close(small(x), model(x))
+    assert any("every layer keeps all channels: cannot trace the model for structural pruning" in line for line in said), said
+
+
+def test_a_transposed_convolution_and_its_producer_stay_whole():
+    from squeezetune.compression.structured._graph import StructureGraph
+
+    torch.manual_seed(0)
+    model = UpDown().eval()
+    with torch.no_grad():
+        model.up.weight[2] = 0  # enc channel 2: read by nobody (ConvTranspose weights are (in, out, ...))
+        model.head.weight[:, 1] = 0
+    x = torch.randn(16, 1, 8, 8)
+    graph = StructureGraph(copy.deepcopy(model), x[:1])
+    assert "transposed convolution" in graph.unprunable["up"] and "transposed convolution" in graph.unprunable["enc"]
+    small = _run(copy.deepcopy(model), x)
+    assert small.enc.out_channels == 6 and small.up.out_channels == 4
+    torch.testing.assert_close(small(x), model(x))

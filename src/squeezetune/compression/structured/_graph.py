@@ -148,7 +148,9 @@ class StructureGraph:
             elif _is_depthwise(m):
                 role = "depthwise"
             elif isinstance(m, (_ConvNd, nn.Linear)):
-                if isinstance(m, _ConvNd) and m.groups > 1:
+                if isinstance(m, _ConvNd) and m.transposed:
+                    problem = f"{name!r} is a transposed convolution ({type(m).__name__}), which squeezetune cannot shrink"
+                elif isinstance(m, _ConvNd) and m.groups > 1:
                     problem = f"{name!r} is a grouped convolution (groups={m.groups}), which is not supported"
                 role = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
                 if role == "out" and not dep.target.outputs:

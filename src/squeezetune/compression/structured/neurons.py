@@ -137,7 +137,12 @@ def remove_dead(model: nn.Module, x: torch.Tensor, example: torch.Tensor, untrac
     removed: dict[str, int] = {}
     whole: set[str] = set()  # groups whose removal would change the outputs
     for step in range(16):
-        graph = StructureGraph(model, example)
+        try:
+            graph = StructureGraph(model, example)
+        except SqueezeError as exc:  # DepGraph cannot trace this model at all: every channel stays
+            if step == 0 and untraced is not None:
+                untraced["every layer"] = str(exc)
+            break
         if step == 0 and untraced is not None:
             untraced.update((name, why) for name, why in graph.unprunable.items() if why != MODEL_OUTPUTS)
         readers = {c.module for g in graph.groups.values() for c in g.couplings if c.role == "in"}
@@ -203,5 +208,5 @@ def neurons(model: nn.Module, config: NeuronsConfig, ctx: Context) -> nn.Module:
     parts = [f"{name} -{n}" for name, n in removed.items()] + [f"{name} reads {k} of {n} inputs" for name, (k, n) in gathered.items()]
     ctx.progress(f"{ctx.label}: " + (", ".join(parts) if parts else "nothing dead to remove"))
     for name, why in untraced.items():
-        ctx.progress(f"{ctx.label}: {name} keeps all its channels: {why}")
+        ctx.progress(f"{ctx.label}: {name} keeps all {'its ' if name != 'every layer' else ''}channels: {why}")
     return work.to(ctx.device)

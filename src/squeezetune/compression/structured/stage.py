@@ -198,6 +198,7 @@ def structured(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.M
         if times is not None:
             held = latency_fraction(model, pruned, times, round_to=config.round_to, example=example)
             latency, cost = f" and {held:.3f} of the predicted latency", " (cost: latency)"
-        note = "" if held >= 0.8 * config.macs_target else f" -- well below the target: the counts are multiples of round_to={config.round_to}, and small layers cannot go lower than one block"
+        blocks = f"the counts are multiples of round_to={config.round_to}, so a small layer's count drops by a whole block at once"
+        note = "" if held >= 0.8 * config.macs_target else f" -- well below the target: {blocks} (a smaller round_to or per-layer keep counts come closer)"
         ctx.progress(f"structured: {reached:.3f} of the dense MACs{latency} for macs_target={config.macs_target}{cost}{note}")
     return pruned.to(ctx.device)

@@ -1,0 +1,54 @@
+"""The dense baseline's weight files and cache: tied weights, a model edited since it was cached."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from squeezetune.compression.baseline import dense_bytes, dense_model, load_weights, save_weights
+from squeezetune.tasks import Split, Task
+
+
+class Tied(nn.Module):
+    """An embedding whose matrix is also the output layer's, as language models tie them."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(12, width)
+        self.mix = nn.Linear(width, width)
+        self.out = nn.Linear(width, 12)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.mix(self.emb(tokens).mean(1))))
+
+
+def _task(width: int = 8, epochs: int = 2) -> Task:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 12, (64, 5), generator=g), torch.randint(0, 12, (64,), generator=g)
+    return Task("tied", "tied", lambda: Tied(width), lambda _: (Split(x, y), Split(x, y)), epochs=epochs)
+
+
+def test_tied_weights_save_load_and_count_once(tmp_path):
+    model = Tied()
+    save_weights(model, tmp_path / "w.safetensors")
+    back = load_weights(_task(), tmp_path / "w.safetensors")
+    assert back.out.weight is back.emb.weight
+    torch.testing.assert_close(back.emb.weight, model.emb.weight)
+    assert dense_bytes(model) == 4 * (12 * 8 + 8 * 8 + 8 + 12)  # the tied matrix once
+
+
+def test_an_edited_model_or_schedule_trains_a_new_baseline(tmp_path):
+    task = _task()
+    splits = task.splits(None)
+    first = dense_model(task, splits, cache_dir=tmp_path)
+    again = dense_model(task, splits, cache_dir=tmp_path)
+    torch.testing.assert_close(again.mix.weight, first.mix.weight)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    wider = _task(width=16)
+    assert dense_model(wider, wider.splits(None), cache_dir=tmp_path).mix.weight.shape == (16, 16)
+    longer = replace(task, epochs=3)
+    dense_model(longer, splits, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
