@@ -136,6 +136,23 @@ class Samples:
             model.train(was_training)
         return store[name]
 
+    @torch.no_grad()
+    def calls(self, name: str) -> int:
+        """How many times the reference's layer ``name`` runs in one forward pass. The samples hold
+        a layer's first call only, so a layer called more than once is not refitted on them."""
+        count = 0
+
+        def hook(*_) -> None:
+            nonlocal count
+            count += 1
+
+        handle = self.reference.get_submodule(name).register_forward_hook(hook)
+        try:
+            self.reference(self.x[:1])
+        finally:
+            handle.remove()
+        return count
+
     def refit(self, model: nn.Module, name: str, module: nn.Module, refit: Callable[[torch.Tensor, torch.Tensor], None]) -> tuple[float, float]:
         """Refit ``module`` (the replacement of ``model``'s layer ``name``) with ``refit(inp, target)``
         on the fitting images, and keep the refit only if the output error on the check images falls.

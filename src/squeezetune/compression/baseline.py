@@ -114,14 +114,14 @@ def dense_model(
     """The dense baseline: loaded from ``dense``, else from the cache, else trained and cached."""
     if dense is not None:
         model = load_weights(task, dense)
-        task.check_model(model, *splits)
+        task.check_model(model, splits[1])  # the training split is checked where it is read
         return model
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{task.name.replace(':', '_').replace('/', '_')}-{_fingerprint(splits[0])}-{_recipe_key(task)}-s{seed}.safetensors"
     if path.is_file():
         progress(f"dense baseline from cache {path}")
         model = load_weights(task, path)
-        task.check_model(model, *splits)
+        task.check_model(model, splits[1])
         return model
     task.check_model(task.build_model().to(device) if device is not None else task.build_model(), *splits)  # before training, on both splits
     progress(f"training dense baseline for {task.name} ({task.epochs} epochs)")

@@ -104,16 +104,18 @@ def compress(
     out = Path(out)
     if not out.parent.is_dir():
         raise SqueezeError(f"out={str(out)!r}: its folder {str(out.parent)!r} does not exist (checked before any training)")
-    if splits is None:
-        splits = task.splits(data_dir)
-    train_split, eval_split = splits
     model = task.build_model()
     recipe = load_recipe(recipe, task.model, model)
     data_free = recipe.data_free
+    if splits is None:
+        splits = task.splits(data_dir, check_train=not data_free)  # a data-free recipe never reads the training split
+    train_split, eval_split = splits
     example = example_input(task, eval_split if data_free else train_split)
     recipe.validate(model, example)
     teacher = dense if isinstance(dense, nn.Module) else dense_model(task, splits, dense=dense, device=device, seed=seed, progress=progress)
     teacher = teacher.to(device).eval()
+    if not data_free:
+        task.check_model(teacher, train_split)
     model.load_state_dict(teacher.state_dict())
     model.to(device)
     encode = Encoder(task, recipe, model)

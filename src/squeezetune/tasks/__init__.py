@@ -62,11 +62,13 @@ class Task:
     weight_decay: float = 1e-4
     example: Union[torch.Tensor, Callable[[], torch.Tensor], None] = None
 
-    def splits(self, data_dir: str | Path | None) -> tuple[Split, Split]:
+    def splits(self, data_dir: str | Path | None, *, check_train: bool = True) -> tuple[Split, Split]:
         """``load_data(data_dir)``, checked: the ``(train, eval)`` splits, or a one-line error.
 
         Every command reads a task's data through this, so a loader that needs a folder it was not
-        given, raises, or returns anything but two :class:`Split` fails the same way everywhere.
+        given, raises, or returns anything but two :class:`Split` fails the same way everywhere. Each
+        split's inputs and labels are checked (``check_train=False``: the eval split's alone), and
+        labels of another integer dtype come back as int64.
         """
         if self.needs_data_dir and data_dir is None:
             raise SqueezeError(f"task {self.name!r} needs --data-dir: expected the folder its data is read from (MNIST idx files for the built-in MNIST tasks)")
@@ -78,7 +80,10 @@ class Task:
             raise SqueezeError(f"task {self.name!r}: load_data raised {type(exc).__name__}: {str(exc) or '(no message)'} (SQUEEZETUNE_DEBUG=1 shows the traceback)") from exc
         if not (isinstance(splits, (tuple, list)) and len(splits) == 2 and all(isinstance(s, Split) for s in splits)):
             raise SqueezeError(f"task {self.name!r}: load_data returned {_describe(splits)}: expected (train, eval), two squeezetune.tasks.Split(x, y)")
-        train, held = (_checked(self.name, which, s) for which, s in zip(("train", "eval"), splits))
+        train = _checked(self.name, "train", splits[0]) if check_train else splits[0]  # unchecked: a data-free recipe never reads it
+        held = _checked(self.name, "eval", splits[1])
+        if not check_train:
+            return train, held
         if train.x.dim() != held.x.dim() or train.x.dtype != held.x.dtype:
             kinds = f"the train inputs are {train.x.dtype} with {train.x.dim()} dims and the eval inputs {held.x.dtype} with {held.x.dim()}"
             raise SqueezeError(f"task {self.name!r}: {kinds}: expected the same dtype and dims")

@@ -115,3 +115,32 @@ def test_a_decomposition_recipe_runs_through_compress(tmp_path, cache_dir):
     assert any(isinstance(m, Factors) for m in decoded.modules())
     assert report.macs <= 0.6 * report.dense_macs and report.params == sum(p.numel() for p in decoded.parameters())
     assert [s.stage for s in report.stages] == ["dense", "decompose", "finetune", "encode"]
+
+
+class _Twice(torch.nn.Module):
+    """One conv applied twice: the samples hold its first call only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.same = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.same(torch.relu(self.same(torch.relu(self.stem(x))))))
+        return self.head(h.mean((2, 3)))
+
+
+def test_a_layer_called_twice_keeps_its_svd_factors_and_says_why():
+    torch.manual_seed(0)
+    dense = _Twice().eval()
+    train, held = splits()
+    said: list[str] = []
+    ctx = Context(teacher=dense, example=EXAMPLE, train=train, eval=held, progress=said.append)
+    layers = {"same": {"rank": 2}, "stem": {"rank": 2}}
+    model = apply_stage(dense, DecomposeConfig.from_dict({"layers": layers, "images": 32}), ctx)
+    svd = DecomposeConfig.from_dict({"layers": layers, "refit": False})
+    plain = apply_stage(dense, svd, Context(teacher=dense, example=EXAMPLE))
+    torch.testing.assert_close(model.same.state_dict(), plain.same.state_dict())
+    assert any(line.startswith("same: lowrank rank 2, SVD alone: the layer runs 2 times a forward pass") for line in said), said
+    assert any(line.startswith("stem: lowrank rank 2, output error") for line in said), said

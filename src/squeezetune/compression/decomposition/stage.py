@@ -311,7 +311,10 @@ def decompose(model: nn.Module, config: DecomposeConfig, ctx: Context) -> nn.Mod
         layer = work.get_submodule(name)
         factors = technique.fit(layer, rank, scales.get(name))
         note = ""
-        if samples is not None:
+        calls = samples.calls(name) if samples is not None else 1
+        if calls > 1:
+            note = f", SVD alone: the layer runs {calls} times a forward pass and least squares would fit its first call only"
+        elif samples is not None:
             before, after = samples.refit(work, name, factors, partial(technique.refit, factors, layer, rows=samples.rows, scale=scales.get(name)))
             note = f", output error {before:.4f} (SVD) -> {after:.4f} (least squares)" if after < before else f", output error {before:.4f} (SVD; least squares did no better)"
         replace_module(work, name, factors)

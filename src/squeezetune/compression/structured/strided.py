@@ -322,7 +322,10 @@ def strided(model: nn.Module, config: StridedConfig, ctx: Context) -> nn.Module:
         conv = work.get_submodule(name)
         sparse = strided_conv(conv, config.taps(conv, setting, scales.get(name)))
         note = ""
-        if samples is not None:
+        calls = samples.calls(name) if samples is not None else 1
+        if calls > 1:
+            note = f", kept weights as they are: the layer runs {calls} times a forward pass and least squares would fit its first call only"
+        elif samples is not None:
             before, after = samples.refit(work, name, sparse, partial(refit, sparse, conv, rows=samples.rows))
             note = f", output error {before:.4f} (kept weights) -> {after:.4f} (least squares)" if after < before else f", output error {before:.4f} (kept weights; least squares did no better)"
         replace_module(work, name, sparse)
