@@ -169,7 +169,7 @@ def evaluate_cmd(
     elif t.name != made_for:
         typer.echo(f"note: {container} was made for task {made_for!r}; measuring it on {t.name!r}", err=True)
     _, eval_split = t.splits(data_dir)
-    typer.echo(f"{container}: accuracy {evaluate(model, eval_split, device=device):.4f} on {len(eval_split)} {t.name} images")
+    typer.echo(f"{container}: accuracy {evaluate(model, eval_split, device=device):.4f} on {len(eval_split)} {t.name} {'images' if eval_split.x.dim() >= 4 else 'examples'}")
 
 
 @app.command("decode")

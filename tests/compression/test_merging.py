@@ -87,3 +87,15 @@ def test_the_data_free_recipe_reads_no_training_data(tmp_path):
     assert decoded.fc1.out_features == 36 and decoded.fc2.out_features == 18
     assert [s.stage for s in report.stages] == ["dense", "merge", "prune", "encode"] and all(0 <= s.accuracy <= 1 for s in report.stages)
     assert not Recipe.from_dict({"stages": [{"merge": {"default": {"remove_fraction": 0.25}}}, {"finetune": {"epochs": 1}}]}).data_free
+
+
+def test_a_model_with_no_mergeable_layer_says_why_nothing_merged():
+    from torch import nn
+
+    from squeezetune.compression import Context, apply_stage
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    said: list[str] = []
+    out = apply_stage(model, MergeConfig.from_dict({"default": {"remove_fraction": 0.25}}), Context(teacher=model, example=torch.zeros(1, 1, 12, 12), progress=said.append))
+    assert out[1].out_features == 16
+    assert any(": nothing merged, no layer can merge neurons (" in line and "'2' (LayerNorm)" in line for line in said), said

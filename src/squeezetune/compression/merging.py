@@ -90,6 +90,18 @@ def _mergeable(graph, name: str) -> str | None:
     return None
 
 
+def _refusals(model: nn.Module, example: Example) -> str:
+    """Why each convolution or linear layer of ``model`` cannot merge, as one phrase."""
+    from squeezetune.compression.structured._graph import StructureGraph
+
+    try:
+        graph = StructureGraph(copy.deepcopy(model), example)
+    except SqueezeError as exc:
+        return str(exc)
+    why = {name: _mergeable(graph, name) for name in graph.groups} | graph.unprunable
+    return "; ".join(f"{name}: {reason}" for name, reason in why.items() if reason) or "it has no channel group"
+
+
 def mergeable_layers(model: nn.Module, example: Example = DEFAULT_INPUT_SHAPE) -> dict[str, int]:
     """Every layer whose neurons can merge, with its neuron (channel) count, in module order."""
     from squeezetune.compression.structured._graph import StructureGraph
@@ -232,6 +244,8 @@ def merge(model: nn.Module, config: MergeConfig, ctx: Context) -> nn.Module:
     counts = config.counts(model, layers)
     for name, count in counts.items():
         ctx.progress(f"{name}: merging {count} of {layers[name]} neurons by {config.score.value}")
+    if not layers:
+        ctx.progress(f"{ctx.label}: nothing merged, no layer can merge neurons ({_refusals(model, ctx.example)})")
     return merge_neurons(model, counts, score=config.score, example=ctx.example).to(ctx.device)
 
 
