@@ -93,7 +93,7 @@ def compress_cmd(
     cost: Optional[str] = typer.Option(
         None, "--cost", help="What --macs-target is a fraction of: macs (default) or latency (the dense model's predicted latency, each layer timed on this machine and cached)."
     ),
-    seed: int = SeedOpt,
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the dense baseline's training and the stages' sampling (an integer >= 0); a fine-tune stage shuffles with its own seed (default 0)."),
     device: Optional[str] = DeviceOpt,
     latency_budget: Optional[float] = typer.Option(
         None, "--latency-budget", help="Seconds for timing the dense and the compressed model (default 4; past it only the 6 rounds a 95% interval needs still run)."
