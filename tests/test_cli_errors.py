@@ -103,6 +103,10 @@ OWN_ERRORS = [
     (["train", "--task", "tests.test_cli_errors:label_range_task", "--out", "w.safetensors"], "the train split has label 12 but the model scores 10 classes: expected labels in [0, 10)"),
     (["compress", "--task", "tests.test_cli_errors:tuple_output_task"], "the model's forward returns tuple of (Tensor, Tensor): expected one tensor of class scores"),
     (["compress", "--task", "tests.test_cli_errors:eval_shape_task"], "the model fails on the eval inputs (RuntimeError: "),
+    (["train", "--task", "tests.test_cli_errors:eval_shape_task", "--out", "w.safetensors"], "the model fails on the eval inputs (RuntimeError: "),
+    (["compress", "--task", "tests.test_cli_errors:sequence_output_task"], "the model returns shape (2, 4, 10) for 2 examples: expected class scores of shape (2, classes)"),
+    (["compress", "--task", "tests.test_cli_errors:eval_label_range_task"], "the eval split has label 10 but the model scores 10 classes"),
+    (["compress", "--task", "tests.test_cli_errors:float64_task", "--recipe", "data-free-merge"], "the train split's inputs are float64"),
 ]
 
 
@@ -160,6 +164,19 @@ class _TwoHeads(LeNet300):
 
 def tuple_output_task() -> Task:
     return _task("tuple", Split(torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), build=_TwoHeads)
+
+
+class _PerStep(LeNet300):
+    def forward(self, x):
+        return super().forward(x).unsqueeze(1).expand(-1, 4, -1)
+
+
+def sequence_output_task() -> Task:
+    return _task("per-step", Split(torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), build=_PerStep)
+
+
+def eval_label_range_task() -> Task:
+    return _task("eval-range", Split(torch.zeros(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), Split(torch.zeros(8, 1, 28, 28), torch.full((8,), 10)))
 
 
 def eval_shape_task() -> Task:

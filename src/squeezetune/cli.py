@@ -34,6 +34,7 @@ def _progress(message: str, _start: list[float] = [time.perf_counter()]) -> None
 
 
 SeedOpt = typer.Option(0, "--seed", min=0, help="Random seed (an integer >= 0).")
+SEED_HELP = "Seed of the dense baseline's training, k-means initialisation and the images refits sample (an integer >= 0); a fine-tune stage shuffles with its own seed (default 0)."
 
 
 def _check_out(out: Path, suffix: str) -> Path:
@@ -76,7 +77,7 @@ def train_cmd(
     _check_out(out, ".safetensors")
     _check_device(device)
     train_split, eval_split = t.splits(data_dir)
-    model = train_dense(t, train_split, device=device, seed=seed, progress=_progress)
+    model = train_dense(t, train_split, device=device, seed=seed, progress=_progress, eval_split=eval_split)
     save_weights(model, out, metadata={"task": t.name})
     typer.echo(f"wrote {out}: accuracy {evaluate(model, eval_split, device=device):.4f}")
 
@@ -93,7 +94,7 @@ def compress_cmd(
     cost: Optional[str] = typer.Option(
         None, "--cost", help="What --macs-target is a fraction of: macs (default) or latency (the dense model's predicted latency, each layer timed on this machine and cached)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the dense baseline's training and the stages' sampling (an integer >= 0); a fine-tune stage shuffles with its own seed (default 0)."),
+    seed: int = typer.Option(0, "--seed", min=0, help=SEED_HELP),
     device: Optional[str] = DeviceOpt,
     latency_budget: Optional[float] = typer.Option(
         None, "--latency-budget", help="Seconds for timing the dense and the compressed model (default 4; past it only the 6 rounds a 95% interval needs still run)."
@@ -112,8 +113,8 @@ def compress_cmd(
     if allocation is not None and allocation not in ("uniform", "sensitivity", "energy"):
         raise SqueezeError(f"--allocation {allocation!r}: expected uniform or sensitivity (structured pruning), or uniform or energy (decomposition)")
     timing = LatencyConfig(**{k: v for k, v in (("budget_s", latency_budget), ("threads", latency_threads)) if v is not None})
-    splits = t.splits(data_dir)
     loaded = load_recipe(recipe, t.model, t.build_model(), macs_target=macs_target, allocation=allocation, cost=cost)
+    splits = t.splits(data_dir, check_train=not (loaded.data_free and dense is not None))  # read only to train a baseline
     report = compress(t, loaded, out=out, splits=splits, dense=dense, device=device, seed=seed, progress=_progress, latency=timing)
     typer.echo(format_stages(report))
     typer.echo(format_tensors(report.tensors))
@@ -168,7 +169,7 @@ def evaluate_cmd(
         t = get_task(made_for)
     elif t.name != made_for:
         typer.echo(f"note: {container} was made for task {made_for!r}; measuring it on {t.name!r}", err=True)
-    _, eval_split = t.splits(data_dir)
+    _, eval_split = t.splits(data_dir, check_train=False)
     typer.echo(f"{container}: accuracy {evaluate(model, eval_split, device=device):.4f} on {len(eval_split)} {t.name} {'images' if eval_split.x.dim() >= 4 else 'examples'}")
 
 

@@ -52,3 +52,29 @@ def test_an_edited_model_or_schedule_trains_a_new_baseline(tmp_path):
     longer = replace(task, epochs=3)
     dense_model(longer, splits, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+class _NeedsValues(nn.Module):
+    """An __init__ that reads a tensor's value, as stochastic-depth schedules do (no meta build)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rate = [x.item() for x in torch.linspace(0, 0.1, 2)][-1]
+        self.emb = nn.Embedding(12, 8)
+        self.out = nn.Linear(8, 12)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(tokens).mean(1))
+
+
+def test_a_model_that_needs_real_values_to_build_is_cached_without_touching_the_rng(tmp_path):
+    task = replace(_task(), build_model=_NeedsValues)
+    splits = task.splits(None)
+    dense_model(task, splits, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.safetensors")
+    torch.manual_seed(3)
+    load_weights(task, cached)
+    drawn = torch.get_rng_state()
+    torch.manual_seed(3)
+    dense_model(task, splits, cache_dir=tmp_path)  # from the cache: the key's build adds no draw to the load's
+    assert torch.equal(torch.get_rng_state(), drawn)

@@ -108,7 +108,7 @@ def compress(
     recipe = load_recipe(recipe, task.model, model)
     data_free = recipe.data_free
     if splits is None:
-        splits = task.splits(data_dir, check_train=not data_free)  # a data-free recipe never reads the training split
+        splits = task.splits(data_dir, check_train=not (data_free and dense is not None))  # read only to train a baseline
     train_split, eval_split = splits
     example = example_input(task, eval_split if data_free else train_split)
     recipe.validate(model, example)

@@ -80,13 +80,13 @@ class Task:
             raise SqueezeError(f"task {self.name!r}: load_data raised {type(exc).__name__}: {str(exc) or '(no message)'} (SQUEEZETUNE_DEBUG=1 shows the traceback)") from exc
         if not (isinstance(splits, (tuple, list)) and len(splits) == 2 and all(isinstance(s, Split) for s in splits)):
             raise SqueezeError(f"task {self.name!r}: load_data returned {_describe(splits)}: expected (train, eval), two squeezetune.tasks.Split(x, y)")
-        train = _checked(self.name, "train", splits[0]) if check_train else splits[0]  # unchecked: a data-free recipe never reads it
+        train = _checked(self.name, "train", splits[0]) if check_train else splits[0]  # unchecked: never read (a data-free recipe)
         held = _checked(self.name, "eval", splits[1])
         if not check_train:
             return train, held
-        if train.x.dim() != held.x.dim() or train.x.dtype != held.x.dtype:
+        if train.x.dim() != held.x.dim() or train.x.dtype.is_floating_point != held.x.dtype.is_floating_point:
             kinds = f"the train inputs are {train.x.dtype} with {train.x.dim()} dims and the eval inputs {held.x.dtype} with {held.x.dim()}"
-            raise SqueezeError(f"task {self.name!r}: {kinds}: expected the same dtype and dims")
+            raise SqueezeError(f"task {self.name!r}: {kinds}: expected the same dims, and floats in both or integers in both")
         return train, held
 
     def check_model(self, model: nn.Module, *splits: Split) -> None:

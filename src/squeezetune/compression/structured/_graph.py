@@ -60,6 +60,11 @@ class ChannelGroup:
         return tuple(c.module for c in self.couplings if c.role == "in")
 
 
+def _line(exc: Exception) -> str:
+    """An exception's message as one line (its first), or ``no message``."""
+    return (str(exc).splitlines() or ["no message"])[0]
+
+
 def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, _ConvNd) and m.groups == m.out_channels and m.out_channels > 1
 
@@ -116,7 +121,7 @@ class StructureGraph:
             with torch.enable_grad():
                 self.dg = tp.DependencyGraph().build_dependency(model, self.example(), verbose=False)
         except Exception as exc:  # noqa: BLE001 - any tracing failure is reported as one line
-            raise SqueezeError(f"cannot trace the model for structural pruning ({type(exc).__name__}: {exc}): expected a model DepGraph can follow") from None
+            raise SqueezeError(f"cannot trace the model for structural pruning ({type(exc).__name__}: {_line(exc)}): expected a model DepGraph can follow") from None
         finally:
             model.train(was_training)
         self._groups: dict[str, ChannelGroup] | None = None
@@ -176,13 +181,19 @@ class StructureGraph:
             channels = first.out_channels if isinstance(first, _ConvNd) else first.out_features
             # re-express every index in the first member's coordinates
             if problem is None and self.names[g[0].dep.target.module] != members[0]:
-                couplings, problem = self._couplings(self._full_group(members[0], channels))
+                try:
+                    couplings, problem = self._couplings(self._full_group(members[0], channels))
+                except Exception as exc:  # noqa: BLE001 - DepGraph failed on the re-rooted group
+                    problem = f"DepGraph cannot group its channels ({type(exc).__name__}: {_line(exc)})"
             if problem is not None:
                 for m in members:
                     self._unprunable[m] = problem
                 continue
             groups[members[0]] = ChannelGroup(members[0], channels, couplings)
         self._groups = dict(sorted(groups.items(), key=lambda kv: self.order[kv[0]]))
+        for g in self._groups.values():  # a failed root that another root's group took in is shrinkable
+            for m in g.members:
+                self._unprunable.pop(m, None)
 
     def _all_groups(self):
         """Torch-Pruning's ``get_all_groups`` (one group per conv/linear root, each module in at most
@@ -200,7 +211,7 @@ class StructureGraph:
                 group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(channels)))
             except Exception as exc:  # noqa: BLE001 - DepGraph's own bookkeeping failed on this layer
                 if m in self.names:
-                    self._unprunable[self.names[m]] = f"DepGraph cannot group its channels ({type(exc).__name__}: {exc or 'no message'})"
+                    self._unprunable[self.names[m]] = f"DepGraph cannot group its channels ({type(exc).__name__}: {_line(exc)})"
                 continue
             visited.update(dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler))
             yield group
