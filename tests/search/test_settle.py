@@ -187,3 +187,31 @@ def test_a_resumed_scheduler_is_seeded_from_the_metric_steps_of_earlier_runs(sto
     assert scheduler.recovery(2) == pytest.approx(0.275) and scheduler.recovery(18) == pytest.approx(0.075)
     assert len(scheduler._recorded[2]) == 2 and len(scheduler._recorded[18]) == 1
     assert scheduler._warm == {f"earlier-{numbers['complete']}"}
+
+
+def test_interrupted_trials_run_again_before_the_warm_starts_still_waiting(stores):
+    """A search cut while its first warm starts ran: on resume their retries come first, then the
+    warm starts that had not started, and the cut runs are tagged interrupted, not stopped."""
+    from squeezetune.search.front import counts
+    from squeezetune.search.trial import OUTCOME_TAG
+
+    study, client, exp = stores
+    for x in (0.1, 0.2, 0.3, 0.4):
+        study.enqueue_trial({"x": x}, user_attrs={"warm_start": True})
+    cut = []
+    for _ in range(2):
+        t = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        run = client.create_run(exp)
+        t.set_user_attr(RUN_ATTR, run.info.run_id)
+        client.set_tag(run.info.run_id, OUTCOME_TAG, "stopped")  # what a trial's SystemExit leaves
+        client.set_terminated(run.info.run_id, "KILLED")
+        cut.append((t, run.info.run_id))
+
+    _settle_interrupted(study, client, lambda _: None, OBJECTIVES)
+
+    assert counts(study) == {"complete": 0, "stopped": 0, "failed": 0, "interrupted": 2, "pending": 4}
+    order = [study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}) for _ in range(4)]
+    assert [t.params["x"] for t in order] == [0.1, 0.2, 0.3, 0.4]
+    assert [t.user_attrs.get("retry_of") for t in order[:2]] == [cut[0][0].number, cut[1][0].number]
+    assert all(t.user_attrs["warm_start"] for t in order)
+    assert [client.get_run(rid).data.tags[OUTCOME_TAG] for _, rid in cut] == ["interrupted", "interrupted"]

@@ -15,7 +15,7 @@ import optuna
 
 from squeezetune.search import present, tracking
 from squeezetune.search.pareto import Baseline, Point, pareto_front, point
-from squeezetune.search.searcher import INTERRUPTED_ATTR, OUTCOME_ATTRS, RUN_ATTR
+from squeezetune.search.searcher import DEFERRED_ATTR, INTERRUPTED_ATTR, OUTCOME_ATTRS, RUN_ATTR
 from squeezetune.spaces import Constraints
 
 PARETO_TAG = "pareto"
@@ -45,6 +45,8 @@ def counts(study: optuna.Study) -> dict[str, int]:
         elif t.state == optuna.trial.TrialState.PRUNED:
             c["stopped"] += 1
         elif t.state == optuna.trial.TrialState.FAIL:
+            if t.user_attrs.get(DEFERRED_ATTR):
+                continue  # its copy, queued behind a resume's retries, stands for it
             c["interrupted" if t.user_attrs.get(INTERRUPTED_ATTR) else "failed"] += 1
         else:
             c["pending"] += 1

@@ -514,7 +514,10 @@ def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str
 
     from squeezetune.search import _adapters
     from squeezetune.search.searcher import ERROR_ATTR, INTERRUPTED_ATTR, REQUEUES_ATTR, RUN_ATTR, objective_values, requeue
+    from squeezetune.search.trial import OUTCOME_TAG
 
+    waiting = study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.WAITING,))
+    requeued = False
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         rid = t.user_attrs.get(RUN_ATTR)
         run = None
@@ -540,7 +543,29 @@ def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str
             live.set_user_attr(INTERRUPTED_ATTR, True)
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             requeue(study, t, run_id=rid, requeues=int(t.user_attrs.get(REQUEUES_ATTR, 0)))
+            if run is not None:  # the interruption ended it as a stop would: until its rerun, it is neither
+                tracking.retry(lambda rid=rid: c.set_tag(rid, OUTCOME_TAG, "interrupted"))
             progress(f"trial {t.number}: interrupted, queued again with its MLflow run {rid}")
+            requeued = True
+    if requeued:
+        _behind_the_retries(study, waiting)
+
+
+def _behind_the_retries(study, waiting) -> None:
+    """Queue the trials that were waiting before a resume (warm starts not yet run) again, behind the
+    interrupted trials just re-queued: those were among the search's first trials, and a search that
+    runs fewer trials than are queued must rerun them, not start ones it would never have reached.
+    Each old entry ends as FAIL with :data:`DEFERRED_ATTR` (counted nowhere) and its copy takes its place."""
+    import optuna
+
+    from squeezetune.search.searcher import DEFERRED_ATTR
+
+    storage = study._storage
+    for t in waiting:
+        storage.set_trial_user_attr(t._trial_id, DEFERRED_ATTR, True)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        attrs = {k: v for k, v in t.user_attrs.items() if k != DEFERRED_ATTR}
+        study.enqueue_trial(t.system_attrs.get("fixed_params", dict(t.params)), user_attrs=attrs, skip_if_exists=False)
 
 
 def _run_tuner(config: SearchConfig, searcher, base: _Baseline, remaining: int, uri: str, *, local: bool, status: SearchStatus, history: Sequence[Earlier] = ()) -> str | None:

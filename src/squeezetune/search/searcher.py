@@ -57,6 +57,8 @@ OBJECTIVE_METRICS = {"accuracy": ("val_accuracy", "max"), "bytes": ("bytes", "mi
 """Each objective a search can name, as the trial's result key Optuna is told and its direction."""
 INTERRUPTED_ATTR = "interrupted"
 REQUEUES_ATTR = "requeues"
+DEFERRED_ATTR = "deferred"
+"""A waiting trial queued again behind the retries of a resume (its copy runs; it counts nowhere)."""
 """How often a trial's parameters were queued again after it ended without a result."""
 MAX_REQUEUES = 3
 ERROR_ATTR = "error"
