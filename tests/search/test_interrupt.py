@@ -104,6 +104,10 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(interrupted, workdir):
     assert "squeezetune search --resume ctrlc" in out
     assert "Tuner.restore" not in err  # Tune's own hint points at a folder that is removed
     assert study_states(workdir / "optuna.db").count("COMPLETE") < CONFIG["trials"]
+    c, _ = _store(workdir)  # a run the interruption cut says so (its worker, stopped by Tune, had tagged it a stop)
+    running = [c.get_run(t.user_attrs["mlflow_run_id"]) for t in _study(workdir).trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+    outcomes = {(r.info.status == "FINISHED", r.data.tags.get("squeezetune.outcome")) for r in running}
+    assert outcomes <= {(True, "complete"), (False, "interrupted")}, outcomes
 
 
 @pytest.fixture(scope="module")

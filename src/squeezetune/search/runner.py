@@ -411,6 +411,8 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
             progress(f"time budget of {config.time_budget:g} min spent: no trial started after it, {done} of {config.trials} trials done")
     finally:
         status.close()
+        if not finished:
+            _tag_cut(study, c)
         n = counts(study)
         points, front = front_logger.update(study) if n["complete"] + n["stopped"] + n["failed"] else ([], [])
         try:
@@ -506,6 +508,23 @@ def _create_parent(c, exp_id: str, config: SearchConfig, space: Space, dense: di
     tracking.log_json(c, rid, config.to_dict(), tracking.CONFIG_ARTIFACT)
     tracking.retry(lambda: c.log_text(rid, space.table() + "\n", "space.txt"))
     return parent
+
+
+def _tag_cut(study, c) -> None:
+    """Tag the runs of the trials an interruption cut short (still RUNNING in the study) as interrupted:
+    their workers, stopped by Tune, tagged them as MO-ASHA's stops. ``--resume`` reruns them."""
+    import optuna
+
+    from squeezetune.search.searcher import RUN_ATTR
+    from squeezetune.search.trial import OUTCOME_TAG
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        rid = t.user_attrs.get(RUN_ATTR)
+        try:
+            if rid and c.get_run(rid).info.status != "FINISHED":
+                c.set_tag(rid, OUTCOME_TAG, "interrupted")
+        except Exception:  # noqa: BLE001 - best effort on the way out; --resume tags them too
+            pass
 
 
 def _settle_interrupted(study, c, progress: Progress, objectives: list[tuple[str, str]], constraints: OutcomeConstraints | None = None) -> None:
