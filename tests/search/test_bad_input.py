@@ -36,9 +36,11 @@ def _search(cli, workdir, config: dict, *extra: str):
         ({"trails": 3}, "unknown key 'trails'"),
         ({"task": "lenet300-mnist"}, "needs --data-dir"),
         ({"sampler": "grid"}, "sampler='grid'"),
+        ({"warm_start": ["ws.yaml"]}, "unknown layer 'fc9' in prune.layers"),
     ],
 )
 def test_bad_config_fails_in_one_line_before_any_trial(cli, workdir, config, message):
+    (workdir / "ws.yaml").write_text(yaml.safe_dump({"prune": {"layers": {"fc9": {"keep_fraction": 0.1}}}}))  # a warm start naming no layer of the model
     code, last = _search(cli, workdir, {"name": "bad", **config})
     assert code == 2
     assert last.startswith("error: ") and message in last

@@ -47,6 +47,8 @@ def test_round_trip_through_dict(tmp_path):
         ({"time_budget": True}, "time_budget=True"),
         ({"fidelity": {"early_stopping": "sometimes"}}, "fidelity.early_stopping='sometimes': expected auto, true or false"),
         ({"fidelity": {"early_stopping": 1}}, "fidelity.early_stopping=1"),
+        ({"objectives": ["accuracy", "bytes", "latency_ms_b1_gpu"]}, "latency_ms_b1_gpu is timed on a trial's GPU, and resources.gpus=0: expected resources.gpus > 0"),
+        ({"constraints": {"max_latency_ms": 5, "latency": "latency_ms_b64_gpu"}}, "latency_ms_b64_gpu is timed on a trial's GPU"),
     ],
 )
 def test_bad_config(data, message):

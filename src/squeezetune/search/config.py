@@ -232,6 +232,9 @@ class SearchConfig:
         if not isinstance(objectives, (list, tuple)) or list(objectives[:2]) != ["accuracy", "bytes"] or len(objectives) > 3 or (len(objectives) == 3 and objectives[2] not in OBJECTIVES[2:]):
             raise SqueezeError(f"objectives={self.objectives!r}: expected [accuracy, bytes] and optionally a third, one of {list(OBJECTIVES[2:])}")
         object.__setattr__(self, "objectives", tuple(objectives))
+        gpu_figures = [f for f in (*objectives[2:], self.constraints.latency if self.constraints.max_latency_ms is not None else "") if f.endswith("_gpu")]
+        if gpu_figures and not self.resources.gpus > 0:
+            raise SqueezeError(f"{gpu_figures[0]} is timed on a trial's GPU, and resources.gpus={self.resources.gpus:g}: expected resources.gpus > 0 (--gpus-per-trial), or a CPU figure")
         v = self.validation
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.5:
             raise SqueezeError(f"validation={v!r}: expected the share of the training data held out for selection, in (0, 0.5)")

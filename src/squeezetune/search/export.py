@@ -7,7 +7,7 @@ average, with the finished trials nearest to it in size (:func:`pick`). Its cont
 decoded, and written as
 
 * ``model.sqz`` -- the container itself;
-* ``model.safetensors`` -- dense weights of the decoded model;
+* ``model.safetensors`` -- the decoded model's weights as plain tensors (shrunk shapes where the trial shrank layers);
 * ``model.pt2`` -- a ``torch.export`` program (batch dimension dynamic);
 * ``model.onnx`` -- ONNX, opset :data:`ONNX_OPSET`, batch dimension dynamic;
 * ``export.json`` -- what was exported: search, trial, runs, bytes, every re-measured accuracy;

@@ -88,11 +88,13 @@ def load_saved_config(uri: str, experiment: str, name: str) -> SearchConfig:
     return SearchConfig.from_dict(data)
 
 
-def warm_start_params(space: Space, task, recipes: tuple[str, ...]) -> list[dict[str, Any]]:
+def warm_start_params(space: Space, task, recipes: tuple[str, ...], example=None) -> list[dict[str, Any]]:
     """The searched knobs' values of each warm-start recipe, projected into ``space``.
 
     ``auto`` stands for every built-in recipe whose stages the space searches (the structured
-    built-ins only when the space has ``structured``).
+    built-ins only when the space has ``structured``). With ``example`` (the model's input), a named
+    recipe is first checked against the model, as ``compress`` checks it: a layer it names that the
+    model lacks is a one-line error, not a warm start at the space's corner.
     """
     from squeezetune.compression import BUILTIN_RECIPES, load_recipe
 
@@ -104,6 +106,11 @@ def warm_start_params(space: Space, task, recipes: tuple[str, ...]) -> list[dict
             recipe = load_recipe(name, task.model, model)
             if spec == "auto" and not {step.label for step in recipe.steps} <= set(space.stages):
                 continue
+            if spec != "auto" and example is not None:
+                try:
+                    recipe.validate(model, example)
+                except SqueezeError as exc:
+                    raise SqueezeError(f"warm_start {name!r}: {exc}") from None
             params = space.project(recipe)
             out.append({k.name: params[k.name] for k in space.searched})
     return out
@@ -221,7 +228,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     splits = (fit, held)
     example = example_input(task, fit)
     space = derive_space(task.build_model(), space_config(config), example, sensitivity={})  # a bad space fails before any training
-    warm_start_params(space, task, config.warm_start)  # and so does a bad warm-start recipe
+    warm_start_params(space, task, config.warm_start, example)  # and so does a bad warm-start recipe
     progress(f"search {config.name!r}: {len(space.searched)} knobs searched, {len(space.knobs) - len(space.searched)} fixed, {config.trials} trials, sampler {config.sampler.value}")
 
     c = tracking.client(uri)

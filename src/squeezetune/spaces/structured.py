@@ -12,13 +12,14 @@ entry (channel pruning is opt-in: it changes the architecture, so a search shoul
           fc1: {lambda: [0.05, 0.5]}           # a fixed-lambda LASSO instead of a count
           conv1: false                         # left whole
 
-The groups come from :func:`squeezetune.compression.structured.shrink.channel_groups` (DepGraph), so
+The groups come from :class:`squeezetune.compression.structured._graph.StructureGraph` (DepGraph), so
 coupled layers share one knob. The values land in the recipe's reserved ``structured`` entry as
 ``{method, layers: {name: {keep_channels | lambda}}}``.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 from torch import nn
@@ -35,7 +36,7 @@ LAMBDA = (0.01, 1.0)
 
 def structured_knobs(model: nn.Module, cfg: Any, example: Any = None) -> list[Knob]:
     """The ``structured.*`` knobs of ``model`` for the user's ``space.structured`` entry."""
-    from squeezetune.compression.structured.shrink import channel_groups
+    from squeezetune.compression.structured._graph import StructureGraph
 
     if cfg is True or cfg is None:
         cfg = {}
@@ -44,9 +45,11 @@ def structured_knobs(model: nn.Module, cfg: Any, example: Any = None) -> list[Kn
     unknown = sorted(set(cfg) - {"method", "default", "layers", "macs_target"})
     if unknown:
         raise SqueezeError(f"unknown knob {unknown[0]!r} in space.structured: expected one of ['default', 'layers', 'macs_target', 'method']")
-    groups = {name: g.channels for name, g in (channel_groups(model, example) if example is not None else channel_groups(model)).items()}
+    graph = StructureGraph(copy.deepcopy(model), example) if example is not None else StructureGraph(copy.deepcopy(model))
+    groups = {name: g.channels for name, g in graph.groups.items()}
     if not groups:
-        raise SqueezeError("space.structured: this model has no prunable channel groups")
+        why = "; ".join(f"{name}: {problem}" for name, problem in graph.unprunable.items())
+        raise SqueezeError(f"space.structured: this model has no prunable channel groups{f' ({why})' if why else ''}: expected convolutions or linear layers that feed other layers")
     methods = tuple(m.value for m in StructuredMethod)
     method = parse_domain(cfg["method"], Choice(methods), "space.structured.method", methods) if "method" in cfg else Fixed("lasso")
     knobs = [Knob("structured.method", method, ("structured", "method"))]
