@@ -136,6 +136,7 @@ def test_resume_without_a_cluster_is_refused_and_local_overrides_the_address(res
     code, out, err = cli(["search", "--resume", "ctrlc", "--trials", "4", "--ray-address", "local"])
     assert code == 0, err
     assert "resuming: 3 of 4 trials done, 1 to run" in err
+    assert "[4/4 done: 4 complete, 0 stopped, 0 failed" in err  # the status line counts on from the 3 done
     _check_no_configuration_ran_twice(workdir, 4)
     code, _, err = cli(["search", "--resume", "ctrlc"])  # a plain resume now finishes the 4 asked for last
     assert code == 0 and "resuming: 4 of 4 trials done, 0 to run" in err, err

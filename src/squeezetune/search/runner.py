@@ -396,6 +396,7 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
     remaining = max(0, config.trials - done)
     if resume:
         progress(f"resuming: {done} of {config.trials} trials done, {remaining} to run")
+        status.counts = {k: n[k] for k in ("complete", "stopped", "failed")}  # the status line counts on from there
 
     nodes: set[str] = set()
     finished = False
