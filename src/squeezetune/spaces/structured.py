@@ -48,8 +48,7 @@ def structured_knobs(model: nn.Module, cfg: Any, example: Any = None) -> list[Kn
     graph = StructureGraph(copy.deepcopy(model), example) if example is not None else StructureGraph(copy.deepcopy(model))
     groups = {name: g.channels for name, g in graph.groups.items()}
     if not groups:
-        why = "; ".join(f"{name}: {problem}" for name, problem in graph.unprunable.items())
-        raise SqueezeError(f"space.structured: this model has no prunable channel groups{f' ({why})' if why else ''}: expected convolutions or linear layers that feed other layers")
+        raise graph.no_groups("space.structured")
     methods = tuple(m.value for m in StructuredMethod)
     method = parse_domain(cfg["method"], Choice(methods), "space.structured.method", methods) if "method" in cfg else Fixed("lasso")
     knobs = [Knob("structured.method", method, ("structured", "method"))]

@@ -234,6 +234,11 @@ class StructureGraph:
         self.groups  # noqa: B018 - the scan fills the reasons
         return dict(self._unprunable)
 
+    def no_groups(self, where: str) -> SqueezeError:
+        """The one-line error for a model with no shrinkable group, naming each layer's reason."""
+        why = "; ".join(f"{name}: {problem}" for name, problem in self.unprunable.items())
+        return SqueezeError(f"{where}: this model has no channel group DepGraph can shrink{f' ({why})' if why else ''}: expected convolutions or linear layers that feed other layers")
+
     def get(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 

@@ -131,8 +131,7 @@ class StructuredConfig(StageConfig):
         if self.method is StructuredMethod.LASSO:
             _check_lasso_layers(graph)
         if not graph.groups:
-            why = "; ".join(f"{name}: {problem}" for name, problem in graph.unprunable.items())
-            raise SqueezeError(f"structured: this model has no channel group DepGraph can shrink{f' ({why})' if why else ''}: expected convolutions or linear layers that feed other layers")
+            raise graph.no_groups("structured")
         if exact:
             check_keep(graph.groups, {n: c.keep for n, c in self.layers.items() if c.keep is not None}, graph)
         for name in (n for n, c in self.layers.items() if c.lam is not None or not exact):
