@@ -69,3 +69,49 @@ def test_epochs_column_is_blank_without_a_fidelity_stage():
     without = point(2, {"val_accuracy": 0.95, "accuracy": 0.96, "bytes": 1_000, "epoch": 0})
     assert [r["epochs"] for r in rows([without, with_stage], baseline)] == [None, 40]
     assert to_csv([without], baseline).splitlines()[1].split(",")[6] == ""
+
+
+points3_st = st.lists(st.tuples(st.floats(0.0, 1.0, allow_nan=False), st.integers(1, 50), st.sampled_from([0.5, 1.0, 2.0])), min_size=0, max_size=30).map(
+    lambda xs: [Point(i, a, b, extra={"latency_ms_b1": t}) for i, (a, b, t) in enumerate(xs)]
+)
+
+
+@given(points3_st)
+def test_a_third_objective_front_is_exactly_the_points_no_other_beats_in_all_three(points):
+    minimise = ("latency_ms_b1",)
+    front = pareto_front(points, minimise=minimise)
+    for p in front:
+        assert not any(dominates(q, p, minimise) for q in points)
+    figures = lambda p: (p.accuracy, p.bytes, p.extra["latency_ms_b1"])  # noqa: E731
+    on_front = {figures(p) for p in front}
+    assert len(on_front) == len(front)  # ties keep one point
+    for p in points:
+        if figures(p) not in on_front:
+            assert any(dominates(q, p, minimise) for q in front)
+    assert {(p.accuracy, p.bytes) for p in pareto_front(points)} <= {(p.accuracy, p.bytes) for p in front}  # the accuracy/bytes front stays on it
+    assert [p.bytes for p in front] == sorted(p.bytes for p in front)
+
+
+def test_a_latency_objective_keeps_a_faster_larger_point_on_the_front_and_in_the_tables():
+    """With latency as the third objective, a point dominated in accuracy and bytes but faster than
+    everything that dominates it is on the front, and the tables show its latency."""
+    from squeezetune.search.pareto import Baseline
+    from squeezetune.search.present import rows, table, to_csv
+
+    small_slow = Point(0, 0.97, 4_000, extra={"latency_ms_b1": 2.0})
+    large_fast = Point(1, 0.96, 5_000, extra={"latency_ms_b1": 0.5})
+    large_slow = Point(2, 0.95, 6_000, extra={"latency_ms_b1": 3.0})
+    untimed = Point(3, 0.94, 7_000)
+    pts = [small_slow, large_fast, large_slow, untimed]
+    assert [p.trial for p in pareto_front(pts)] == [0]
+    assert [p.trial for p in pareto_front(pts, minimise=["latency_ms_b1"])] == [0, 1]
+    assert dominates(small_slow, large_fast) and not dominates(small_slow, large_fast, ["latency_ms_b1"])
+
+    baseline = Baseline(0.98, 100_000, 0.97, ("latency_ms_b1",))
+    front = pareto_front(pts, minimise=baseline.also_minimised)
+    assert [r["latency_ms_b1"] for r in rows(front, baseline)] == [2.0, 0.5]
+    header, *lines = to_csv(front, baseline).splitlines()
+    assert header.split(",")[5:7] == ["ratio", "latency_ms_b1"] and [line.split(",")[6] for line in lines] == ["2.0", "0.5"]
+    text = table(front, baseline).splitlines()
+    assert "latency_ms_b1" in text[0] and "0.500" in text[2]
+    assert "latency_ms_b1" not in table(front, Baseline(0.98, 100_000, 0.97))

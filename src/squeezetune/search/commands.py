@@ -123,7 +123,7 @@ def pareto_cmd(
     probe(uri)
     if all_points:
         points, stopped, baseline = search_trials(uri, experiment, name)
-        front, stopped = pareto_front(points), sorted(stopped, key=lambda p: p.bytes)
+        front, stopped = pareto_front(points, minimise=baseline.also_minimised), sorted(stopped, key=lambda p: p.bytes)
     else:
         (points, front, baseline), stopped = search_front(uri, experiment, name), []
     also = f", {len(stopped)} stopped at a rung" if stopped else ""

@@ -83,16 +83,18 @@ def epochs_reached(c, run) -> int | None:
 
 
 def baseline_of(parent) -> Baseline:
-    """The dense figures a search's parent run holds."""
+    """The dense figures a search's parent run holds, and the objectives it searched beyond accuracy and bytes."""
     m = parent.data.metrics
-    return Baseline(m.get("dense_accuracy", float("nan")), int(m.get("dense_bytes", 0)) or 1, m.get("dense_val_accuracy"))
+    objectives = parent.data.params.get("objectives", "accuracy,bytes").split(",")
+    return Baseline(m.get("dense_accuracy", float("nan")), int(m.get("dense_bytes", 0)) or 1, m.get("dense_val_accuracy"), tuple(objectives[2:]))
 
 
 def search_front(uri: str, experiment: str, name: str) -> tuple[list[Point], list[Point], Baseline]:
     """``(points, front, baseline)`` of a search read from MLflow."""
     c, exp_id, parent = tracking.find_search(uri, experiment, name)
     points = trial_points(c, exp_id, parent.info.run_id)
-    return points, pareto_front(points), baseline_of(parent)
+    baseline = baseline_of(parent)
+    return points, pareto_front(points, minimise=baseline.also_minimised), baseline
 
 
 def search_trials(uri: str, experiment: str, name: str) -> tuple[list[Point], list[Point], Baseline]:
@@ -296,8 +298,8 @@ def export_trial(
     data_dir = data_dir if data_dir is not None else config.data_dir
     train, eval_split = task.splits(data_dir)
     points = trial_points(c, exp_id, parent.info.run_id)
-    front = pareto_front(points)
     baseline = baseline_of(parent)
+    front = pareto_front(points, minimise=baseline.also_minimised)
     selected_on, split = (hold_out(train, config.validation)[1], "validation") if baseline.val_accuracy is not None else (eval_split, "evaluation")
     one_image = 100.0 / max(1, len(selected_on))
     if max_drop is not None and 0 < max_drop < one_image:

@@ -75,7 +75,7 @@ class FrontLogger:
         """Recompute the front, log it to the parent run, retag the children; returns ``(points, front)``."""
         c = self.client
         points = points_of(study, self.constraints, self.baseline.selected)
-        front = pareto_front(points)
+        front = pareto_front(points, minimise=self.baseline.also_minimised)
         n = counts(study)
         with tempfile.TemporaryDirectory(prefix="squeezetune-front-") as tmp:
             d = Path(tmp)

@@ -48,6 +48,10 @@ class Baseline:
     bytes: int
     val_accuracy: float | None = None
     """On the validation split the search selects on (``max_drop`` is measured there)."""
+    also_minimised: tuple[str, ...] = ()
+    """The search's objectives beyond accuracy and bytes (a latency figure such as
+    ``latency_ms_b1``): its front is taken over them too (``pareto_front(..., minimise=)``), and its
+    tables show them."""
 
     @property
     def selected(self) -> float:
@@ -69,18 +73,34 @@ def point(trial: int, outcome: Mapping[str, Any], *, run_id: str | None = None, 
     return Point(trial, float(selected), int(outcome["bytes"]), run_id, feasible, extra)
 
 
-def dominates(a: Point, b: Point) -> bool:
-    """``a`` is at least as good as ``b`` in both objectives and better in one."""
-    return a.accuracy >= b.accuracy and a.bytes <= b.bytes and (a.accuracy > b.accuracy or a.bytes < b.bytes)
+def dominates(a: Point, b: Point, minimise: Sequence[str] = ()) -> bool:
+    """``a`` is at least as good as ``b`` in every objective and better in one: accuracy up, bytes
+    down, and each figure named in ``minimise`` (a third objective such as ``latency_ms_b1``, read
+    from ``extra``; a point without it counts as infinitely slow) down."""
+    return _dominates_min(_vector(a, minimise), _vector(b, minimise))
 
 
-def pareto_front(points: Iterable[Point], *, feasible_only: bool = True) -> list[Point]:
-    """The non-dominated points, smallest file first; ties (same accuracy and bytes) keep the earliest trial.
+def _vector(p: Point, minimise: Sequence[str]) -> tuple[float, ...]:
+    return (-p.accuracy, float(p.bytes), *(float(p.extra.get(k, math.inf)) for k in minimise))
 
+
+def pareto_front(points: Iterable[Point], *, feasible_only: bool = True, minimise: Sequence[str] = ()) -> list[Point]:
+    """The non-dominated points, smallest file first; ties (same figures in every objective) keep the earliest trial.
+
+    The objectives are accuracy (up) and bytes (down), and each figure named in ``minimise`` (down):
+    a search with latency as a third objective passes its name, and a point that is dominated in
+    accuracy and bytes but faster than every point that dominates it stays on the front.
     Points with a non-finite accuracy never enter; with ``feasible_only`` neither do infeasible ones.
+
+    >>> slow, fast = Point(0, 0.97, 4000, extra={"latency_ms_b1": 2.0}), Point(1, 0.96, 5000, extra={"latency_ms_b1": 1.0})
+    >>> [p.trial for p in pareto_front([slow, fast])], [p.trial for p in pareto_front([slow, fast], minimise=["latency_ms_b1"])]
+    ([0], [0, 1])
     """
     pool = [p for p in points if math.isfinite(p.accuracy) and (p.feasible or not feasible_only)]
     pool.sort(key=lambda p: (p.bytes, -p.accuracy, p.trial))
+    if minimise:
+        vectors = [_vector(p, minimise) for p in pool]
+        return [p for i, p in enumerate(pool) if not any(_dominates_min(w, vectors[i]) or (w == vectors[i] and j < i) for j, w in enumerate(vectors) if j != i)]
     front: list[Point] = []
     best = -math.inf
     for p in pool:

@@ -17,7 +17,13 @@ from squeezetune.search.pareto import Baseline, Point
 COLUMNS = ["trial", "val_accuracy", "accuracy", "drop_points", "bytes", "ratio", "epochs", "feasible", "run_id"]
 """``val_accuracy``: on the validation split the front was selected on; ``accuracy`` and
 ``drop_points`` (against the dense model): on the evaluation images, which no selection has seen;
-``epochs``: the epochs of the fidelity stage the trial reached."""
+``epochs``: the epochs of the fidelity stage the trial reached. A search with a third objective
+(``Baseline.also_minimised``, a latency figure) adds a column for it after ``ratio``."""
+
+
+def columns(baseline: Baseline) -> list[str]:
+    at = COLUMNS.index("ratio") + 1
+    return [*COLUMNS[:at], *baseline.also_minimised, *COLUMNS[at:]]
 
 
 def rows(front: Sequence[Point], baseline: Baseline) -> list[dict]:
@@ -32,6 +38,7 @@ def rows(front: Sequence[Point], baseline: Baseline) -> list[dict]:
                 "drop_points": round(100.0 * (baseline.accuracy - held), 4),
                 "bytes": int(p.bytes),
                 "ratio": round(baseline.bytes / p.bytes, 3),
+                **{k: (round(float(p.extra[k]), 4) if k in p.extra else None) for k in baseline.also_minimised},
                 "epochs": p.extra.get("epoch") or None,  # 0: a search without a fidelity stage
                 "feasible": p.feasible,
                 "run_id": p.run_id,
@@ -42,7 +49,8 @@ def rows(front: Sequence[Point], baseline: Baseline) -> list[dict]:
 
 def table(front: Sequence[Point], baseline: Baseline) -> str:
     """The front as aligned text, smallest file first, with the dense model as the last line."""
-    lines = [f"{'trial':>5} {'val acc':>8} {'accuracy':>9} {'drop pt':>8} {'bytes':>10} {'ratio':>7} {'epochs':>6}  run"]
+    extra = baseline.also_minimised
+    lines = [f"{'trial':>5} {'val acc':>8} {'accuracy':>9} {'drop pt':>8} {'bytes':>10} {'ratio':>7} {''.join(k.rjust(_width(k)) + ' ' for k in extra)}{'epochs':>6}  run"]
 
     def num(v, fmt: str) -> str:
         return format(v, fmt) if v is not None else "-"
@@ -50,15 +58,19 @@ def table(front: Sequence[Point], baseline: Baseline) -> str:
     for r in rows(front, baseline):
         lines.append(
             f"{r['trial']:>5} {num(r['val_accuracy'], '>8.4f'):>8} {r['accuracy']:>9.4f} {r['drop_points']:>8.2f} {r['bytes']:>10,} {r['ratio']:>6.1f}x "
-            f"{num(r['epochs'], '>6.0f'):>6}  {r['run_id'] or '-'}"
+            f"{''.join(num(r[k], '.3f').rjust(_width(k)) + ' ' for k in extra)}{num(r['epochs'], '>6.0f'):>6}  {r['run_id'] or '-'}"
         )
     lines.append(f"{'dense':>5} {num(baseline.val_accuracy, '>8.4f'):>8} {baseline.accuracy:>9.4f} {0.0:>8.2f} {baseline.bytes:>10,} {1.0:>6.1f}x")
     return "\n".join(lines)
 
 
+def _width(column: str) -> int:
+    return max(8, len(column))
+
+
 def to_csv(front: Sequence[Point], baseline: Baseline) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=columns(baseline))
     w.writeheader()
     w.writerows(rows(front, baseline))
     return buf.getvalue()
@@ -94,8 +106,9 @@ def plot_png(front: Sequence[Point], points: Sequence[Point], path: Path, baseli
         ax.scatter([p.bytes for p in others], [100 * p.accuracy for p in others], c="tab:gray", alpha=0.35, s=18, label="dominated")
     if front:
         xs, ys = [p.bytes for p in front], [100 * p.accuracy for p in front]
-        ax.step(xs, ys, where="post", c="tab:blue", lw=1.2)
-        ax.scatter(xs, ys, c="tab:blue", s=30, label="Pareto front", zorder=3)
+        if not baseline.also_minimised:  # over a third objective, front points need not rise with bytes
+            ax.step(xs, ys, where="post", c="tab:blue", lw=1.2)
+        ax.scatter(xs, ys, c="tab:blue", s=30, label=_front_label(baseline), zorder=3)
         for p in front:
             ax.annotate(str(p.trial), (p.bytes, 100 * p.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.axhline(100 * dense_accuracy, c="tab:red", ls="--", lw=0.8, label=f"dense ({dense_bytes:,} B)")
@@ -122,14 +135,24 @@ def plot_html(front: Sequence[Point], points: Sequence[Point], path: Path, basel
             x=[p.bytes for p in pts],
             y=[100 * p.accuracy for p in pts],
             name=name,
-            text=[f"trial {p.trial}<br>{p.bytes:,} B ({dense_bytes / p.bytes:.1f}x)<br>acc {100 * p.accuracy:.2f}%<br>run {p.run_id}" for p in pts],
+            text=[
+                f"trial {p.trial}<br>{p.bytes:,} B ({dense_bytes / p.bytes:.1f}x)<br>acc {100 * p.accuracy:.2f}%"
+                + "".join(f"<br>{k} {p.extra[k]:.3f}" for k in baseline.also_minimised if k in p.extra)
+                + f"<br>run {p.run_id}"
+                for p in pts
+            ],
             hoverinfo="text",
             **kw,
         )
 
     fig = go.Figure()
     fig.add_trace(trace([p for p in points if p.trial not in on_front], "dominated", mode="markers", marker={"color": "gray", "opacity": 0.3, "size": 7}))
-    fig.add_trace(trace(list(front), "Pareto front", mode="lines+markers", line={"shape": "hv", "color": "#1f77b4"}, marker={"size": 9}))
+    mode = "markers" if baseline.also_minimised else "lines+markers"
+    fig.add_trace(trace(list(front), _front_label(baseline), mode=mode, line={"shape": "hv", "color": "#1f77b4"}, marker={"size": 9}))
     fig.add_hline(y=100 * dense_accuracy, line_dash="dash", line_color="red", annotation_text=f"dense {dense_bytes:,} B")
     fig.update_layout(title=title or "Pareto front", xaxis={"type": "log", "title": "container bytes (log)"}, yaxis={"title": "accuracy of the decoded model (%)"}, template="plotly_white")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+
+
+def _front_label(baseline: Baseline) -> str:
+    return f"Pareto front (also over {', '.join(baseline.also_minimised)})" if baseline.also_minimised else "Pareto front"

@@ -324,7 +324,7 @@ def _search(config: SearchConfig, c, exp_id: str, parent, base: _Baseline, *, re
     import optuna
 
     storage, uri = config.study_storage, config.tracking_uri
-    baseline = Baseline(base.accuracy, base.bytes, base.val_accuracy)
+    baseline = Baseline(base.accuracy, base.bytes, base.val_accuracy, config.objectives[2:])
     parent_id = parent.info.run_id
     tracking.retry(lambda: c.update_run(parent_id, status="RUNNING"))
     if resume:

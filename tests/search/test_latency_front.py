@@ -1,0 +1,63 @@
+"""A search with latency as its third objective: the front logged to MLflow and the one ``pareto``
+prints (``export`` picks from the same :func:`search_front` reading) are taken over all three
+objectives (a real Optuna study, a real sqlite MLflow store, the real CLI)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from squeezetune.search import tracking
+from squeezetune.search.export import search_front
+from squeezetune.search.front import PARETO_TAG, FrontLogger
+from squeezetune.search.pareto import Baseline
+from squeezetune.search.searcher import RUN_ATTR
+from squeezetune.search.trial import OUTCOME_TAG
+from squeezetune.spaces import Constraints
+
+# (val accuracy, eval accuracy, bytes, latency ms): trial 1 is larger and less accurate than trial 0
+# but four times faster; trial 2 is beaten by trial 0 in all three
+TRIALS = [(0.97, 0.965, 4_000, 2.0), (0.96, 0.955, 5_000, 0.5), (0.95, 0.95, 6_000, 3.0)]
+
+
+@pytest.fixture()
+def search(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("squeezetune")
+    parent = c.create_run(exp, tags={tracking.SEARCH_TAG: "lat", tracking.ROLE_TAG: "parent"}).info.run_id
+    c.log_param(parent, "objectives", "accuracy,bytes,latency_ms_b1")
+    for key, value in {"dense_accuracy": 0.97, "dense_val_accuracy": 0.975, "dense_bytes": 100_000}.items():
+        c.log_metric(parent, key, value)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for number, (val, acc, size, ms) in enumerate(TRIALS):
+        tags = {tracking.PARENT_TAG: parent, tracking.ROLE_TAG: "trial", tracking.TRIAL_TAG: str(number), OUTCOME_TAG: "complete"}
+        rid = c.create_run(exp, tags=tags).info.run_id
+        figures = {"val_accuracy": val, "accuracy": acc, "bytes": size, "latency_ms_b1": ms}
+        for key, value in figures.items():
+            c.log_metric(rid, key, value)
+        c.set_terminated(rid, "FINISHED")
+        study.add_trial(optuna.trial.create_trial(values=[val, size, ms], user_attrs={**figures, RUN_ATTR: rid}))
+    return uri, c, parent, study
+
+
+def test_the_logged_front_and_the_pareto_tags_cover_the_faster_point(search):
+    uri, c, parent, study = search
+    baseline = Baseline(0.97, 100_000, 0.975, ("latency_ms_b1",))
+    _, front = FrontLogger(uri, parent, search="lat", constraints=Constraints(), baseline=baseline).update(study)
+    assert [p.trial for p in front] == [0, 1] == sorted(t.number for t in study.best_trials)
+    tags = {int(r.data.tags[tracking.TRIAL_TAG]): r.data.tags[PARETO_TAG] for r in tracking.children(c, c.get_run(parent).info.experiment_id, parent)}
+    assert tags == {0: "true", 1: "true", 2: "false"}
+    csv = c.download_artifacts(parent, "front/front.csv")
+    header, *lines = open(csv).read().splitlines()
+    assert "latency_ms_b1" in header.split(",") and len(lines) == 2
+
+
+def test_pareto_reads_the_third_objective_from_the_search(search, cli):
+    uri, *_ = search
+    points, front, baseline = search_front(uri, "squeezetune", "lat")
+    assert baseline.also_minimised == ("latency_ms_b1",) and [p.trial for p in front] == [0, 1]
+    code, out, err = cli(["pareto", "--name", "lat", "--tracking-uri", uri])
+    assert code == 0, err
+    assert "2 on the front" in out and "latency_ms_b1" in out and "0.500" in out
