@@ -71,6 +71,7 @@ def train_cmd(
 ) -> None:
     """Train a task's dense baseline and write its weights."""
     from squeezetune.compression import evaluate, save_weights, train_dense
+    from squeezetune.compression.baseline import chance_note
     from squeezetune.tasks import get_task
 
     t = get_task(task)
@@ -79,7 +80,11 @@ def train_cmd(
     train_split, eval_split = t.splits(data_dir)
     model = train_dense(t, train_split, device=device, seed=seed, progress=_progress, eval_split=eval_split)
     save_weights(model, out, metadata={"task": t.name})
-    typer.echo(f"wrote {out}: accuracy {evaluate(model, eval_split, device=device):.4f}")
+    accuracy = evaluate(model, eval_split, device=device)
+    typer.echo(f"wrote {out}: accuracy {accuracy:.4f}")
+    note = chance_note(accuracy, eval_split)
+    if note:
+        typer.echo(note, err=True)
 
 
 @app.command("compress")
@@ -103,6 +108,7 @@ def compress_cmd(
 ) -> None:
     """Compress a task's model with a recipe; write F.sqz and F.report.json."""
     from squeezetune.compression import compress, load_recipe, report_path
+    from squeezetune.compression.baseline import chance_note
     from squeezetune.compression.latency import LatencyConfig
     from squeezetune.compression.report import format_stages, format_summary, format_tensors
     from squeezetune.tasks import get_task
@@ -119,6 +125,9 @@ def compress_cmd(
     typer.echo(format_stages(report))
     typer.echo(format_tensors(report.tensors))
     typer.echo("\n" + format_summary(report, f"{out} and {report_path(out)}"))
+    note = chance_note(report.dense_accuracy, splits[1])
+    if note:
+        typer.echo(note, err=True)
 
 
 @app.command("inspect")

@@ -78,3 +78,20 @@ def test_a_model_that_needs_real_values_to_build_is_cached_without_touching_the_
     torch.manual_seed(3)
     dense_model(task, splits, cache_dir=tmp_path)  # from the cache: the key's build adds no draw to the load's
     assert torch.equal(torch.get_rng_state(), drawn)
+
+
+def test_a_dense_model_at_chance_is_flagged_and_one_that_learnt_is_not(tmp_path):
+    from squeezetune.compression.baseline import chance_note
+    from squeezetune.compression.finetune import evaluate
+
+    split = Split(torch.zeros(10, 3), torch.tensor([1, 1, 1, 1, 1, 1, 0, 2, 2, 0]))
+    note = chance_note(0.6, split)
+    assert note is not None and "reads 0.6000 on the 10 evaluation items" in note and "always answering label 1 (0.6000)" in note
+    assert chance_note(0.61, split) is not None and chance_note(0.7, split) is None
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    task = Task(name="linear", model="mlp", build_model=lambda: nn.Linear(4, 2), load_data=lambda _: (Split(x[:200], y[:200]), Split(x[200:], y[200:])), epochs=3, lr=0.1)
+    learnt = dense_model(task, task.splits(None), cache_dir=tmp_path)
+    assert chance_note(evaluate(learnt, task.splits(None)[1]), task.splits(None)[1]) is None

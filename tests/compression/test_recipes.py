@@ -81,6 +81,14 @@ def test_list_form_runs_stages_in_the_given_order_with_labels():
     assert "label" not in r.to_dict()["stages"][2] and r.to_dict()["stages"][3]["label"] == "recover"
 
 
+def test_list_form_takes_a_structured_finetune_as_the_classic_form_does():
+    settings = {"macs_target": 0.5, "finetune": {"epochs": 3, "distill": True}}
+    listed = Recipe.from_dict({"stages": [{"structured": settings, "label": "shrink"}, {"share": {}}]})
+    assert [(s.label, s.stage) for s in listed.steps] == [("shrink", "structured"), ("shrink_finetune", "finetune"), ("share", "share")]
+    assert listed.steps[1].config == Recipe.from_dict({"structured": settings}).step("structured_finetune").config
+    assert [s.label for s in Recipe.from_dict({"stages": [{"structured": settings}]}).steps] == ["structured", "finetune"]
+
+
 def test_classic_form_and_list_form_mean_the_same_recipe():
     classic = Recipe.from_dict({"prune": {"default": {"keep_fraction": 0.1}}, "finetune": {"epochs": 2}, "share": {"default": {"bits": 4}}, "finetune_centroids": {"epochs": 1}})
     assert Recipe.from_dict(classic.to_dict()) == classic
@@ -96,7 +104,10 @@ def test_classic_form_and_list_form_mean_the_same_recipe():
         ({"share": {"default": {"bitz": 4}}}, r"unknown key 'bitz' in share.default"),
         ({"encode": {"index_bits": 0}}, r"index_bits=0 must be an integer in \[1, 16\] or 'auto'"),
         ({"encode": {"index_bits": "best"}}, r"index_bits='best' must be an integer in \[1, 16\] or 'auto'"),
-        ({"finetune": {"lr": -1}}, r"lr=-1.0 must be > 0"),
+        ({"finetune": {"lr": -1}}, r"^finetune.lr=-1.0 must be > 0"),
+        ({"share": {"default": {"bits": 0}}}, r"^share.default.bits=0 must be an integer in \[1, 16\]"),
+        ({"prune": {"layers": {"fc1": {"keep_fraction": 1.5}}}}, r"^prune.layers.fc1.keep_fraction=1.5 must be in \(0, 1\]"),
+        ({"stages": [{"share": {"default": {"bits": 17}}}]}, r"^stages\[0\].share.default.bits=17 must be"),
         ({"finetune": {"lr": "fast"}}, r"finetune.lr='fast': expected a finite number"),
         ({"finetune": {"distill": "maybe"}}, r"finetune.distill='maybe': expected true or false"),
         ({"finetune": {"epochs": 2.5}}, r"finetune.epochs=2.5: expected an integer"),

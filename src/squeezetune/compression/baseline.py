@@ -103,6 +103,26 @@ def load_weights(task: Task, path: str | Path) -> nn.Module:
     return model.eval()
 
 
+CHANCE_MARGIN = 0.02
+"""A dense model within this much of always answering the most common label has learnt nothing."""
+
+
+def chance_note(accuracy: float, split: Split, *, what: str = "evaluation") -> str | None:
+    """A one-line note when the dense model's ``accuracy`` on ``split`` is no better than always
+    answering the split's most common label (a learning rate too high, too few epochs): compressing
+    such a model, or searching over it, measures nothing. ``None`` for a model that learnt."""
+    if len(split) == 0 or not accuracy == accuracy:
+        return None
+    counts = torch.bincount(split.y.long())
+    rate = float(counts.max()) / len(split)
+    if accuracy > rate + CHANCE_MARGIN:
+        return None
+    return (
+        f"note: the dense model reads {accuracy:.4f} on the {len(split):,} {what} items, no better than always answering label {int(counts.argmax())} ({rate:.4f}): "
+        "it has learnt nothing to compress; check the task's lr, epochs and data"
+    )
+
+
 def train_dense(task: Task, train_split: Split, *, device: torch.device | None = None, seed: int = 0, progress: Progress = _quiet, eval_split: Split | None = None) -> nn.Module:
     """Train the task's dense baseline from a fixed seed (the model checked first on both splits)."""
     torch.manual_seed(seed)

@@ -212,13 +212,21 @@ def _read_steps(raw: Any) -> tuple[Step, ...]:
         stage = str(keys[0])
         if stage == "encode":
             raise SqueezeError(f"{where} is encode: put encode at the recipe's top level, it always runs last")
-        config = stage_config(stage).from_dict(entry[stage], f"{where}.{stage}")
+        settings, finetune = entry[stage], None
+        if stage == "structured" and isinstance(settings, Mapping) and "finetune" in settings:  # as the classic form's structured.finetune
+            settings = dict(settings)
+            finetune = settings.pop("finetune")
+        config = stage_config(stage).from_dict(settings, f"{where}.{stage}")
         label = entry.get("label")
         if label is not None and (not isinstance(label, str) or not label):
             raise SqueezeError(f"{where}.label={label!r}: expected a non-empty string")
         names.append(stage)
         configs.append(config)
         labels.append(label)
+        if finetune is not None:
+            names.append("finetune")
+            configs.append(stage_config("finetune").from_dict(finetune, f"{where}.structured.finetune"))
+            labels.append(f"{label}_finetune" if label else None)
     defaults = _default_labels(names)
     return tuple(Step(label or default, config) for label, default, config in zip(labels, defaults, configs))
 

@@ -262,7 +262,13 @@ def read_dataclass(cls: type[C], data: Any, where: str) -> C:
         raise SqueezeError(f"unknown key {unknown[0]!r} in {where}: expected one of {sorted(names)}")
     hints = typing.get_type_hints(cls)
     kw = {key: read_value(hints[key], value, f"{where}.{key}") for key, value in data.items()}
-    return cls(**kw)
+    try:
+        return cls(**kw)
+    except SqueezeError as exc:  # a range check of the config itself: name where it sits in the recipe
+        message = str(exc)
+        if any(message.startswith(f"{name}=") for name in names):
+            raise SqueezeError(f"{where}.{message}") from None
+        raise
 
 
 def read_value(tp: Any, value: Any, where: str) -> Any:

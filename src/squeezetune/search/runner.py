@@ -219,6 +219,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
 
     from squeezetune.compression import dense_bytes as count_dense_bytes
     from squeezetune.compression import dense_model, evaluate
+    from squeezetune.compression.baseline import chance_note
     from squeezetune.compression.measure import macs
     from squeezetune.tasks import example_input, get_task, hold_out
 
@@ -263,6 +264,9 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
         f"dense baseline (trained on {len(fit):,} of the {len(train):,} training items; {len(val):,} held out to select on): "
         f"accuracy {dense_accuracy:.4f} on the {len(held):,} evaluation items, {dense_val:.4f} on validation, {d_bytes:,} bytes"
     )
+    note = chance_note(dense_accuracy, held)
+    if note:
+        progress(note)
     check_constraints(space, config.constraints, task=task, dense=dense, splits=splits, dense_macs=macs(dense, example), seed=config.seed, progress=progress)
 
     import optuna
