@@ -201,9 +201,18 @@ def _eligible(model: nn.Module, method: Method, example: Any) -> list[tuple[str,
     return out
 
 
+MIN_MAC_SHARE = 0.01
+"""A layer with less than this share of the model's MACs is left whole by a planned target (unless
+``layers`` names it): cutting a classifier head to rank 1 or 2 saves a few hundred MACs and can
+cost tens of accuracy points."""
+
+
 def _settings(model: nn.Module, config: DecomposeConfig, example: Any) -> tuple[dict[str, tuple[Technique, int]], dict[str, Technique]]:
     """The layers the stage replaces: those with a rank (or no rank to choose), checked against
-    their limits, ``(technique, rank)`` by name; and those whose rank is to be planned."""
+    their limits, ``(technique, rank)`` by name; and those whose rank is to be planned (each
+    holding at least :data:`MIN_MAC_SHARE` of the MACs, or named in ``layers``)."""
+    from squeezetune.compression.measure import layer_macs
+
     chosen: dict[str, tuple[Technique, int]] = {}
     to_plan: dict[str, Technique] = {}
     covered = {}
@@ -227,6 +236,10 @@ def _settings(model: nn.Module, config: DecomposeConfig, example: Any) -> tuple[
             chosen[name] = (technique, rank)
         else:
             to_plan[name] = technique
+    if to_plan:
+        per_layer = layer_macs(model, example)
+        total = sum(per_layer.values())
+        to_plan = {n: t for n, t in to_plan.items() if n in config.layers or per_layer.get(n, 0) >= MIN_MAC_SHARE * total}
     return chosen, to_plan
 
 
