@@ -137,3 +137,28 @@ def test_sampled_patches_match_unfold(conv):
     pos = torch.randint(out.shape[2] * out.shape[3], (2, 5))
     full = torch.nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
     assert torch.equal(patches(x, conv, out.shape[2:], pos), sample_rows(full, pos))
+
+
+class Reused(nn.Module):
+    """``mix`` runs twice a forward pass: the samples hold its first call only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 16)
+        self.mix = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        return self.head(torch.relu(self.mix(h)) + torch.relu(self.mix(2 * h)))
+
+
+def test_a_consumer_run_twice_a_forward_pass_keeps_its_weights_and_is_named():
+    torch.manual_seed(0)
+    model, x = Reused().eval(), torch.randn(64, 12)
+    said = []
+    small, report = channel_prune(model, x, ChannelPruneConfig(keep={"fc1": 8}, images=64), example=torch.zeros(1, 12), progress=said.append)
+    assert report[0].kept_as_is == ("mix",) and report[0].error_after == report[0].error_before
+    kept = [i for i in range(16) if any(torch.equal(model.fc1.weight[i], w) for w in small.fc1.weight)]
+    assert len(kept) == 8 and torch.equal(small.mix.weight, model.mix.weight[:, kept])  # sliced, not refitted
+    assert "mix not reconstructed: run more than once a forward pass" in said[0]

@@ -121,6 +121,7 @@ class ChannelReport:
     error_before: float  # channels dropped, remaining weights as they were
     error_after: float  # after least-squares reconstruction (== error_before without it)
     residual: tuple[str, ...]  # consumers reconstructed towards Y2 + (Y1 - Y1')
+    kept_as_is: tuple[str, ...] = ()  # consumers run more than once a forward pass: the samples hold their first call only, so no reconstruction
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,6 +144,7 @@ class _Pruner:
         self.gen = gen
         self.kept_out: dict[str, list[int]] = {}
         self.cache: dict[str, torch.Tensor] = {}
+        self.calls = _calls(self.orig, self.x[:1])
 
     @torch.no_grad()
     def remember(self, consumers: list[str], partners: dict[str, str]) -> None:
@@ -261,6 +263,7 @@ class _Pruner:
                 kept = self._kept(r.module)
                 self.kept_out[r.module] = [k for i, k in enumerate(kept) if i not in set(r.idxs)]
         sse_before = sse_after = denom = 0.0
+        as_is = tuple(c for c in prepared if self.calls.get(c, 1) > 1)
         for c, (T, c0, intercept, X, XX, Wf, kk) in prepared.items():
             n_out, c_in = Wf.shape[0], Wf.shape[1] // kk
             keep_in = [i for i in range(c_in) if i not in gone.get((c, "in"), set())]
@@ -271,7 +274,7 @@ class _Pruner:
             before = ((T - Xk @ Wf[keep_out][:, cols].T - c0) ** 2).sum()
             denom += float(((T - T.mean(0)) ** 2).sum())
             sse_before += float(before)
-            if not self.config.reconstruct:
+            if not self.config.reconstruct or c in as_is:
                 sse_after += float(before)
                 continue
             AtA, AtT = XX[cols][:, cols], Xk.T @ T
@@ -290,6 +293,7 @@ class _Pruner:
             error_before=sse_before / max(denom, 1e-30),
             error_after=sse_after / max(denom, 1e-30),
             residual=tuple(sorted(partners)),
+            kept_as_is=as_is if self.config.reconstruct else (),
         )
 
     @torch.no_grad()
@@ -305,6 +309,19 @@ class _Pruner:
         else:
             assert norm is not None
             self.work.get_submodule(norm).running_mean.copy_((-offset).to(m.weight.dtype))
+
+
+@torch.no_grad()
+def _calls(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """How many times each conv and linear layer of ``model`` runs in one forward pass of ``x``."""
+    count: dict[str, int] = {}
+    handles = [m.register_forward_hook(lambda *_, n=n: count.__setitem__(n, count.get(n, 0) + 1)) for n, m in model.named_modules() if isinstance(m, (*_CONVS, nn.Linear))]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return count
 
 
 def channel_prune(
@@ -339,5 +356,6 @@ def channel_prune(
         report = pruner.prune_layer(name, keep.get(name), lams.get(name))
         reports.append(report)
         if progress is not None:
-            progress(f"{name}: kept {report.kept}/{report.channels}, error {report.error_before:.4f} -> {report.error_after:.4f}")
+            twice = f"; {', '.join(report.kept_as_is)} not reconstructed: run more than once a forward pass, sampled on the first call only" if report.kept_as_is else ""
+            progress(f"{name}: kept {report.kept}/{report.channels}, error {report.error_before:.4f} -> {report.error_after:.4f}{twice}")
     return pruner.work.to(home), reports
