@@ -86,7 +86,9 @@ def test_list_form_takes_a_structured_finetune_as_the_classic_form_does():
     listed = Recipe.from_dict({"stages": [{"structured": settings, "label": "shrink"}, {"share": {}}]})
     assert [(s.label, s.stage) for s in listed.steps] == [("shrink", "structured"), ("shrink_finetune", "finetune"), ("share", "share")]
     assert listed.steps[1].config == Recipe.from_dict({"structured": settings}).step("structured_finetune").config
-    assert [s.label for s in Recipe.from_dict({"stages": [{"structured": settings}]}).steps] == ["structured", "finetune"]
+    classic = Recipe.from_dict({"structured": settings, "finetune": {"epochs": 1}})
+    listed = Recipe.from_dict({"stages": [{"structured": settings}, {"finetune": {"epochs": 1}}]})
+    assert [s.label for s in listed.steps] == [s.label for s in classic.steps] == ["structured", "structured_finetune", "finetune"]
 
 
 def test_classic_form_and_list_form_mean_the_same_recipe():

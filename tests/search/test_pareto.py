@@ -115,3 +115,11 @@ def test_a_latency_objective_keeps_a_faster_larger_point_on_the_front_and_in_the
     text = table(front, baseline).splitlines()
     assert "latency_ms_b1" in text[0] and "0.500" in text[2]
     assert "latency_ms_b1" not in table(front, Baseline(0.98, 100_000, 0.97))
+
+
+def test_a_missing_or_failed_latency_counts_as_slowest():
+    fast = Point(0, 0.97, 4_000, extra={"latency_ms_b1": 1.0})
+    nan = Point(1, 0.96, 5_000, extra={"latency_ms_b1": float("nan")})
+    missing = Point(2, 0.95, 6_000)
+    assert [p.trial for p in pareto_front([nan, missing, fast], minimise=["latency_ms_b1"])] == [0]
+    assert dominates(fast, nan, ["latency_ms_b1"]) and not dominates(missing, nan, ["latency_ms_b1"])

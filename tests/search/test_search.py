@@ -199,7 +199,7 @@ def test_export_writes_every_format_and_remeasures(store, tmp_path, cli):
     summary = json.loads((out_dir / "export.json").read_text())
     for name in ("model.sqz", "model.safetensors", "model.pt2", "model.onnx"):
         assert (out_dir / name).stat().st_size > 0
-    assert summary["files"]["container"] == str((out_dir / "model.sqz").resolve())  # absolute, read from anywhere
+    assert summary["files"]["container"] == str((out_dir / "model.sqz").absolute())  # absolute, read from anywhere
     acc = summary["accuracy"]
     assert acc["container"] == pytest.approx(summary["accuracy_in_search"], abs=1e-6)  # on the evaluation images
     assert 0 <= summary["val_accuracy_in_search"] <= 1

@@ -223,8 +223,8 @@ def _read_steps(raw: Any) -> tuple[Step, ...]:
         names.append(stage)
         configs.append(config)
         labels.append(label)
-        if finetune is not None:
-            names.append("finetune")
+        if finetune is not None:  # labelled as in the classic form
+            names.append("structured_finetune")
             configs.append(stage_config("finetune").from_dict(finetune, f"{where}.structured.finetune"))
             labels.append(f"{label}_finetune" if label else None)
     defaults = _default_labels(names)

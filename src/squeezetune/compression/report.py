@@ -38,6 +38,12 @@ OUTCOME = (
     "speedup_b64",
     "speedup_b64_low",
     "speedup_b64_high",
+    "latency_ms_b1_gpu",
+    "latency_ms_b64_gpu",
+    "dense_latency_ms_b1_gpu",
+    "dense_latency_ms_b64_gpu",
+    "speedup_b1_gpu",
+    "speedup_b64_gpu",
     "latency_threads",
 )
 """The headline figures of a compressed model, as a search records them."""

@@ -337,7 +337,7 @@ def export_trial(
             "val_accuracy_in_search": chosen.accuracy if "eval_accuracy" in chosen.extra else None,
             "accuracy_in_search": chosen.extra.get("eval_accuracy", chosen.accuracy),
             "accuracy": acc,
-            "files": {k: str(v.resolve()) for k, v in final.items()},  # absolute: the summary is read from anywhere
+            "files": {k: str(v.absolute()) for k, v in final.items()},  # absolute: the summary is read from anywhere
             "mlflow_model": model_uri,
             "registered_model": f"models:/{registered}@{alias}",
             "onnx_opset": ONNX_OPSET,

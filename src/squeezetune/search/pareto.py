@@ -1,4 +1,5 @@
-"""The Pareto front of (accuracy up, bytes down), and its hypervolume -- pure computation.
+"""The Pareto front of (accuracy up, bytes down, and an optional third figure such as a latency
+down), and the hypervolume of accuracy and bytes -- pure computation.
 
 Plotting and MLflow logging take the result of :func:`pareto_front`; nothing here draws or writes.
 
@@ -81,7 +82,12 @@ def dominates(a: Point, b: Point, minimise: Sequence[str] = ()) -> bool:
 
 
 def _vector(p: Point, minimise: Sequence[str]) -> tuple[float, ...]:
-    return (-p.accuracy, float(p.bytes), *(float(p.extra.get(k, math.inf)) for k in minimise))
+    return (-p.accuracy, float(p.bytes), *(_slowest(p.extra.get(k)) for k in minimise))
+
+
+def _slowest(v: Any) -> float:
+    """A minimised figure as a float; missing or not finite (a failed timing): infinitely slow."""
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
 
 
 def pareto_front(points: Iterable[Point], *, feasible_only: bool = True, minimise: Sequence[str] = ()) -> list[Point]:
@@ -97,10 +103,16 @@ def pareto_front(points: Iterable[Point], *, feasible_only: bool = True, minimis
     ([0], [0, 1])
     """
     pool = [p for p in points if math.isfinite(p.accuracy) and (p.feasible or not feasible_only)]
-    pool.sort(key=lambda p: (p.bytes, -p.accuracy, p.trial))
     if minimise:
-        vectors = [_vector(p, minimise) for p in pool]
-        return [p for i, p in enumerate(pool) if not any(_dominates_min(w, vectors[i]) or (w == vectors[i] and j < i) for j, w in enumerate(vectors) if j != i)]
+        # in this order a point's dominators, and its equals, come before it; and whatever dominates
+        # it, a front point dominates or equals too: checking the front built so far is enough
+        keyed = sorted(((_vector(p, minimise), p.trial, p) for p in pool), key=lambda t: (t[0], t[1]))
+        kept: list[tuple[tuple[float, ...], Point]] = []
+        for v, _, p in keyed:
+            if not any(w == v or _dominates_min(w, v) for w, _ in kept):
+                kept.append((v, p))
+        return sorted((p for _, p in kept), key=lambda p: (p.bytes, -p.accuracy, p.trial))
+    pool.sort(key=lambda p: (p.bytes, -p.accuracy, p.trial))
     front: list[Point] = []
     best = -math.inf
     for p in pool:

@@ -202,15 +202,16 @@ def _eligible(model: nn.Module, method: Method, example: Any) -> list[tuple[str,
 
 
 MIN_MAC_SHARE = 0.01
-"""A layer with less than this share of the model's MACs is left whole by a planned target (unless
-``layers`` names it): cutting a classifier head to rank 1 or 2 saves a few hundred MACs and can
-cost tens of accuracy points."""
+"""A planned target leaves whole the smallest layers that together hold less than this share of the
+model's MACs (unless ``layers`` names them): cutting a classifier head to rank 1 or 2 saves a few
+hundred MACs and can cost tens of accuracy points."""
 
 
-def _settings(model: nn.Module, config: DecomposeConfig, example: Any) -> tuple[dict[str, tuple[Technique, int]], dict[str, Technique]]:
+def _settings(model: nn.Module, config: DecomposeConfig, example: Any, per_layer: dict[str, int] | None = None) -> tuple[dict[str, tuple[Technique, int]], dict[str, Technique]]:
     """The layers the stage replaces: those with a rank (or no rank to choose), checked against
-    their limits, ``(technique, rank)`` by name; and those whose rank is to be planned (each
-    holding at least :data:`MIN_MAC_SHARE` of the MACs, or named in ``layers``)."""
+    their limits, ``(technique, rank)`` by name; and those whose rank is to be planned, but for the
+    smallest that together hold under :data:`MIN_MAC_SHARE` of the MACs (``per_layer``, measured
+    when not given) and that ``layers`` does not name."""
     from squeezetune.compression.measure import layer_macs
 
     chosen: dict[str, tuple[Technique, int]] = {}
@@ -237,9 +238,14 @@ def _settings(model: nn.Module, config: DecomposeConfig, example: Any) -> tuple[
         else:
             to_plan[name] = technique
     if to_plan:
-        per_layer = layer_macs(model, example)
-        total = sum(per_layer.values())
-        to_plan = {n: t for n, t in to_plan.items() if n in config.layers or per_layer.get(n, 0) >= MIN_MAC_SHARE * total}
+        per_layer = per_layer if per_layer is not None else layer_macs(model, example)
+        allowance, small = MIN_MAC_SHARE * sum(per_layer.values()), set()
+        for name in sorted((n for n in to_plan if n not in config.layers), key=lambda n: (per_layer.get(n, 0), n)):
+            allowance -= per_layer.get(name, 0)
+            if allowance <= 0:
+                break
+            small.add(name)
+        to_plan = {n: t for n, t in to_plan.items() if n not in small}
     return chosen, to_plan
 
 
@@ -270,10 +276,10 @@ def plan_targets(
     from squeezetune.compression.latency_model import timed_layers
     from squeezetune.compression.measure import input_shapes, layer_macs
 
-    chosen, to_plan = _settings(model, config, example)
+    macs = layer_macs(model, example)
+    chosen, to_plan = _settings(model, config, example, macs)
     reached_cost = None
     if to_plan:
-        macs = layer_macs(model, example)
         layers = timed_layers(model) if times is not None else {}
         shapes = input_shapes(model, list(dict.fromkeys([*to_plan, *chosen, *layers])), example)
         candidates = [candidate(n, model.get_submodule(n), t, shapes[n], macs.get(n, 0), (scales or {}).get(n)) for n, t in to_plan.items()]
