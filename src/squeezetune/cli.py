@@ -108,7 +108,6 @@ def compress_cmd(
 ) -> None:
     """Compress a task's model with a recipe; write F.sqz and F.report.json."""
     from squeezetune.compression import compress, load_recipe, report_path
-    from squeezetune.compression.baseline import chance_note
     from squeezetune.compression.latency import LatencyConfig
     from squeezetune.compression.report import format_stages, format_summary, format_tensors
     from squeezetune.tasks import get_task
@@ -125,9 +124,6 @@ def compress_cmd(
     typer.echo(format_stages(report))
     typer.echo(format_tensors(report.tensors))
     typer.echo("\n" + format_summary(report, f"{out} and {report_path(out)}"))
-    note = chance_note(report.dense_accuracy, splits[1])
-    if note:
-        typer.echo(note, err=True)
 
 
 @app.command("inspect")

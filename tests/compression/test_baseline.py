@@ -88,6 +88,8 @@ def test_a_dense_model_at_chance_is_flagged_and_one_that_learnt_is_not(tmp_path)
     note = chance_note(0.6, split)
     assert note is not None and "reads 0.6000 on the 10 evaluation items" in note and "always answering label 1 (0.6000)" in note
     assert chance_note(0.61, split) is not None and chance_note(0.7, split) is None
+    rare = Split(torch.zeros(100, 3), torch.tensor([0] * 99 + [1]))  # one label holds 99%: a perfect model is no chance model
+    assert chance_note(1.0, rare) is None and chance_note(0.99, rare) is not None
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 4, generator=g)

@@ -172,6 +172,8 @@ def test_the_summary_and_every_door_show_the_speed_up():
     report = Report("t", {}, 0.9, 0.89, 1000, 100, [], [], 10, 5, 10, 5, latency=lat)
     assert Report.from_dict(report.to_dict()).latency == lat
     assert {"speedup_b64", "speedup_b64_low", "speedup_b64_high", "latency_threads"} <= set(report.outcome())
+    on_gpu = Report("t", {}, 0.9, 0.89, 1000, 100, [], [], 10, 5, 10, 5, latency={**lat, "latency_ms_b1_gpu": 0.2, "latency_ms_b64_gpu": 0.4})
+    assert on_gpu.outcome()["latency_ms_b1_gpu"] == 0.2 and on_gpu.outcome()["latency_ms_b64_gpu"] == 0.4  # a search's _gpu objectives
     assert report.metrics()["speedup_b1_high"] == 1.36
     text = format_summary(report, "m.sqz")
     assert "CPU latency, 2 threads: b1 2.00 -> 1.50 ms, speed-up 1.33x (95% interval 1.30-1.36); b64 40.00 -> 25.00 ms, speed-up 1.60x (95% interval 1.55-1.62)" in text

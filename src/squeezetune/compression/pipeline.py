@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 from squeezetune._io import atomic_write_text
 from squeezetune.compression import measure
 from squeezetune.compression.architecture import architecture_spec
-from squeezetune.compression.baseline import dense_bytes, dense_model
+from squeezetune.compression.baseline import chance_note, dense_bytes, dense_model
 from squeezetune.compression.coding import codec
 from squeezetune.compression.coding.container import write_container
 from squeezetune.compression.decode import decode_file
@@ -144,6 +144,9 @@ def compress(
         return StageRecord(stage, acc, size, round(time.perf_counter() - t0, 3))
 
     stages = [record("dense", time.perf_counter(), dense_bytes(model))]
+    note = chance_note(stages[0].accuracy, eval_split)  # before the stages: a model that learnt nothing is worth no run
+    if note:
+        progress(note)
     dense_arch = _architecture(model, example)
     for i, step in enumerate(recipe.steps):
         if step.config.is_noop():
@@ -156,6 +159,9 @@ def compress(
     for rec, snapshot in pending:
         rec.accuracy = evaluate(snapshot, eval_split, device=device)
         progress(f"{rec.stage:<20} accuracy {rec.accuracy:.4f}")
+        note = chance_note(rec.accuracy, eval_split) if rec is stages[0] else None
+        if note:
+            progress(note)
     pending.clear()
 
     t0 = time.perf_counter()

@@ -268,6 +268,8 @@ def read_dataclass(cls: type[C], data: Any, where: str) -> C:
         message = str(exc)
         if any(message.startswith(f"{name}=") for name in names):
             raise SqueezeError(f"{where}.{message}") from None
+        if not message.startswith(where):
+            raise SqueezeError(f"{where}: {message}") from None
         raise
 
 

@@ -77,10 +77,14 @@ class LayerChannels:
             raise SqueezeError(f"unknown key {unknown[0]!r} in {where}: expected keep (or keep_channels) or lambda")
         keep = data.get("keep", data.get("keep_channels"))
         lam = data.get("lambda")
-        return cls(
-            keep=read_value(int, keep, f"{where}.keep") if keep is not None else None,
-            lam=read_value(float, lam, f"{where}.lambda") if lam is not None else None,
-        )
+        try:
+            return cls(
+                keep=read_value(int, keep, f"{where}.keep") if keep is not None else None,
+                lam=read_value(float, lam, f"{where}.lambda") if lam is not None else None,
+            )
+        except SqueezeError as exc:  # a range check: say which layer
+            message = str(exc)
+            raise SqueezeError(f"{where}.{message}" if message.startswith(("keep=", "lambda=")) else f"{where}: {message}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"keep": self.keep} if self.keep is not None else {"lambda": self.lam}
