@@ -40,7 +40,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, ClassVar, Mapping, Protocol, TypeVar, Union
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, TypeVar, Union
 
 import torch
 from torch import nn
@@ -265,12 +265,17 @@ def read_dataclass(cls: type[C], data: Any, where: str) -> C:
     try:
         return cls(**kw)
     except SqueezeError as exc:  # a range check of the config itself: name where it sits in the recipe
-        message = str(exc)
-        if any(message.startswith(f"{name}=") for name in names):
-            raise SqueezeError(f"{where}.{message}") from None
-        if not message.startswith(where):
-            raise SqueezeError(f"{where}: {message}") from None
-        raise
+        raise placed(exc, where, names) from None
+
+
+def placed(exc: SqueezeError, where: str, fields: Sequence[str]) -> SqueezeError:
+    """``exc``, a config's own range check, with ``where`` the config sits in the recipe:
+    ``where.field=...`` for a message about one of ``fields``, ``where: ...`` for any other
+    that does not name ``where`` already."""
+    message = str(exc)
+    if any(message.startswith(f"{name}=") for name in fields):
+        return SqueezeError(f"{where}.{message}")
+    return SqueezeError(message if message.startswith(where) else f"{where}: {message}")
 
 
 def read_value(tp: Any, value: Any, where: str) -> Any:

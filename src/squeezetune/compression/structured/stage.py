@@ -37,6 +37,7 @@ from squeezetune.compression.latency_model import Cost
 from squeezetune.compression.stages import (
     Context,
     StageConfig,
+    placed,
     read_value,
     register_stage,
 )
@@ -83,8 +84,7 @@ class LayerChannels:
                 lam=read_value(float, lam, f"{where}.lambda") if lam is not None else None,
             )
         except SqueezeError as exc:  # a range check: say which layer
-            message = str(exc)
-            raise SqueezeError(f"{where}.{message}" if message.startswith(("keep=", "lambda=")) else f"{where}: {message}") from None
+            raise placed(exc, where, ("keep", "lambda")) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"keep": self.keep} if self.keep is not None else {"lambda": self.lam}
