@@ -96,6 +96,19 @@ def check_zero_padding(m: nn.Module, name: str) -> None:
         raise SqueezeError(f"layer {name!r} uses padding={m.padding!r} mode {m.padding_mode!r}: fitting on sampled patches expects integer zero padding")
 
 
+@torch.no_grad()
+def call_counts(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, int]:
+    """How many times each layer of ``names`` runs in one forward pass of ``x`` through ``model``."""
+    count = dict.fromkeys(names, 0)
+    handles = [model.get_submodule(n).register_forward_hook(lambda *_, n=n: count.__setitem__(n, count[n] + 1)) for n in names]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return count
+
+
 class Samples:
     """Sampled activations for fitting replacements of ``reference``'s layers.
 
@@ -136,22 +149,10 @@ class Samples:
             model.train(was_training)
         return store[name]
 
-    @torch.no_grad()
     def calls(self, name: str) -> int:
         """How many times the reference's layer ``name`` runs in one forward pass. The samples hold
         a layer's first call only, so a layer called more than once is not refitted on them."""
-        count = 0
-
-        def hook(*_) -> None:
-            nonlocal count
-            count += 1
-
-        handle = self.reference.get_submodule(name).register_forward_hook(hook)
-        try:
-            self.reference(self.x[:1])
-        finally:
-            handle.remove()
-        return count
+        return call_counts(self.reference, self.x[:1], [name])[name]
 
     def refit(self, model: nn.Module, name: str, module: nn.Module, refit: Callable[[torch.Tensor, torch.Tensor], None]) -> tuple[float, float]:
         """Refit ``module`` (the replacement of ``model``'s layer ``name``) with ``refit(inp, target)``

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from squeezetune.compression._fit import as_conv2d, check_zero_padding, ridge_solve, with_intercept
+from squeezetune.compression._fit import as_conv2d, call_counts, check_zero_padding, ridge_solve, with_intercept
 from squeezetune.compression.finetune import pick_device
 from squeezetune.compression.measure import DEFAULT_INPUT_SHAPE, Example
 from squeezetune.compression.structured import _lasso
@@ -144,7 +144,7 @@ class _Pruner:
         self.gen = gen
         self.kept_out: dict[str, list[int]] = {}
         self.cache: dict[str, torch.Tensor] = {}
-        self.calls = _calls(self.orig, self.x[:1])
+        self.calls = call_counts(self.orig, self.x[:1], [n for n, m in self.orig.named_modules() if isinstance(m, (*_CONVS, nn.Linear))])
 
     @torch.no_grad()
     def remember(self, consumers: list[str], partners: dict[str, str]) -> None:
@@ -309,19 +309,6 @@ class _Pruner:
         else:
             assert norm is not None
             self.work.get_submodule(norm).running_mean.copy_((-offset).to(m.weight.dtype))
-
-
-@torch.no_grad()
-def _calls(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """How many times each conv and linear layer of ``model`` runs in one forward pass of ``x``."""
-    count: dict[str, int] = {}
-    handles = [m.register_forward_hook(lambda *_, n=n: count.__setitem__(n, count.get(n, 0) + 1)) for n, m in model.named_modules() if isinstance(m, (*_CONVS, nn.Linear))]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return count
 
 
 def channel_prune(
