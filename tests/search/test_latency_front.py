@@ -8,8 +8,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
-from squeezetune.search.export import search_front
+from squeezetune.search.export import search_front, select
 from squeezetune.search.front import PARETO_TAG, FrontLogger
 from squeezetune.search.pareto import Baseline
 from squeezetune.search.searcher import RUN_ATTR
@@ -61,3 +62,21 @@ def test_pareto_reads_the_third_objective_from_the_search(search, cli):
     code, out, err = cli(["pareto", "--name", "lat", "--tracking-uri", uri])
     assert code == 0, err
     assert "2 on the front" in out and "latency_ms_b1" in out and "0.500" in out
+
+
+def test_export_picks_among_the_trials_within_a_latency(search):
+    """``export --max-latency-ms`` narrows ``--max-drop``/``--max-bytes`` to the trials that fast,
+    and takes the front over them (the selection ``export_trial`` makes, on the search read back)."""
+    uri, *_ = search
+    points, _, baseline = search_front(uri, "squeezetune", "lat")
+    assert select(points, baseline, max_drop=5.0).trial == 0  # the smallest within 5 points
+    assert select(points, baseline, max_drop=5.0, max_latency_ms=1.0, latency="latency_ms_b1").trial == 1
+    assert select(points, baseline, max_bytes=5_500, max_latency_ms=2.5, latency="latency_ms_b1").trial == 0
+    with pytest.raises(SqueezeError, match=r"^--max-bytes 4,500: no front point within --max-latency-ms 1 \(latency_ms_b1\) is that small"):
+        select(points, baseline, max_bytes=4_500, max_latency_ms=1.0, latency="latency_ms_b1")
+    with pytest.raises(SqueezeError, match=r"^--max-latency-ms 0.1: no finished trial ran that fast by latency_ms_b1; the fastest, trial 1 \(5,000 bytes\), took 0.5 ms"):
+        select(points, baseline, max_drop=5.0, max_latency_ms=0.1, latency="latency_ms_b1")
+    with pytest.raises(SqueezeError, match=r"^--max-latency-ms 1: no finished trial has a latency_ms_b64 figure"):
+        select(points, baseline, max_drop=5.0, max_latency_ms=1.0, latency="latency_ms_b64")
+    with pytest.raises(SqueezeError, match=r"^--max-latency-ms 0: expected a number of milliseconds > 0"):
+        select(points, baseline, max_drop=5.0, max_latency_ms=0.0, latency="latency_ms_b1")

@@ -266,6 +266,10 @@ def test_export_selectors_are_checked(store, tmp_path, cli):
     assert code == 2 and "exactly one of" in err
     code, _, err = cli(["export", "--name", "e2e", "--max-bytes", "10", "--out", str(tmp_path), "--tracking-uri", uri])
     assert code == 2 and "no front point is that small" in err
+    code, _, err = cli(["export", "--name", "e2e", "--max-drop", "1", "--max-latency-ms", "5", "--out", str(tmp_path / "x"), "--tracking-uri", uri])
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: --max-latency-ms 5: search 'e2e' timed no trial") and not (tmp_path / "x").exists()
+    code, _, err = cli(["export", "--name", "e2e", "--trial", "0", "--max-latency-ms", "5", "--out", str(tmp_path / "x"), "--tracking-uri", uri])
+    assert code == 2 and "--max-latency-ms 5 narrows --max-bytes or --max-drop; --trial 0 picks one trial" in err
     code, _, err = cli(["pareto", "--name", "nope", "--tracking-uri", uri])
     assert code == 2 and "no search named 'nope'" in err and len(err.strip().splitlines()) == 1
 

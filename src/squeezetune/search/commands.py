@@ -148,6 +148,11 @@ def export_cmd(
     max_bytes: Optional[int] = typer.Option(None, "--max-bytes", min=1, help="Most accurate front point within this many container bytes."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Smallest front point losing at most this many points against dense (0.5 = half a point), alone and with trials near its size."),
     trial: Optional[int] = typer.Option(None, "--trial", min=0, help="This trial number (as pareto lists it)."),
+    max_latency_ms: Optional[float] = typer.Option(
+        None,
+        "--max-latency-ms",
+        help="With --max-bytes or --max-drop: pick among the trials whose decoded model ran within this many ms, by the latency the search timed (its third objective's or constraint's).",
+    ),
     tracking_uri: Optional[str] = TrackingOpt,
     experiment: str = ExperimentOpt,
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "-d", help="Data for re-measuring (default: the search's)."),
@@ -161,7 +166,8 @@ def export_cmd(
 
     uri = resolve_tracking_uri(tracking_uri)
     probe(uri)
-    result = export_trial(uri, experiment, name, out, trial=trial, max_bytes=max_bytes, max_drop=max_drop, data_dir=data_dir, model_name=model_name, alias=alias, force=force, progress=_progress)
+    picked = {"trial": trial, "max_bytes": max_bytes, "max_drop": max_drop, "max_latency_ms": max_latency_ms}
+    result = export_trial(uri, experiment, name, out, **picked, data_dir=data_dir, model_name=model_name, alias=alias, force=force, progress=_progress)
     p = result.point
     if "eval_accuracy" in p.extra:
         typer.echo(f"trial {p.trial} of {name!r}: {p.bytes:,} bytes, accuracy in the search {p.extra['eval_accuracy']:.4f} on the evaluation images ({p.accuracy:.4f} on validation)")

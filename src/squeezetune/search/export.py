@@ -3,7 +3,9 @@
 A trial is picked from the search's child runs in MLflow (so any tracking store works, no Optuna
 storage needed): by number (``trial``), as the most accurate front point within ``max_bytes``, or as
 the smallest front point losing at most ``max_drop`` accuracy points, by its own figure and, on
-average, with the finished trials nearest to it in size (:func:`pick`). Its container is downloaded,
+average, with the finished trials nearest to it in size (:func:`pick`). ``max_latency_ms`` narrows
+the last two to the trials whose decoded model ran within it (:func:`within_latency`), and the front
+is taken over those. Its container is downloaded,
 decoded, and written as
 
 * ``model.sqz`` -- the container itself;
@@ -28,7 +30,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from squeezetune._io import atomic_folder
 from squeezetune.compression.report import OUTCOME
@@ -36,7 +38,7 @@ from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
 from squeezetune.search.pareto import Baseline, Point, pareto_front, point
 from squeezetune.search.trial import OUTCOME_TAG
-from squeezetune.spaces.constraints import drop_points
+from squeezetune.spaces.constraints import LATENCIES, drop_points
 
 ONNX_OPSET = 18
 Progress = Callable[[str], None]
@@ -156,6 +158,7 @@ def pick(
     max_bytes: int | None = None,
     max_drop: float | None = None,
     dense_eval_accuracy: float | None = None,
+    narrowed: str = "",
 ) -> Point:
     """The trial to export; exactly one selector must be given.
 
@@ -164,7 +167,8 @@ def pick(
     no point's is, the smallest within the limit by its own figure (:func:`neighbourhood_note`
     says so). ``dense_accuracy`` is the dense model's on the split the points were selected on;
     ``dense_eval_accuracy``, when the search held out a validation split, its accuracy on the
-    evaluation images (only for the message when no point is within ``max_drop``).
+    evaluation images (only for the message when no point is within ``max_drop``). ``narrowed`` says,
+    in the messages, how ``front`` was narrowed (`` within --max-latency-ms 2 (latency_ms_b1)``).
     """
     check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop)
     if not points:
@@ -179,7 +183,7 @@ def pick(
     if max_bytes is not None:
         ok = [p for p in front if p.bytes <= max_bytes]
         if not ok:
-            raise SqueezeError(f"--max-bytes {max_bytes:,}: no front point is that small; the smallest takes {min(p.bytes for p in front):,} bytes")
+            raise SqueezeError(f"--max-bytes {max_bytes:,}: no front point{narrowed} is that small; the smallest takes {min(p.bytes for p in front):,} bytes")
         return max(ok, key=lambda p: (p.accuracy, -p.bytes))
     ok = [p for p in front if drop_points(dense_accuracy, p.accuracy) <= max_drop]
     if not ok:
@@ -189,11 +193,38 @@ def pick(
             where = " on the validation images the search selects on"
             held = f" there and {drop_points(dense_eval_accuracy, best.extra['eval_accuracy']):.2f} on the evaluation images"
         raise SqueezeError(
-            f"--max-drop {max_drop}: no front point loses that little{where}; the most accurate, trial {best.trial} ({best.bytes:,} bytes), "
+            f"--max-drop {max_drop}: no front point{narrowed} loses that little{where}; the most accurate, trial {best.trial} ({best.bytes:,} bytes), "
             f"loses {drop_points(dense_accuracy, best.accuracy):.2f} points{held}: expected a larger --max-drop, or --trial {best.trial}"
         )
     safe = [p for p in ok if neighbourhood_drop(p, points, dense_accuracy) <= max_drop]
     return min(safe or ok, key=lambda p: (p.bytes, -p.accuracy))
+
+
+def select(
+    points: list[Point],
+    baseline: Baseline,
+    *,
+    trial: int | None = None,
+    max_bytes: int | None = None,
+    max_drop: float | None = None,
+    max_latency_ms: float | None = None,
+    latency: str | None = None,
+    search: str = "",
+) -> Point:
+    """The trial ``export`` writes: :func:`pick` on the front of ``points``, or, with
+    ``max_latency_ms``, on the front of the points within it by ``latency`` (the figure the search
+    timed, :func:`searched_latency`; ``None`` refuses ``max_latency_ms``)."""
+    check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop, max_latency_ms=max_latency_ms)
+    candidates, narrowed = points, ""
+    if max_latency_ms is not None:
+        if latency is None:
+            raise SqueezeError(
+                f"--max-latency-ms {max_latency_ms:g}: search {search!r} timed no trial (it has no latency objective and no max_latency_ms constraint): expected --max-bytes or --max-drop alone"
+            )
+        candidates = within_latency(points, max_latency_ms=max_latency_ms, figure=latency)
+        narrowed = f" within --max-latency-ms {max_latency_ms:g} ({latency})"
+    front = pareto_front(candidates, minimise=baseline.also_minimised)
+    return pick(points, front, dense_accuracy=baseline.selected, trial=trial, max_bytes=max_bytes, max_drop=max_drop, dense_eval_accuracy=baseline.accuracy, narrowed=narrowed)
 
 
 def neighbourhood_note(chosen: Point, points: list[Point], *, dense_accuracy: float, max_drop: float) -> str | None:
@@ -208,11 +239,47 @@ def neighbourhood_note(chosen: Point, points: list[Point], *, dense_accuracy: fl
     )
 
 
-def check_selectors(*, trial: int | None, max_bytes: int | None, max_drop: float | None) -> None:
-    """Exactly one of ``trial``, ``max_bytes``, ``max_drop``, each in its range."""
+def searched_latency(objectives: Sequence[str], constraints) -> str | None:
+    """The latency figure a search timed its trials by: its third objective's, else its
+    ``max_latency_ms`` constraint's (``constraints.latency``); ``None`` when it timed none."""
+    named = [o for o in objectives[2:] if o in LATENCIES]
+    if named:
+        return named[0]
+    return constraints.latency if constraints.max_latency_ms is not None else None
+
+
+def within_latency(points: list[Point], *, max_latency_ms: float, figure: str) -> list[Point]:
+    """The points whose decoded model ran within ``max_latency_ms`` by ``figure`` (``latency_ms_b1``,
+    say); a point without the figure is left out. Refused when none is left.
+
+    >>> pts = [Point(0, 0.97, 4000, extra={"latency_ms_b1": 2.0}), Point(1, 0.96, 5000, extra={"latency_ms_b1": 0.5})]
+    >>> [p.trial for p in within_latency(pts, max_latency_ms=1.0, figure="latency_ms_b1")]
+    [1]
+    """
+    fast = [p for p in points if p.extra.get(figure, math.inf) <= max_latency_ms]  # a NaN is never within
+    if fast:
+        return fast
+    timed = [p for p in points if math.isfinite(p.extra.get(figure, math.nan))]
+    if not timed:
+        raise SqueezeError(f"--max-latency-ms {max_latency_ms:g}: no finished trial has a {figure} figure to compare")
+    quickest = min(timed, key=lambda p: (p.extra[figure], p.bytes))
+    raise SqueezeError(
+        f"--max-latency-ms {max_latency_ms:g}: no finished trial ran that fast by {figure}; the fastest, trial {quickest.trial} ({quickest.bytes:,} bytes), "
+        f"took {quickest.extra[figure]:.4g} ms: expected a larger --max-latency-ms"
+    )
+
+
+def check_selectors(*, trial: int | None, max_bytes: int | None, max_drop: float | None, max_latency_ms: float | None = None) -> None:
+    """Exactly one of ``trial``, ``max_bytes``, ``max_drop``, each in its range; ``max_latency_ms``
+    only beside ``max_bytes`` or ``max_drop``, which it narrows."""
     given = [k for k, v in (("--trial", trial), ("--max-bytes", max_bytes), ("--max-drop", max_drop)) if v is not None]
     if len(given) != 1:
         raise SqueezeError(f"give exactly one of --trial, --max-bytes, --max-drop; got {given or 'none'}")
+    if max_latency_ms is not None:
+        if trial is not None:
+            raise SqueezeError(f"--max-latency-ms {max_latency_ms:g} narrows --max-bytes or --max-drop; --trial {trial} picks one trial whatever its latency: expected one or the other")
+        if not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
+            raise SqueezeError(f"--max-latency-ms {max_latency_ms:g}: expected a number of milliseconds > 0")
     if max_drop is not None and not (math.isfinite(max_drop) and 0 <= max_drop <= 100):
         raise SqueezeError(f"--max-drop {max_drop}: expected accuracy points in [0, 100] (0.5 = half a point)")
     if max_bytes is not None and max_bytes < 1:
@@ -277,6 +344,7 @@ def export_trial(
     trial: int | None = None,
     max_bytes: int | None = None,
     max_drop: float | None = None,
+    max_latency_ms: float | None = None,
     data_dir: str | Path | None = None,
     model_name: str | None = None,
     alias: str = "exported",
@@ -288,7 +356,7 @@ def export_trial(
     from squeezetune.tasks import get_task, hold_out
 
     out = Path(out)
-    check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop)
+    check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop, max_latency_ms=max_latency_ms)
     registered = model_name if model_name is not None else f"squeezetune-{name}"
     check_registry_names(registered, alias)
     check_out_folder(out, force=force)
@@ -299,7 +367,7 @@ def export_trial(
     train, eval_split = task.splits(data_dir)
     points = trial_points(c, exp_id, parent.info.run_id)
     baseline = baseline_of(parent)
-    front = pareto_front(points, minimise=baseline.also_minimised)
+    figure = searched_latency(config.objectives, config.constraints)
     selected_on, split = (hold_out(train, config.validation)[1], "validation") if baseline.val_accuracy is not None else (eval_split, "evaluation")
     one_image = 100.0 / max(1, len(selected_on))
     if max_drop is not None and 0 < max_drop < one_image:
@@ -307,9 +375,10 @@ def export_trial(
             f"note: --max-drop is in accuracy points on the {len(selected_on):,} {split} images the search selects on; {max_drop:g} points is less than one of them "
             f"({one_image:.3g} points), so only trials that lose nothing qualify"
         )
-    chosen = pick(points, front, dense_accuracy=baseline.selected, trial=trial, max_bytes=max_bytes, max_drop=max_drop, dense_eval_accuracy=baseline.accuracy)
+    chosen = select(points, baseline, trial=trial, max_bytes=max_bytes, max_drop=max_drop, max_latency_ms=max_latency_ms, latency=figure, search=name)
     held = chosen.extra.get("eval_accuracy", chosen.accuracy)
-    progress(f"exporting trial {chosen.trial} (run {chosen.run_id}): accuracy {held:.4f} on the evaluation images, {chosen.bytes:,} bytes")
+    speed = f", {chosen.extra[figure]:.4g} ms by {figure}" if max_latency_ms is not None and figure is not None else ""
+    progress(f"exporting trial {chosen.trial} (run {chosen.run_id}): accuracy {held:.4f} on the evaluation images, {chosen.bytes:,} bytes{speed}")
     notes = []
     if max_drop is not None:
         note = neighbourhood_note(chosen, points, dense_accuracy=baseline.selected, max_drop=max_drop)
