@@ -146,6 +146,8 @@ def inspect_cmd(container: Path = typer.Argument(..., help="A .sqz container."))
         shape = "x".join(map(str, t.shape))
         if t.coded:
             typer.echo(f"{t.key:<{width}} {shape:<16} {t.entries:>8,} {t.clusters or '-':>8} {t.index_bits or '-':>8} {t.positions or '-':<9} {t.order:<14} {t.bytes:>8,}")
+        elif t.tied_to:
+            typer.echo(f"{t.key:<{width}} {shape:<16} tied: stored once, as {t.tied_to}")
         else:
             typer.echo(f"{t.key:<{width}} {shape:<16} raw {t.dtype}: {reasons.get(t.key, 'not pruned or shared by the recipe')}")
     typer.echo(f"{'(raw section)':<{width}} {'':<68} {info.raw_bytes:>8,}")

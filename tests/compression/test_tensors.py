@@ -13,6 +13,7 @@ from squeezetune.compression import Context, PruneConfig, ShareConfig, apply_sta
 from squeezetune.compression.coding import codec
 from squeezetune.compression.tensors import kept_raw
 from squeezetune.compression.unstructured.pruning import bake, plain_state_dict
+from squeezetune.errors import SqueezeError
 
 
 class Bare(nn.Module):
@@ -152,3 +153,31 @@ def test_a_pruned_recurrent_layer_copies_after_a_training_pass():
     model(x)  # with autograd on, the cached weights are computed tensors
     copied = copy_model(model)
     assert torch.equal(copied(x)[0], model(x)[0])
+
+
+def test_a_tied_tensor_is_stored_once_and_decodes_tied():
+    torch.manual_seed(0)
+    model = Tied()
+    untied = copy.deepcopy(model)
+    untied.out.weight = nn.Parameter(untied.embed.weight.detach().clone())  # the same values, two tensors
+    encoded, apart = codec.encode_model(model, task="t", coder="raw"), codec.encode_model(untied, task="t", coder="raw")
+    assert codec.read_meta(encoded.sections)["tie"] == {"out.weight": "embed.weight"}
+    assert 10 * 8 * 4 <= apart.raw_bytes - encoded.raw_bytes <= 10 * 8 * 4 + 16  # the matrix once, not twice (and its planes' length fields)
+    fresh = Tied()
+    decoded = codec.decode_sections(encoded.sections, fresh)
+    assert decoded.out.weight is decoded.embed.weight
+    assert torch.equal(decoded.embed.weight, model.embed.weight)
+    listed = {t.key: t.tied_to for t in codec.describe(encoded.sections).tensors}
+    assert listed == {"embed.weight": "", "out.weight": "embed.weight"}
+
+
+def test_a_tie_to_a_tensor_the_file_lacks_is_refused():
+    import json
+    import zlib
+
+    sections = dict(codec.encode_model(Tied(), task="t").sections)
+    meta = codec.read_meta(sections)
+    meta["tie"] = {"out.weight": "nowhere.weight"}
+    sections["m"] = zlib.compress(json.dumps(meta).encode())
+    with pytest.raises(SqueezeError, match=r"^container ties tensor 'out.weight' to 'nowhere.weight': expected a raw tensor of the file"):
+        codec.decode_sections(sections, Tied())

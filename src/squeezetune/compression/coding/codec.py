@@ -15,7 +15,9 @@ up to three sections, named by the tensor's position ``i`` among the compressibl
 The weight tensor is flattened in its stored order or with its first two axes swapped (inputs
 first), whichever codes smaller; the choice is recorded. Every other tensor of the state dict
 (biases, batch-norm statistics, layers left dense) goes into section ``r`` in its own dtype (float16
-with ``float_bits=16``), split into byte planes that are entropy coded apart.
+with ``float_bits=16``), split into byte planes that are entropy coded apart; a tensor the state dict
+holds under two keys (tied weights: one parameter in two modules) is stored once, and meta key ``tie``
+maps each further key to the first.
 Section ``m`` is zlib-compressed JSON naming the task, each layer's shape, order, position
 coding (key ``pc``; absent for relative indices, the only coding of older files), index bits,
 cluster count, entry count and coders, the raw tensors, and (after structured pruning) the
@@ -283,10 +285,16 @@ def encode_model(
         layers_meta.append(meta)
         reports.append(report)
         covered.add(target.key)
-    rest, tensors = [], []
+    rest, tensors, tie, first = [], [], {}, {}
     for key, tensor in plain_state_dict(model).items():
         if key in covered or key.endswith("num_batches_tracked"):
             continue
+        same = _storage(tensor)
+        if same is not None and same in first:  # tied: this memory is already stored under another key
+            tie[key] = first[same]
+            continue
+        if same is not None:
+            first[same] = key
         t = tensor.detach().cpu().contiguous()
         if float_bits == 16 and t.dtype == torch.float32:
             t = t.half()
@@ -296,10 +304,32 @@ def encode_model(
         tensors.append(t)
     sections["r"], raw_coders = _pack_planes(tensors, coder)
     meta = {"task": task, "layers": layers_meta, "rest": rest, "rc": raw_coders, "fb": float_bits}
+    if tie:
+        meta["tie"] = tie
     if spec is not None:
         meta["spec"] = spec
     sections = {"m": zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9), **sections}
     return Encoded(sections=sections, layers=reports, raw_bytes=len(sections["r"]), meta_bytes=len(sections["m"]))
+
+
+def _storage(t: torch.Tensor) -> tuple | None:
+    """What makes two state-dict entries one tensor: the same memory, shape, strides and dtype
+    (``None`` for an empty tensor, whose address says nothing)."""
+    if t.numel() == 0:
+        return None
+    return (t.device.type, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _ties(meta: dict) -> dict[str, str]:
+    """Meta key ``tie``: each key stored once under another, checked to name a raw tensor."""
+    tie = meta.get("tie", {})
+    if not isinstance(tie, dict):
+        raise SqueezeError(f"container meta key 'tie' is {type(tie).__name__}: expected a mapping of tensor keys")
+    stored = {str(key) for key, _, _ in meta["rest"]}
+    for alias, source in tie.items():
+        if source not in stored or alias in stored:
+            raise SqueezeError(f"container ties tensor {alias!r} to {source!r}: expected a raw tensor of the file, under a key of its own")
+    return tie
 
 
 @torch.no_grad()
@@ -397,12 +427,16 @@ def decode_sections(sections: dict[str, bytes], model: nn.Module) -> nn.Module:
     try:
         # Shapes are checked against the model before any stream is decoded, so what a file can
         # make the decoder allocate is bounded by the model it is decoded into.
+        tie = _ties(meta)
         declared = [(tensor_key(m), m["s"]) for m in meta["layers"]] + [(key, shape) for key, _, shape in meta["rest"]]
+        shapes = {key: shape for key, _, shape in meta["rest"]}
+        declared += [(alias, shapes[source]) for alias, source in tie.items()]
         for key, shape in declared:
             _check_shape(key, shape, expected)
         for m in meta["layers"]:
             state[tensor_key(m)] = _decode_layer(sections, m, meta.get("fb", 32))
         state.update(_unpack_planes(sections["r"], meta["rest"], meta["rc"]))
+        state.update({alias: state[source] for alias, source in tie.items()})
     except SqueezeError:
         raise
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, OverflowError, MemoryError) as exc:
@@ -430,6 +464,8 @@ class CodedTensor:
     """The position coding (``relative``, ``runs``, ``bitmask``; empty for an unpruned tensor)."""
     order: str = ""
     bytes: int = 0
+    tied_to: str = ""
+    """The key this tensor is stored under (tied weights, stored once), else empty."""
 
 
 @dataclass
@@ -462,8 +498,12 @@ def describe(sections: dict[str, bytes]) -> ContainerInfo:
                     bytes=sum(len(sections.get(f"{i}{s}", b"")) for s in "pwc"),
                 )
             )
+        raw = {}
         for key, dtype, shape in meta["rest"]:
-            tensors.append(CodedTensor(key=str(key), shape=[int(d) for d in shape], coded=False, dtype=str(dtype)))
+            raw[str(key)] = CodedTensor(key=str(key), shape=[int(d) for d in shape], coded=False, dtype=str(dtype))
+            tensors.append(raw[str(key)])
+        for alias, source in _ties(meta).items():
+            tensors.append(CodedTensor(key=str(alias), shape=raw[source].shape, coded=False, dtype=raw[source].dtype, tied_to=source))
     except (KeyError, TypeError, ValueError) as exc:
         raise SqueezeError(f"container meta is malformed: {type(exc).__name__}: {exc}") from None
     return ContainerInfo(str(meta["task"]), int(meta.get("fb", 32)), tensors, len(sections.get("r", b"")), len(sections["m"]), meta.get("spec"))
