@@ -14,6 +14,7 @@ restore is not used.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -165,13 +166,15 @@ def neighbours(space: Space, params: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def check_constraints(space: Space, constraints: Constraints, *, task, dense, splits, dense_macs: int | None, seed: int, progress: Progress = _quiet) -> int | None:
+def check_constraints(space: Space, constraints: Constraints, *, task, dense, splits, dense_macs: int | None, seed: int, example=None, progress: Progress = _quiet) -> int | None:
     """Fail before any trial if no configuration of ``space`` can meet ``constraints``.
 
     ``max_bytes`` is compared with the container of the space's most compressed corner (fewest kept
     weights and clusters, each allowed coder and the ends of the index-bits range, no fine-tuning),
     measured by running the pipeline on it. ``max_macs`` is compared with the dense model's MACs
-    when the space has no structured (channel) pruning. Returns the smallest bytes measured.
+    when the space has no structured (channel) pruning. ``max_latency_ms`` (a CPU figure, given
+    ``example``) gets a note with the dense model's latency on this machine, whose trials may not
+    be the search's (:func:`latency_note`). Returns the smallest bytes measured.
     """
     smallest = None
     if constraints.max_bytes is not None:
@@ -194,13 +197,39 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
     from squeezetune.spaces.space import SPACE_STAGES
 
     kinds = {st.key: st.stage for st in SPACE_STAGES}
-    if constraints.max_macs is not None and not any(stage_config(kinds[s]).changes_architecture for s in space.stages):
+    reshapes = any(stage_config(kinds[s]).changes_architecture for s in space.stages)
+    if constraints.max_latency_ms is not None and not constraints.latency.endswith("_gpu") and example is not None:
+        import torch
+
+        from squeezetune.compression.pipeline import compare_latency_report
+
+        timed = compare_latency_report(None, copy.deepcopy(dense), example, device=torch.device("cpu"))  # a copy: timing moves it to the CPU
+        progress(latency_note(timed[constraints.latency], constraints, reshapes=reshapes))
+    if constraints.max_macs is not None and not reshapes:
         if dense_macs is not None and dense_macs > constraints.max_macs:
             raise SqueezeError(
                 f"constraints.max_macs={constraints.max_macs:,} cannot be met: with no stage in the space that changes the architecture "
                 f"(structured, decompose, strided, merge, neurons) every trial keeps the dense model's {dense_macs:,} MACs"
             )
     return smallest
+
+
+def latency_note(dense_ms: float, constraints: Constraints, *, reshapes: bool) -> str:
+    """What ``constraints.max_latency_ms`` asks of the trials, given the dense model's latency here.
+
+    >>> latency_note(2.0, Constraints(max_latency_ms=0.5), reshapes=True)
+    'constraints.max_latency_ms=0.5 by latency_ms_b1: the dense model takes 2 ms on this machine: the trials must run 4x faster'
+    """
+    limit, figure = constraints.max_latency_ms, constraints.latency
+    head = f"constraints.max_latency_ms={limit:g} by {figure}: the dense model takes {dense_ms:.4g} ms on this machine"
+    if dense_ms <= limit:
+        return f"note: {head}, within the limit, so it rules out only trials slower than the model they compress"
+    if not reshapes:
+        return (
+            f"note: {head}, and no stage in the space changes the architecture (structured, decompose, strided, merge, neurons), "
+            "so every trial runs about as fast: expect none to meet it unless the trials run on a faster machine"
+        )
+    return f"{head}: the trials must run {dense_ms / limit:.3g}x faster"
 
 
 def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress = _quiet) -> SearchOutcome:
@@ -267,7 +296,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress
     note = chance_note(dense_accuracy, held)
     if note:
         progress(note)
-    check_constraints(space, config.constraints, task=task, dense=dense, splits=splits, dense_macs=macs(dense, example), seed=config.seed, progress=progress)
+    check_constraints(space, config.constraints, task=task, dense=dense, splits=splits, dense_macs=macs(dense, example), seed=config.seed, example=example, progress=progress)
 
     import optuna
 
