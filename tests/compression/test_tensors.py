@@ -161,23 +161,73 @@ def test_a_tied_tensor_is_stored_once_and_decodes_tied():
     untied = copy.deepcopy(model)
     untied.out.weight = nn.Parameter(untied.embed.weight.detach().clone())  # the same values, two tensors
     encoded, apart = codec.encode_model(model, task="t", coder="raw"), codec.encode_model(untied, task="t", coder="raw")
-    assert codec.read_meta(encoded.sections)["tie"] == {"out.weight": "embed.weight"}
+    assert codec.read_meta(encoded.sections)["tie"] == {"out.weight": "embed.weight"} and "tie" not in codec.read_meta(apart.sections)
     assert 10 * 8 * 4 <= apart.raw_bytes - encoded.raw_bytes <= 10 * 8 * 4 + 16  # the matrix once, not twice (and its planes' length fields)
-    fresh = Tied()
-    decoded = codec.decode_sections(encoded.sections, fresh)
-    assert decoded.out.weight is decoded.embed.weight
-    assert torch.equal(decoded.embed.weight, model.embed.weight)
     listed = {t.key: t.tied_to for t in codec.describe(encoded.sections).tensors}
     assert listed == {"embed.weight": "", "out.weight": "embed.weight"}
+    # into a model whose two keys are two tensors, both get the stored values
+    two = copy.deepcopy(untied)
+    with torch.no_grad():
+        two.embed.weight.zero_(), two.out.weight.zero_()
+    codec.decode_sections(encoded.sections, two)
+    assert torch.equal(two.embed.weight, model.embed.weight) and torch.equal(two.out.weight, model.embed.weight)
+    # a file that stores both keys (as files written before ties were kept once) decodes as before
+    fresh = codec.decode_sections(apart.sections, Tied())
+    assert fresh.out.weight is fresh.embed.weight and torch.equal(fresh.embed.weight, model.embed.weight)
 
 
-def test_a_tie_to_a_tensor_the_file_lacks_is_refused():
+def test_a_view_of_another_shape_is_not_a_tie():
+    class Viewed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.register_buffer("flat", self.lin.weight.detach().view(-1))  # the same memory, another shape
+
+    model = Viewed()
+    meta = codec.read_meta(codec.encode_model(model, task="t").sections)
+    assert "tie" not in meta and {key for key, _, _ in meta["rest"]} == {"lin.weight", "lin.bias", "flat"}
+
+
+@pytest.mark.parametrize(
+    "tie, message",
+    [
+        ([["out.weight", "embed.weight"]], r"^container meta key 'tie' is list: expected a mapping of tensor keys"),
+        (None, r"^container meta key 'tie' is NoneType: expected a mapping"),
+        ({"out.weight": "nowhere.weight"}, r"^container ties tensor 'out.weight' to 'nowhere.weight', which is not a raw tensor of the file: expected one of \['embed.weight'\]"),
+        ({"out.weight": ["embed.weight"]}, r"which is not a raw tensor of the file"),
+        ({"embed.weight": "embed.weight"}, r"^container ties tensor 'embed.weight' to 'embed.weight', but also stores 'embed.weight' itself"),
+        ({"out.weight": "embed.weight", "x.weight": "out.weight"}, r"^container ties tensor 'x.weight' to 'out.weight', which is not a raw tensor"),  # a chain
+    ],
+)
+def test_a_malformed_tie_is_refused(tie, message):
     import json
     import zlib
 
     sections = dict(codec.encode_model(Tied(), task="t").sections)
     meta = codec.read_meta(sections)
-    meta["tie"] = {"out.weight": "nowhere.weight"}
+    meta["tie"] = tie
     sections["m"] = zlib.compress(json.dumps(meta).encode())
-    with pytest.raises(SqueezeError, match=r"^container ties tensor 'out.weight' to 'nowhere.weight': expected a raw tensor of the file"):
+    with pytest.raises(SqueezeError, match=message):
         codec.decode_sections(sections, Tied())
+    with pytest.raises(SqueezeError, match=message):
+        codec.describe(sections)
+
+
+def test_a_tie_onto_a_coded_layer_is_refused():
+    import json
+    import zlib
+
+    class TiedAndCoded(Tied):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mix = nn.Linear(8, 8)
+
+    model = TiedAndCoded()
+    apply_stage(model, PruneConfig.from_dict({"layers": {"mix": {"keep_fraction": 0.5}}}), Context(teacher=model, example=torch.zeros(1, 3, dtype=torch.long)))
+    sections = dict(codec.encode_model(model, task="t").sections)
+    meta = codec.read_meta(sections)
+    assert [codec.tensor_key(m) for m in meta["layers"]] == ["mix.weight"]
+    meta["tie"] = {**meta["tie"], "mix.weight": "embed.weight"}
+    sections["m"] = zlib.compress(json.dumps(meta).encode())
+    with pytest.raises(SqueezeError, match=r"^container ties tensor 'mix.weight' to 'embed.weight', but also stores 'mix.weight' itself"):
+        codec.decode_sections(sections, TiedAndCoded())

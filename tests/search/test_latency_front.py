@@ -4,15 +4,18 @@ objectives (a real Optuna study, a real sqlite MLflow store, the real CLI)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import optuna
 import pytest
 from mlflow import MlflowClient
 
 from squeezetune.errors import SqueezeError
 from squeezetune.search import tracking
-from squeezetune.search.export import search_front, select
+from squeezetune.search.export import search_front, searched_latency, select
 from squeezetune.search.front import PARETO_TAG, FrontLogger
-from squeezetune.search.pareto import Baseline
+from squeezetune.search.pareto import Baseline, pareto_front
 from squeezetune.search.searcher import RUN_ATTR
 from squeezetune.search.trial import OUTCOME_TAG
 from squeezetune.spaces import Constraints
@@ -80,3 +83,25 @@ def test_export_picks_among_the_trials_within_a_latency(search):
         select(points, baseline, max_drop=5.0, max_latency_ms=1.0, latency="latency_ms_b64")
     with pytest.raises(SqueezeError, match=r"^--max-latency-ms 0: expected a number of milliseconds > 0"):
         select(points, baseline, max_drop=5.0, max_latency_ms=0.0, latency="latency_ms_b1")
+
+
+def test_a_search_with_only_a_latency_constraint_is_narrowed_on_its_two_objective_front(search):
+    """A search that timed its trials for ``max_latency_ms`` alone has an accuracy-bytes front; the
+    narrowing takes the front over the fast trials, so a trial off the full front can be picked."""
+    uri, *_ = search
+    points, _, _ = search_front(uri, "squeezetune", "lat")
+    flat = Baseline(0.97, 100_000, 0.975)
+    assert [p.trial for p in pareto_front(points)] == [0]
+    assert select(points, flat, max_drop=5.0, max_latency_ms=1.0, latency="latency_ms_b1").trial == 1
+    # only feasible trials are candidates, and the fastest named is a feasible one
+    fast_but_out = [replace(p, feasible=p.trial != 1) for p in points]
+    with pytest.raises(SqueezeError, match=r"^--max-latency-ms 1: no finished trial ran that fast by latency_ms_b1; the fastest, trial 0 \(4,000 bytes\), took 2 ms"):
+        select(fast_but_out, flat, max_drop=5.0, max_latency_ms=1.0, latency="latency_ms_b1")
+    untimed = [replace(p, extra={**p.extra, "latency_ms_b1": math.nan}) if p.trial == 1 else p for p in points]
+    assert select(untimed, flat, max_drop=5.0, max_latency_ms=2.5, latency="latency_ms_b1").trial == 0  # a NaN is never within
+
+
+def test_the_latency_export_narrows_by_is_the_one_the_search_timed():
+    assert searched_latency(["accuracy", "bytes", "latency_ms_b64"], Constraints(max_latency_ms=1.0)) == "latency_ms_b64"
+    assert searched_latency(["accuracy", "bytes"], Constraints(max_latency_ms=1.0, latency="latency_ms_b64")) == "latency_ms_b64"
+    assert searched_latency(["accuracy", "bytes"], Constraints()) is None

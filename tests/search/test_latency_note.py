@@ -3,6 +3,8 @@ machine, and whether any stage of the space can make a trial faster (the real ti
 
 from __future__ import annotations
 
+import pytest
+
 from squeezetune.search.config import SearchConfig
 from squeezetune.search.runner import check_constraints, latency_note, space_config
 from squeezetune.spaces import Constraints, derive_space
@@ -15,9 +17,10 @@ def test_the_note_says_what_the_limit_asks():
         "note: constraints.max_latency_ms=0.5 by latency_ms_b1: the dense model takes 0.4 ms on this machine, within the limit, so it rules out only trials slower than the model they compress"
     )
     assert "no stage in the space changes the architecture" in latency_note(2.0, limit, reshapes=False)
-    assert latency_note(2.0, limit, reshapes=True) == "constraints.max_latency_ms=0.5 by latency_ms_b1: the dense model takes 2 ms on this machine: the trials must run 4x faster"
+    assert latency_note(2.0, limit, reshapes=True) == "note: constraints.max_latency_ms=0.5 by latency_ms_b1: the dense model takes 2 ms on this machine: the trials must run 4x faster"
 
 
+@pytest.mark.slow
 def test_the_search_times_the_dense_model_against_the_limit():
     task = get_task("lenet300-digits")
     model = task.build_model()
@@ -30,4 +33,4 @@ def test_the_search_times_the_dense_model_against_the_limit():
     tight, loose, reshaped = notes
     assert tight.startswith("note: constraints.max_latency_ms=1e-06 by latency_ms_b1: the dense model takes ") and "expect none to meet it" in tight
     assert loose.startswith("note: constraints.max_latency_ms=1e+06") and "within the limit" in loose
-    assert reshaped.startswith("constraints.max_latency_ms=1e-06") and reshaped.endswith("x faster")
+    assert reshaped.startswith("note: constraints.max_latency_ms=1e-06") and reshaped.endswith("x faster")

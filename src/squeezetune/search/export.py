@@ -217,12 +217,11 @@ def select(
     check_selectors(trial=trial, max_bytes=max_bytes, max_drop=max_drop, max_latency_ms=max_latency_ms)
     candidates, narrowed = points, ""
     if max_latency_ms is not None:
-        if latency is None:
-            raise SqueezeError(
-                f"--max-latency-ms {max_latency_ms:g}: search {search!r} timed no trial (it has no latency objective and no max_latency_ms constraint): expected --max-bytes or --max-drop alone"
-            )
-        candidates = within_latency(points, max_latency_ms=max_latency_ms, figure=latency)
-        narrowed = f" within --max-latency-ms {max_latency_ms:g} ({latency})"
+        check_timed(max_latency_ms, latency, search)
+        feasible = [p for p in points if p.feasible]  # the front holds nothing else
+        if feasible:
+            candidates = within_latency(feasible, max_latency_ms=max_latency_ms, figure=latency)
+            narrowed = f" within --max-latency-ms {max_latency_ms:g} ({latency})"
     front = pareto_front(candidates, minimise=baseline.also_minimised)
     return pick(points, front, dense_accuracy=baseline.selected, trial=trial, max_bytes=max_bytes, max_drop=max_drop, dense_eval_accuracy=baseline.accuracy, narrowed=narrowed)
 
@@ -248,9 +247,17 @@ def searched_latency(objectives: Sequence[str], constraints) -> str | None:
     return constraints.latency if constraints.max_latency_ms is not None else None
 
 
+def check_timed(max_latency_ms: float, latency: str | None, search: str) -> None:
+    """Refuse ``max_latency_ms`` on a search that timed no trial (``latency`` is ``None``)."""
+    if latency is None:
+        raise SqueezeError(
+            f"--max-latency-ms {max_latency_ms:g}: search {search!r} timed no trial (it has no latency objective and no max_latency_ms constraint): expected --max-bytes or --max-drop alone"
+        )
+
+
 def within_latency(points: list[Point], *, max_latency_ms: float, figure: str) -> list[Point]:
     """The points whose decoded model ran within ``max_latency_ms`` by ``figure`` (``latency_ms_b1``,
-    say); a point without the figure is left out. Refused when none is left.
+    say); a point without the figure is left out. Refused when none is left, naming the fastest.
 
     >>> pts = [Point(0, 0.97, 4000, extra={"latency_ms_b1": 2.0}), Point(1, 0.96, 5000, extra={"latency_ms_b1": 0.5})]
     >>> [p.trial for p in within_latency(pts, max_latency_ms=1.0, figure="latency_ms_b1")]
@@ -273,6 +280,8 @@ def check_selectors(*, trial: int | None, max_bytes: int | None, max_drop: float
     """Exactly one of ``trial``, ``max_bytes``, ``max_drop``, each in its range; ``max_latency_ms``
     only beside ``max_bytes`` or ``max_drop``, which it narrows."""
     given = [k for k, v in (("--trial", trial), ("--max-bytes", max_bytes), ("--max-drop", max_drop)) if v is not None]
+    if not given and max_latency_ms is not None:
+        raise SqueezeError(f"--max-latency-ms {max_latency_ms:g} narrows --max-bytes or --max-drop: expected one of them beside it (or --trial alone)")
     if len(given) != 1:
         raise SqueezeError(f"give exactly one of --trial, --max-bytes, --max-drop; got {given or 'none'}")
     if max_latency_ms is not None:
@@ -362,12 +371,14 @@ def export_trial(
     check_out_folder(out, force=force)
     c, exp_id, parent = tracking.find_search(uri, experiment, name)
     config = load_saved_config(uri, experiment, name)
+    figure = searched_latency(config.objectives, config.constraints)
+    if max_latency_ms is not None:
+        check_timed(max_latency_ms, figure, name)  # before the data is read
     task = get_task(config.task)
     data_dir = data_dir if data_dir is not None else config.data_dir
     train, eval_split = task.splits(data_dir)
     points = trial_points(c, exp_id, parent.info.run_id)
     baseline = baseline_of(parent)
-    figure = searched_latency(config.objectives, config.constraints)
     selected_on, split = (hold_out(train, config.validation)[1], "validation") if baseline.val_accuracy is not None else (eval_split, "evaluation")
     one_image = 100.0 / max(1, len(selected_on))
     if max_drop is not None and 0 < max_drop < one_image:
@@ -411,6 +422,10 @@ def export_trial(
             "registered_model": f"models:/{registered}@{alias}",
             "onnx_opset": ONNX_OPSET,
         }
+        if figure is not None and figure in chosen.extra:
+            summary[f"{figure}_in_search"] = chosen.extra[figure]
+        if max_latency_ms is not None:
+            summary["max_latency_ms"] = max_latency_ms
         (staging / "export.json").write_text(json.dumps(summary, indent=2))
     return Exported(chosen, final, acc, model_uri, f"models:/{registered}@{alias}", run_id, notes)
 

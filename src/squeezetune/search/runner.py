@@ -14,7 +14,6 @@ restore is not used.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import shutil
@@ -198,19 +197,18 @@ def check_constraints(space: Space, constraints: Constraints, *, task, dense, sp
 
     kinds = {st.key: st.stage for st in SPACE_STAGES}
     reshapes = any(stage_config(kinds[s]).changes_architecture for s in space.stages)
-    if constraints.max_latency_ms is not None and not constraints.latency.endswith("_gpu") and example is not None:
-        import torch
-
-        from squeezetune.compression.pipeline import compare_latency_report
-
-        timed = compare_latency_report(None, copy.deepcopy(dense), example, device=torch.device("cpu"))  # a copy: timing moves it to the CPU
-        progress(latency_note(timed[constraints.latency], constraints, reshapes=reshapes))
     if constraints.max_macs is not None and not reshapes:
         if dense_macs is not None and dense_macs > constraints.max_macs:
             raise SqueezeError(
                 f"constraints.max_macs={constraints.max_macs:,} cannot be met: with no stage in the space that changes the architecture "
                 f"(structured, decompose, strided, merge, neurons) every trial keeps the dense model's {dense_macs:,} MACs"
             )
+    if constraints.max_latency_ms is not None and not constraints.latency.endswith("_gpu") and example is not None:
+        from squeezetune.compression.latency import LatencyConfig, time_in_rounds
+
+        batch = int(constraints.latency.removeprefix("latency_ms_b"))  # as a trial times it: one thread, in rounds
+        timed = time_in_rounds({"dense": dense}, batch=batch, device="cpu", example=example, config=LatencyConfig())
+        progress(latency_note(timed.median("dense"), constraints, reshapes=reshapes))
     return smallest
 
 
@@ -218,7 +216,7 @@ def latency_note(dense_ms: float, constraints: Constraints, *, reshapes: bool) -
     """What ``constraints.max_latency_ms`` asks of the trials, given the dense model's latency here.
 
     >>> latency_note(2.0, Constraints(max_latency_ms=0.5), reshapes=True)
-    'constraints.max_latency_ms=0.5 by latency_ms_b1: the dense model takes 2 ms on this machine: the trials must run 4x faster'
+    'note: constraints.max_latency_ms=0.5 by latency_ms_b1: the dense model takes 2 ms on this machine: the trials must run 4x faster'
     """
     limit, figure = constraints.max_latency_ms, constraints.latency
     head = f"constraints.max_latency_ms={limit:g} by {figure}: the dense model takes {dense_ms:.4g} ms on this machine"
@@ -229,7 +227,7 @@ def latency_note(dense_ms: float, constraints: Constraints, *, reshapes: bool) -
             f"note: {head}, and no stage in the space changes the architecture (structured, decompose, strided, merge, neurons), "
             "so every trial runs about as fast: expect none to meet it unless the trials run on a faster machine"
         )
-    return f"{head}: the trials must run {dense_ms / limit:.3g}x faster"
+    return f"note: {head}: the trials must run {dense_ms / limit:.3g}x faster"
 
 
 def run_search(config: SearchConfig, *, resume: bool = False, progress: Progress = _quiet) -> SearchOutcome:

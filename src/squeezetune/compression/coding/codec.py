@@ -17,7 +17,8 @@ first), whichever codes smaller; the choice is recorded. Every other tensor of t
 (biases, batch-norm statistics, layers left dense) goes into section ``r`` in its own dtype (float16
 with ``float_bits=16``), split into byte planes that are entropy coded apart; a tensor the state dict
 holds under two keys (tied weights: one parameter in two modules) is stored once, and meta key ``tie``
-maps each further key to the first.
+maps each further key to the first (a reader that predates the key refuses such a file, saying it
+lacks the further key).
 Section ``m`` is zlib-compressed JSON naming the task, each layer's shape, order, position
 coding (key ``pc``; absent for relative indices, the only coding of older files), index bits,
 cluster count, entry count and coders, the raw tensors, and (after structured pruning) the
@@ -317,18 +318,22 @@ def _storage(t: torch.Tensor) -> tuple | None:
     (``None`` for an empty tensor, whose address says nothing)."""
     if t.numel() == 0:
         return None
-    return (t.device.type, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+    return (str(t.device), t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
 
 
 def _ties(meta: dict) -> dict[str, str]:
-    """Meta key ``tie``: each key stored once under another, checked to name a raw tensor."""
+    """Meta key ``tie``: each key stored once under another, checked to name a raw tensor of the
+    file, and to be a key the file stores nothing else under."""
     tie = meta.get("tie", {})
     if not isinstance(tie, dict):
         raise SqueezeError(f"container meta key 'tie' is {type(tie).__name__}: expected a mapping of tensor keys")
-    stored = {str(key) for key, _, _ in meta["rest"]}
+    raw = [str(key) for key, _, _ in meta["rest"]]
+    stored = {*raw, *(tensor_key(m) for m in meta["layers"])}
     for alias, source in tie.items():
-        if source not in stored or alias in stored:
-            raise SqueezeError(f"container ties tensor {alias!r} to {source!r}: expected a raw tensor of the file, under a key of its own")
+        if not isinstance(source, str) or source not in raw:
+            raise SqueezeError(f"container ties tensor {alias!r} to {source!r}, which is not a raw tensor of the file: expected one of {raw[:8]}")
+        if alias in stored:
+            raise SqueezeError(f"container ties tensor {alias!r} to {source!r}, but also stores {alias!r} itself: expected a key stored once")
     return tie
 
 
@@ -504,6 +509,8 @@ def describe(sections: dict[str, bytes]) -> ContainerInfo:
             tensors.append(raw[str(key)])
         for alias, source in _ties(meta).items():
             tensors.append(CodedTensor(key=str(alias), shape=raw[source].shape, coded=False, dtype=raw[source].dtype, tied_to=source))
+    except SqueezeError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise SqueezeError(f"container meta is malformed: {type(exc).__name__}: {exc}") from None
     return ContainerInfo(str(meta["task"]), int(meta.get("fb", 32)), tensors, len(sections.get("r", b"")), len(sections["m"]), meta.get("spec"))
