@@ -244,6 +244,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="the recipes run beside the searches (hand is always run: the table reads its dense baseline)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--results", default=None, help="JSON file that keeps every finished run, so a rerun continues")
+    parser.add_argument("--section", default="search", help="the BENCHMARKS.md section written (default: search)")
     args = parser.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-search-"))
     results_path = Path(args.results) if args.results else root / "results.json"
@@ -297,12 +298,13 @@ def sampler_of(method: str, run: dict) -> str:
 
 def write(results: dict, args) -> None:
     lines = [
-        "## Search (`benchmarks/bench_search.py`)",
+        "## Search (`benchmarks/bench_search.py`)" if getattr(args, "section", "search") == "search" else f"## {args.section} (`benchmarks/bench_search.py --section {args.section}`)",
         "",
         f"Measured on {machine()}. `squeezetune search --task NET --data-dir D --trials {args.trials}"
         f"{f' --time-budget {args.time_budget:g}' if args.time_budget else ''} --max-drop {MAX_DROP} --seed S`, every other setting "
         "at its default (the default space: max-compression's stages, its recipe and the recipe's four neighbours the first trials; MO-ASHA ranking at 2, 6 and 18 of gradual pruning's 40 epochs "
-        "with `early_stopping: auto`, which stops no trial while the full schedules of all of them, timed on those finished, fit in 15 minutes; "
+        "with `early_stopping: auto`, which stops no trial while the full schedules of all of them, timed on those finished, fit in "
+        f"{'what is left of the time budget' if args.time_budget else '15 minutes'}; "
         "then the recovery fine-tune and 8 centroid epochs for trials that go on; 1,000 of the 8,000 training images held out to select on). "
         "Hand and built-in recipes ran their full schedules on the same dense baseline (trained on the other 7,000 images). "
         f"Every accuracy is the decoded file's, on the 2,000 evaluation images no selection saw; loss is against that dense baseline. "
@@ -398,7 +400,7 @@ def write(results: dict, args) -> None:
             )
         lines.append("; ".join(summary) + f" (hand recipe: {dense_bytes / hand['bytes']:.1f}x).")
         lines.append("")
-    write_section("search", "\n".join(lines))
+    write_section(getattr(args, "section", "search"), "\n".join(lines))
 
 
 if __name__ == "__main__":
