@@ -139,6 +139,9 @@ def inspect_cmd(container: Path = typer.Argument(..., help="A .sqz container."))
     reasons: dict[str, str] = {}
     if info.task in builtin_task_names():  # why each raw tensor was kept raw, from the task's model
         reasons = kept_raw(get_task(info.task).build_model())
+    for t in info.tensors:  # a tied tensor's stored key, whatever the task: the file itself says so
+        if t.tied_to:
+            reasons[t.tied_to] = f"tied to {t.key}, stored once"
     typer.echo(f"{container}: task {info.task}, {container.stat().st_size:,} bytes, {len(sections)} sections")
     width = max([len(t.key) for t in info.tensors] + [14])
     typer.echo(f"{'tensor':<{width}} {'shape':<16} {'entries':>8} {'clusters':>8} {'idx bits':>8} {'positions':<9} {'order':<14} {'bytes':>8}")

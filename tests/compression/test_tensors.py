@@ -231,3 +231,14 @@ def test_a_tie_onto_a_coded_layer_is_refused():
     sections["m"] = zlib.compress(json.dumps(meta).encode())
     with pytest.raises(SqueezeError, match=r"^container ties tensor 'mix.weight' to 'embed.weight', but also stores 'mix.weight' itself"):
         codec.decode_sections(sections, TiedAndCoded())
+
+
+def test_inspect_names_both_keys_of_a_tie(tmp_path, capsys):
+    from squeezetune.cli import main
+    from squeezetune.compression.coding.container import write_container
+
+    write_container(tmp_path / "tied.sqz", codec.encode_model(Tied(), task="tied-model").sections)
+    assert main(["inspect", str(tmp_path / "tied.sqz")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert lines["embed.weight"].endswith("raw f32: tied to out.weight, stored once")
+    assert lines["out.weight"].endswith("tied: stored once, as embed.weight")
